@@ -1,0 +1,1 @@
+//! yurthub: the edge-node reverse proxy and cache for the kube-apiserver.
