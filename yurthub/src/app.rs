@@ -1,0 +1,203 @@
+//! The composition root: builds every module in dependency order, binds the
+//! listeners (reporting the real bound addresses, so tests can use port 0),
+//! and owns shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::certificates::Certificates;
+use crate::config::{Bootstrap, Config, WorkingMode};
+use crate::hub::{HubServer, Readiness};
+use crate::metrics::Metrics;
+use crate::proxy::{Listener, Proxy, ProxyParts, server};
+use crate::remote::health::HealthChecker;
+use crate::remote::transport::Transports;
+use crate::remote::{Backend, LoadBalancer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding the {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// A running hub.
+pub struct App {
+    pub proxy_addr: SocketAddr,
+    pub proxy_secure_addr: SocketAddr,
+    pub hub_server_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+}
+
+impl App {
+    /// Builds and starts the hub; returns once every listener is bound.
+    pub async fn start(cfg: Config) -> Result<App, Error> {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+
+        let certs = match &cfg.bootstrap {
+            Bootstrap::KubeletCertificate {
+                client_certificate,
+                ca_file,
+            } => Certificates::from_files(
+                ca_file.clone(),
+                (client_certificate.clone(), client_certificate.clone()),
+                cfg.tls_cert_file
+                    .clone()
+                    .zip(cfg.tls_private_key_file.clone()),
+            ),
+            Bootstrap::Token { .. } => {
+                return Err(Error::Unsupported(
+                    "--bootstrap-mode=token (CSR-issued certificates) is not available in this build yet; \
+                     use --bootstrap-mode=kubeletcertificate"
+                        .into(),
+                ));
+            }
+        };
+        certs.spawn_reloader(Duration::from_secs(10), shutdown.clone());
+
+        let transports = Transports::new(&certs, metrics.closable_conns.clone(), None);
+        // Cloud mode has no health checker: every backend counts as healthy.
+        let initially_healthy = cfg.working_mode == WorkingMode::Cloud;
+        let backends = cfg
+            .servers
+            .iter()
+            .map(|u| Arc::new(Backend::new(u.clone(), initially_healthy, &metrics)))
+            .collect();
+        let lb = Arc::new(LoadBalancer::new(backends, cfg.lb_mode));
+        let health = (cfg.working_mode == WorkingMode::Edge).then(|| {
+            HealthChecker::new(
+                lb.clone(),
+                transports.clone(),
+                cfg.node_name.clone(),
+                cfg.heartbeat.clone(),
+            )
+        });
+
+        let mut readiness = Readiness::default();
+        {
+            let certs = certs.clone();
+            readiness.add(move || certs.not_ready_reason().map(String::from));
+        }
+
+        let proxy = Proxy::new(ProxyParts {
+            mode: cfg.working_mode,
+            lb: lb.clone(),
+            health: health.clone(),
+            transports,
+            metrics,
+            readiness: readiness.clone(),
+            max_body: cfg.max_request_body_bytes,
+            shutdown: shutdown.clone(),
+        });
+
+        // The hub server first: healthz answers while everything else starts.
+        let hub_server_addr = match cfg.hub_server_addr {
+            Some(addr) => {
+                let l = server::bind(addr, false).map_err(|source| Error::Bind {
+                    what: "hub server",
+                    addr,
+                    source,
+                })?;
+                let bound = l.local_addr().unwrap_or(addr);
+                let hub = HubServer::new(readiness.clone(), Arc::new(registry), BTreeMap::new());
+                server::serve(
+                    l,
+                    None,
+                    move |req, _| {
+                        let hub = hub.clone();
+                        async move { hub.handle(req).await }
+                    },
+                    shutdown.clone(),
+                    tracker.clone(),
+                );
+                Some(bound)
+            }
+            None => None,
+        };
+
+        if let Some(h) = &health {
+            h.initial_probe().await;
+            h.spawn(shutdown.clone());
+        }
+
+        let plain = server::bind(cfg.proxy_addr, false).map_err(|source| Error::Bind {
+            what: "proxy",
+            addr: cfg.proxy_addr,
+            source,
+        })?;
+        let proxy_addr = plain.local_addr().unwrap_or(cfg.proxy_addr);
+        let p = proxy.clone();
+        server::serve(
+            plain,
+            None,
+            move |req, _| {
+                let p = p.clone();
+                async move { p.handle(req, Listener::Loopback).await }
+            },
+            shutdown.clone(),
+            tracker.clone(),
+        );
+
+        let secure = server::bind(cfg.proxy_secure_addr, true).map_err(|source| Error::Bind {
+            what: "secure proxy",
+            addr: cfg.proxy_secure_addr,
+            source,
+        })?;
+        let proxy_secure_addr = secure.local_addr().unwrap_or(cfg.proxy_secure_addr);
+        let acceptor = server::tls_acceptor(certs.serving_slot());
+        let p = proxy;
+        server::serve(
+            secure,
+            Some(acceptor),
+            move |req, _| {
+                let p = p.clone();
+                async move { p.handle(req, Listener::PodFacing).await }
+            },
+            shutdown.clone(),
+            tracker.clone(),
+        );
+
+        tracing::info!(
+            proxy = %proxy_addr, secure_proxy = %proxy_secure_addr, hub_server = ?hub_server_addr,
+            mode = ?cfg.working_mode, servers = cfg.servers.len(), "yurthub started"
+        );
+        Ok(App {
+            proxy_addr,
+            proxy_secure_addr,
+            hub_server_addr,
+            shutdown,
+            tracker,
+            grace: cfg.shutdown_grace_period,
+        })
+    }
+
+    /// Stops accepting, ends open streams, lets in-flight requests finish
+    /// for up to the grace period.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "in-flight requests did not finish within the grace period");
+        }
+        tracing::info!("yurthub stopped");
+    }
+}

@@ -1,0 +1,107 @@
+//! The response body wrapper for proxied streams: counts bytes for
+//! `node_yurthub_proxy_traffic_collector`, keeps the in-flight gauges up while
+//! the stream lives (a watch is in flight for its whole life), and ends the
+//! stream when its backend turns unhealthy or the hub shuts down, so clients
+//! re-list elsewhere instead of waiting on a dead stream (upstream #2792).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::BoxError;
+use crate::metrics::UntypedCounter;
+
+/// Decrements the in-flight gauges when dropped.
+pub struct InFlight {
+    per_request: Gauge,
+    total: Gauge,
+}
+
+impl InFlight {
+    pub fn new(per_request: Gauge, total: Gauge) -> InFlight {
+        per_request.inc();
+        total.inc();
+        InFlight { per_request, total }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.per_request.dec();
+        self.total.dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct Proxied<B> {
+        #[pin]
+        inner: B,
+        stops: Vec<Pin<Box<WaitForCancellationFutureOwned>>>,
+        traffic: UntypedCounter,
+        _in_flight: InFlight,
+    }
+}
+
+impl<B> Proxied<B> {
+    /// `stops`: tokens whose cancellation ends the stream cleanly.
+    pub fn new(
+        inner: B,
+        stops: Vec<CancellationToken>,
+        traffic: UntypedCounter,
+        in_flight: InFlight,
+    ) -> Proxied<B> {
+        Proxied {
+            inner,
+            stops: stops
+                .into_iter()
+                .map(|t| Box::pin(t.cancelled_owned()))
+                .collect(),
+            traffic,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B> HttpBody for Proxied<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        for stop in this.stops.iter_mut() {
+            if stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.traffic.inc_by(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

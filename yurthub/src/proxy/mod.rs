@@ -1,0 +1,378 @@
+//! The proxy: the life of one request through the hub.
+//!
+//! 1. resolve the [`RequestInfo`] (verb, resource, namespace, name, component);
+//! 2. refuse what the apiserver would refuse before routing: malformed paths
+//!    (400), bodies over the limit (413);
+//! 3. readiness gate: 503 until the hub is ready, except for the hub's own
+//!    clients;
+//! 4. route: kubelet's own Lease is answered locally in edge mode (the hub
+//!    renews it in the cloud, see `remote::health`); everything else goes to
+//!    a healthy backend picked by the load balancer;
+//! 5. forward with the right identity: the client's bearer token as-is, the
+//!    hub's client certificate only for credential-less requests on the
+//!    loopback listener, anonymous otherwise — pod traffic never borrows the
+//!    node's identity;
+//! 6. stream the response back as it arrives (watches included), or splice
+//!    the two connections for exec/attach/port-forward upgrades.
+
+mod body;
+pub mod request_info;
+pub mod server;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub use request_info::RequestInfo;
+
+use crate::config::WorkingMode;
+use crate::hub::Readiness;
+use crate::metrics::{DurationLabels, Metrics, RequestLabels};
+use crate::remote::LoadBalancer;
+use crate::remote::health::{HealthChecker, error_chain};
+use crate::remote::transport::{Identity, Transports};
+use crate::{Body, full_body};
+
+/// Which listener a request arrived on; it decides whether the hub may lend
+/// its own identity to a credential-less request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Plain HTTP on loopback: kubelet and host-network node components.
+    Loopback,
+    /// HTTPS on the hub address: pods, via the kernel redirect.
+    PodFacing,
+}
+
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mode: WorkingMode,
+    lb: Arc<LoadBalancer>,
+    health: Option<Arc<HealthChecker>>,
+    transports: Transports,
+    metrics: Metrics,
+    readiness: Readiness,
+    max_body: u64,
+    shutdown: CancellationToken,
+}
+
+pub struct ProxyParts {
+    pub mode: WorkingMode,
+    pub lb: Arc<LoadBalancer>,
+    pub health: Option<Arc<HealthChecker>>,
+    pub transports: Transports,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    pub max_body: u64,
+    /// Cancelled at shutdown: open streams end so clients reconnect.
+    pub shutdown: CancellationToken,
+}
+
+impl Proxy {
+    pub fn new(p: ProxyParts) -> Proxy {
+        Proxy {
+            inner: Arc::new(Inner {
+                mode: p.mode,
+                lb: p.lb,
+                health: p.health,
+                transports: p.transports,
+                metrics: p.metrics,
+                readiness: p.readiness,
+                max_body: p.max_body,
+                shutdown: p.shutdown,
+            }),
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, listener: Listener) -> Response<Body> {
+        let start = Instant::now();
+        let info = match RequestInfo::resolve(req.method(), req.uri(), req.headers()) {
+            Ok(i) => i,
+            Err(e) => return status::bad_request(e.to_string()),
+        };
+        let labels = RequestLabels {
+            verb: info.verb.clone(),
+            resource: info.resource.clone(),
+            subresources: info.subresource.clone(),
+            client: info.component.clone(),
+        };
+        let resp = self.route(req, &info, listener, &labels).await;
+        let class = format!("{}xx", resp.status().as_u16() / 100);
+        self.inner
+            .metrics
+            .request_duration
+            .get_or_create(&DurationLabels {
+                verb: labels.verb,
+                resource: labels.resource,
+                client: labels.client,
+                code: class,
+            })
+            .observe(start.elapsed().as_secs_f64());
+        tracing::debug!(
+            verb = %info.verb, path = %info.path, component = %info.component,
+            status = resp.status().as_u16(), elapsed_ms = start.elapsed().as_millis() as u64,
+            "request"
+        );
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        info: &RequestInfo,
+        listener: Listener,
+        labels: &RequestLabels,
+    ) -> Response<Body> {
+        if let Some(len) = content_length(req.headers())
+            && len > self.inner.max_body
+        {
+            return status::too_large(self.inner.max_body);
+        }
+        if !info.component.starts_with("yurthub")
+            && let Some(reason) = self.inner.readiness.not_ready_reason()
+        {
+            return status::service_unavailable(format!("yurthub is not ready: {reason}"));
+        }
+        if self.inner.mode == WorkingMode::Edge
+            && info.is_resource
+            && info.component == "kubelet"
+            && info.resource == "leases"
+            && let Some(health) = &self.inner.health
+            && let Some(resp) = kubelet_lease(health, info).await
+        {
+            return resp;
+        }
+        self.forward(req, info, listener, labels).await
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        info: &RequestInfo,
+        listener: Listener,
+        labels: &RequestLabels,
+    ) -> Response<Body> {
+        let Some(backend) = self.inner.lb.pick() else {
+            return status::bad_gateway("no healthy backends available");
+        };
+        let has_credentials = req.headers().contains_key(header::AUTHORIZATION);
+        let identity = if !has_credentials && listener == Listener::Loopback {
+            Identity::Hub
+        } else {
+            Identity::None
+        };
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let mut up = Request::builder()
+            .method(parts.method.clone())
+            .uri(backend.url_for(path))
+            .version(Version::HTTP_11)
+            .body(Limited::new(body, self.inner.max_body as usize).boxed_unsync())
+            .expect("request parts are valid");
+        *up.headers_mut() = forwarded_headers(&parts.headers, upgrade);
+
+        let client = self.inner.transports.client(identity, upgrade);
+        let mut resp = match client.request(up).await {
+            Ok(r) => r,
+            Err(e) => {
+                let chain = error_chain(&e);
+                if chain.contains("length limit exceeded") {
+                    return status::too_large(self.inner.max_body);
+                }
+                tracing::warn!(server = backend.name(), verb = %info.verb, path = %info.path, error = %chain, "upstream request failed");
+                if let Some(h) = &self.inner.health {
+                    h.report_transport_error(&backend);
+                }
+                return status::bad_gateway(format!(
+                    "error trying to reach the apiserver {}: {chain}",
+                    backend.name()
+                ));
+            }
+        };
+
+        if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let server_upgrade = hyper::upgrade::on(&mut resp);
+            if let Some(client_upgrade) = client_upgrade {
+                tokio::spawn(splice(client_upgrade, server_upgrade, info.path.clone()));
+            }
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, crate::empty_body());
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let m = &self.inner.metrics;
+        let in_flight = body::InFlight::new(
+            m.in_flight_requests.get_or_create(labels).clone(),
+            m.in_flight_requests_total.clone(),
+        );
+        let traffic = m.proxy_traffic.get_or_create(labels).clone();
+        let stops = vec![backend.epoch(), self.inner.shutdown.child_token()];
+        Response::from_parts(
+            parts,
+            body::Proxied::new(body, stops, traffic, in_flight).boxed_unsync(),
+        )
+    }
+}
+
+/// Kubelet's own Lease in edge mode: the hub renews it in the cloud, so
+/// kubelet's reads and writes are answered from the lease the cloud last
+/// returned. Returns None for verbs that are simply forwarded.
+async fn kubelet_lease(health: &HealthChecker, info: &RequestInfo) -> Option<Response<Body>> {
+    health.kubelet_lease_touched();
+    let json = |code: StatusCode, v: &Value| {
+        let mut r = Response::new(full_body(v.to_string()));
+        *r.status_mut() = code;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    match info.verb.as_str() {
+        "get" | "update" | "patch" => Some(match health.cloud_lease() {
+            Some(lease) => json(StatusCode::OK, &lease),
+            None => status::status_with_details(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("leases.coordination.k8s.io {:?} not found", info.name),
+                Some(
+                    serde_json::json!({"name": info.name, "group": "coordination.k8s.io", "kind": "leases"}),
+                ),
+            ),
+        }),
+        "create" => Some(match health.cloud_lease() {
+            Some(lease) => json(StatusCode::CREATED, &lease),
+            None => {
+                status::service_unavailable("the node lease has not been renewed in the cloud yet")
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Joins the client's and the apiserver's upgraded connections.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    server: hyper::upgrade::OnUpgrade,
+    path: String,
+) {
+    let (client, server) = match tokio::try_join!(client, server) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(%path, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut server = hyper_util::rt::TokioIo::new(server);
+    match tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        Ok((up, down)) => tracing::debug!(%path, up, down, "upgraded stream closed"),
+        Err(e) => tracing::debug!(%path, error = %e, "upgraded stream ended with an error"),
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), keeping Connection/Upgrade
+/// for protocol upgrades.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for name in listed {
+        h.remove(name);
+    }
+    for name in HOP_BY_HOP.iter() {
+        if !(upgrade && name == header::CONNECTION) {
+            h.remove(name);
+        }
+    }
+    if !upgrade {
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn forwarded_headers(src: &HeaderMap, upgrade: bool) -> HeaderMap {
+    let mut h = src.clone();
+    strip_hop_by_hop(&mut h, upgrade);
+    // The client library sets Host/:authority from the upstream URI.
+    h.remove(header::HOST);
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_but_upgrades_survive() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-custom".parse().unwrap());
+        h.insert("x-custom", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "Bearer t".parse().unwrap());
+        h.insert(header::HOST, "127.0.0.1:10261".parse().unwrap());
+        let out = forwarded_headers(&h, false);
+        assert!(
+            out.get("x-custom").is_none()
+                && out.get("keep-alive").is_none()
+                && out.get(header::CONNECTION).is_none()
+        );
+        assert!(out.get(header::HOST).is_none());
+        assert_eq!(out.get(header::AUTHORIZATION).unwrap(), "Bearer t");
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert!(is_upgrade(&h));
+        let out = forwarded_headers(&h, true);
+        assert_eq!(out.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(out.get(header::CONNECTION).unwrap(), "Upgrade");
+    }
+}

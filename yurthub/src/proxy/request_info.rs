@@ -1,0 +1,550 @@
+//! Resolves a request the way the kube-apiserver's `RequestInfoFactory` does:
+//! verb (list vs watch vs get, deletecollection), API group/version,
+//! resource, subresource, namespace and name — plus the client component from
+//! the User-Agent. Pure: no I/O, so it is tested exhaustively by table.
+
+use http::{HeaderMap, Method, Uri};
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestInfo {
+    /// False for non-resource paths such as /version, /api, /healthz.
+    pub is_resource: bool,
+    /// Kubernetes verb: get, list, watch, create, update, patch, delete,
+    /// deletecollection, proxy; for non-resource requests the lower-cased method.
+    pub verb: String,
+    pub api_prefix: String,
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+    /// Lower-cased User-Agent text before the first '/' ("kubelet", "kube-proxy").
+    pub component: String,
+    /// The request path (for non-resource requests and logs).
+    pub path: String,
+}
+
+/// Errors that the apiserver answers with 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("invalid request: {verb} requires a resource in {path}")]
+    MissingResource { verb: String, path: String },
+}
+
+const SPECIAL_VERBS: [&str; 2] = ["proxy", "watch"];
+const NAMESPACE_SUBRESOURCES: [&str; 2] = ["status", "finalize"];
+
+impl RequestInfo {
+    pub fn resolve(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<RequestInfo, Error> {
+        let path = uri.path();
+        let mut info = RequestInfo {
+            component: component_from_headers(headers),
+            path: path.to_string(),
+            verb: method.as_str().to_ascii_lowercase(),
+            ..RequestInfo::default()
+        };
+        let parts: Vec<&str> = path
+            .trim_matches('/')
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.len() < 3 || !(parts[0] == "api" || parts[0] == "apis") {
+            return Ok(info);
+        }
+        info.api_prefix = parts[0].to_string();
+        let mut cur = &parts[1..];
+        if parts[0] == "apis" {
+            if cur.len() < 3 {
+                return Ok(info);
+            }
+            info.group = cur[0].to_string();
+            cur = &cur[1..];
+        }
+        info.is_resource = true;
+        info.version = cur[0].to_string();
+        cur = &cur[1..];
+
+        if SPECIAL_VERBS.contains(&cur[0]) {
+            if cur.len() < 2 {
+                return Err(Error::MissingResource {
+                    verb: cur[0].to_string(),
+                    path: path.to_string(),
+                });
+            }
+            info.verb = cur[0].to_string();
+            cur = &cur[1..];
+        } else {
+            info.verb = match *method {
+                Method::POST => "create",
+                Method::GET | Method::HEAD => "get",
+                Method::PUT => "update",
+                Method::PATCH => "patch",
+                Method::DELETE => "delete",
+                _ => "",
+            }
+            .to_string();
+        }
+
+        if cur[0] == "namespaces" && cur.len() > 1 {
+            info.namespace = cur[1].to_string();
+            if cur.len() > 2 && !NAMESPACE_SUBRESOURCES.contains(&cur[2]) {
+                cur = &cur[2..];
+            }
+        }
+
+        if cur.len() >= 3 && info.verb != "proxy" {
+            info.subresource = cur[2].to_string();
+        }
+        if cur.len() >= 2 {
+            info.name = cur[1].to_string();
+        }
+        info.resource = cur[0].to_string();
+
+        let query = Query::parse(uri.query());
+        if cur.len() == 1 && info.verb == "get" {
+            info.verb = if query.watch { "watch" } else { "list" }.to_string();
+        }
+        if cur.len() == 1 && info.verb == "delete" {
+            info.verb = "deletecollection".to_string();
+        }
+        if (info.verb == "list" || info.verb == "watch")
+            && info.name.is_empty()
+            && let Some(name) = query.field_selector.as_deref().and_then(exact_name_match)
+        {
+            info.name = name;
+        }
+        Ok(info)
+    }
+
+    /// "pods", "pods/status": the resource with its subresource, as metrics label it.
+    pub fn is_list_or_watch(&self) -> bool {
+        self.verb == "list" || self.verb == "watch"
+    }
+}
+
+/// The list options that routing and caching decide on.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub watch: bool,
+    pub field_selector: Option<String>,
+    pub label_selector: Option<String>,
+    pub resource_version: Option<String>,
+    pub timeout_seconds: Option<u64>,
+    pub limit: Option<u64>,
+    pub continue_token: Option<String>,
+}
+
+impl Query {
+    pub fn parse(query: Option<&str>) -> Query {
+        let mut q = Query::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "watch" => q.watch = parse_go_bool(&v),
+                "fieldSelector" => q.field_selector = Some(v.into_owned()),
+                "labelSelector" => q.label_selector = Some(v.into_owned()),
+                "resourceVersion" => q.resource_version = Some(v.into_owned()),
+                "timeoutSeconds" => q.timeout_seconds = v.parse().ok(),
+                "limit" => q.limit = v.parse().ok(),
+                "continue" => q.continue_token = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// Go's strconv.ParseBool, which the apiserver uses for `watch`.
+fn parse_go_bool(s: &str) -> bool {
+    matches!(s, "1" | "t" | "T" | "true" | "TRUE" | "True")
+}
+
+/// `metadata.name=x` / `metadata.name==x` among the selector's terms.
+fn exact_name_match(selector: &str) -> Option<String> {
+    selector.split(',').find_map(|term| {
+        let term = term.trim();
+        let value = term
+            .strip_prefix("metadata.name==")
+            .or_else(|| term.strip_prefix("metadata.name="))?;
+        (!value.starts_with('=')).then(|| value.to_string())
+    })
+}
+
+/// The component a request comes from: the lower-cased User-Agent up to the
+/// first '/', e.g. "kubelet/v1.34.0 (linux/amd64)" → "kubelet".
+pub fn component_from_headers(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(component_from_user_agent)
+        .unwrap_or_default()
+}
+
+pub fn component_from_user_agent(ua: &str) -> String {
+    ua.split('/')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(method: &str, uri: &str) -> RequestInfo {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::USER_AGENT,
+            "Kubelet/v1.34.0 (linux/amd64) kubernetes/abc"
+                .parse()
+                .unwrap(),
+        );
+        RequestInfo::resolve(&method.parse().unwrap(), &uri.parse().unwrap(), &h).expect("resolves")
+    }
+
+    #[test]
+    fn table() {
+        // (method, uri, verb, group, version, resource, subresource, namespace, name)
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+        );
+        let cases: &[Case] = &[
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods/p1",
+                "get",
+                "",
+                "v1",
+                "pods",
+                "",
+                "default",
+                "p1",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods",
+                "list",
+                "",
+                "v1",
+                "pods",
+                "",
+                "default",
+                "",
+            ),
+            (
+                "GET",
+                "/api/v1/pods?watch=true",
+                "watch",
+                "",
+                "v1",
+                "pods",
+                "",
+                "",
+                "",
+            ),
+            (
+                "GET",
+                "/api/v1/pods?watch=1&fieldSelector=spec.nodeName%3Dn1",
+                "watch",
+                "",
+                "v1",
+                "pods",
+                "",
+                "",
+                "",
+            ),
+            (
+                "GET",
+                "/api/v1/watch/namespaces/default/pods",
+                "watch",
+                "",
+                "v1",
+                "pods",
+                "",
+                "default",
+                "",
+            ),
+            (
+                "GET",
+                "/api/v1/watch/namespaces/default/pods/p1",
+                "watch",
+                "",
+                "v1",
+                "pods",
+                "",
+                "default",
+                "p1",
+            ),
+            (
+                "GET",
+                "/api/v1/nodes?fieldSelector=metadata.name%3Dn1",
+                "list",
+                "",
+                "v1",
+                "nodes",
+                "",
+                "",
+                "n1",
+            ),
+            (
+                "GET",
+                "/api/v1/nodes?fieldSelector=metadata.name%3D%3Dn1&watch=true",
+                "watch",
+                "",
+                "v1",
+                "nodes",
+                "",
+                "",
+                "n1",
+            ),
+            (
+                "PUT",
+                "/api/v1/namespaces/default/pods/p1/status",
+                "update",
+                "",
+                "v1",
+                "pods",
+                "status",
+                "default",
+                "p1",
+            ),
+            (
+                "PATCH",
+                "/api/v1/nodes/n1/status",
+                "patch",
+                "",
+                "v1",
+                "nodes",
+                "status",
+                "",
+                "n1",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/default/pods/p1/exec",
+                "create",
+                "",
+                "v1",
+                "pods",
+                "exec",
+                "default",
+                "p1",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods/p1/log",
+                "get",
+                "",
+                "v1",
+                "pods",
+                "log",
+                "default",
+                "p1",
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/pods",
+                "deletecollection",
+                "",
+                "v1",
+                "pods",
+                "",
+                "default",
+                "",
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/pods/p1",
+                "delete",
+                "",
+                "v1",
+                "pods",
+                "",
+                "default",
+                "p1",
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/default/events",
+                "create",
+                "",
+                "v1",
+                "events",
+                "",
+                "default",
+                "",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/kube-system",
+                "get",
+                "",
+                "v1",
+                "namespaces",
+                "",
+                "kube-system",
+                "kube-system",
+            ),
+            (
+                "PUT",
+                "/api/v1/namespaces/ns1/finalize",
+                "update",
+                "",
+                "v1",
+                "namespaces",
+                "finalize",
+                "ns1",
+                "ns1",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces",
+                "list",
+                "",
+                "v1",
+                "namespaces",
+                "",
+                "",
+                "",
+            ),
+            (
+                "GET",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1",
+                "get",
+                "coordination.k8s.io",
+                "v1",
+                "leases",
+                "",
+                "kube-node-lease",
+                "n1",
+            ),
+            (
+                "GET",
+                "/apis/discovery.k8s.io/v1/endpointslices?watch=true",
+                "watch",
+                "discovery.k8s.io",
+                "v1",
+                "endpointslices",
+                "",
+                "",
+                "",
+            ),
+            (
+                "GET",
+                "/api/v1/proxy/namespaces/default/pods/p1/a/b",
+                "proxy",
+                "",
+                "v1",
+                "pods",
+                "",
+                "default",
+                "p1",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods/p1/proxy/x",
+                "get",
+                "",
+                "v1",
+                "pods",
+                "proxy",
+                "default",
+                "p1",
+            ),
+            (
+                "POST",
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                "create",
+                "authorization.k8s.io",
+                "v1",
+                "subjectaccessreviews",
+                "",
+                "",
+                "",
+            ),
+        ];
+        for &(m, u, verb, group, version, resource, sub, ns, name) in cases {
+            let i = resolve(m, u);
+            assert!(i.is_resource, "{m} {u}");
+            assert_eq!(
+                (
+                    i.verb.as_str(),
+                    i.group.as_str(),
+                    i.version.as_str(),
+                    i.resource.as_str(),
+                    i.subresource.as_str(),
+                    i.namespace.as_str(),
+                    i.name.as_str()
+                ),
+                (verb, group, version, resource, sub, ns, name),
+                "{m} {u}"
+            );
+            assert_eq!(i.component, "kubelet");
+        }
+    }
+
+    #[test]
+    fn non_resource_paths() {
+        for p in [
+            "/version",
+            "/api",
+            "/api/v1",
+            "/apis",
+            "/apis/apps",
+            "/apis/apps/v1",
+            "/healthz",
+            "/openapi/v2",
+            "/",
+        ] {
+            let i = resolve("GET", p);
+            assert!(!i.is_resource, "{p}");
+            assert_eq!(i.verb, "get");
+            assert_eq!(i.path, p);
+        }
+    }
+
+    #[test]
+    fn watch_without_resource_is_an_error() {
+        let e = RequestInfo::resolve(
+            &Method::GET,
+            &"/api/v1/watch".parse().unwrap(),
+            &HeaderMap::new(),
+        );
+        // "/api/v1/watch" has only 3 parts: the apiserver treats `watch` as the special verb and fails.
+        assert!(matches!(e, Err(Error::MissingResource { .. })), "{e:?}");
+    }
+
+    #[test]
+    fn components() {
+        assert_eq!(
+            component_from_user_agent("kube-proxy/v1.34.1 (linux/amd64) kubernetes/x"),
+            "kube-proxy"
+        );
+        assert_eq!(component_from_user_agent("CoreDNS/1.11"), "coredns");
+        assert_eq!(
+            component_from_user_agent("Go-http-client/2.0"),
+            "go-http-client"
+        );
+        assert_eq!(component_from_user_agent(""), "");
+    }
+
+    #[test]
+    fn exact_name_selector_forms() {
+        assert_eq!(exact_name_match("metadata.name=a"), Some("a".into()));
+        assert_eq!(
+            exact_name_match("spec.nodeName=n,metadata.name==b"),
+            Some("b".into())
+        );
+        assert_eq!(exact_name_match("metadata.name!=a"), None);
+        assert_eq!(exact_name_match("metadata.namespace=a"), None);
+    }
+}

@@ -1,0 +1,205 @@
+//! The cloud side: apiserver backends, the load balancer that picks one, the
+//! lease-based health checker that decides which are usable, and the
+//! transports that reach them.
+
+pub mod health;
+pub mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use http::Uri;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LbMode;
+use crate::metrics::{Metrics, ServerLabels};
+
+/// One kube-apiserver from `--server-addr`.
+#[derive(Debug)]
+pub struct Backend {
+    uri: Uri,
+    name: String,
+    healthy: AtomicBool,
+    /// Cancelled when the backend turns unhealthy: streams opened through it
+    /// (watches above all) end promptly so clients re-list elsewhere.
+    epoch: std::sync::Mutex<CancellationToken>,
+    gauge: Gauge,
+}
+
+impl Backend {
+    pub fn new(uri: Uri, healthy: bool, metrics: &Metrics) -> Backend {
+        let name = uri
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| uri.to_string());
+        let gauge = metrics
+            .server_healthy_status
+            .get_or_create(&ServerLabels {
+                server: uri.to_string(),
+            })
+            .clone();
+        gauge.set(i64::from(healthy));
+        Backend {
+            uri,
+            name,
+            healthy: AtomicBool::new(healthy),
+            epoch: std::sync::Mutex::new(CancellationToken::new()),
+            gauge,
+        }
+    }
+
+    /// host:port, for logs and labels.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// A token cancelled when this backend next turns unhealthy.
+    pub fn epoch(&self) -> CancellationToken {
+        self.epoch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .child_token()
+    }
+
+    /// Records a health transition; returns whether it changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        let was = self.healthy.swap(healthy, Ordering::AcqRel);
+        if was == healthy {
+            return false;
+        }
+        self.gauge.set(i64::from(healthy));
+        if !healthy {
+            let mut epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+            epoch.cancel();
+            *epoch = CancellationToken::new();
+        }
+        tracing::warn!(server = %self.name, healthy, "backend health changed");
+        true
+    }
+
+    /// The upstream URI for a request path and query.
+    pub fn url_for(&self, path_and_query: &str) -> Uri {
+        let mut parts = self.uri.clone().into_parts();
+        parts.path_and_query = path_and_query.parse().ok();
+        Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone())
+    }
+}
+
+/// Picks a healthy backend per `--lb-mode`.
+#[derive(Debug)]
+pub struct LoadBalancer {
+    backends: Vec<Arc<Backend>>,
+    mode: LbMode,
+    next: AtomicUsize,
+}
+
+impl LoadBalancer {
+    pub fn new(backends: Vec<Arc<Backend>>, mode: LbMode) -> LoadBalancer {
+        LoadBalancer {
+            backends,
+            mode,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// rr: the next healthy backend in rotation; priority: the first healthy
+    /// one in `--server-addr` order. None when every backend is unhealthy.
+    pub fn pick(&self) -> Option<Arc<Backend>> {
+        let n = self.backends.len();
+        match self.mode {
+            LbMode::Priority => self.backends.iter().find(|b| b.is_healthy()).cloned(),
+            LbMode::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|i| &self.backends[(start + i) % n])
+                    .find(|b| b.is_healthy())
+                    .cloned()
+            }
+        }
+    }
+
+    pub fn any_healthy(&self) -> bool {
+        self.backends.iter().any(|b| b.is_healthy())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    fn lb(mode: LbMode) -> LoadBalancer {
+        let m = Metrics::register(&mut Registry::default());
+        let b = ["https://a:1", "https://b:1", "https://c:1"]
+            .iter()
+            .map(|u| Arc::new(Backend::new(u.parse().unwrap(), true, &m)))
+            .collect();
+        LoadBalancer::new(b, mode)
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy() {
+        let lb = lb(LbMode::RoundRobin);
+        lb.backends()[1].set_healthy(false);
+        let picks: Vec<_> = (0..4)
+            .map(|_| lb.pick().unwrap().name().to_string())
+            .collect();
+        assert!(!picks.contains(&"b:1".to_string()), "{picks:?}");
+        assert!(
+            picks.contains(&"a:1".to_string()) && picks.contains(&"c:1".to_string()),
+            "{picks:?}"
+        );
+    }
+
+    #[test]
+    fn priority_prefers_first_healthy_and_returns() {
+        let lb = lb(LbMode::Priority);
+        assert_eq!(lb.pick().unwrap().name(), "a:1");
+        lb.backends()[0].set_healthy(false);
+        assert_eq!(lb.pick().unwrap().name(), "b:1");
+        lb.backends()[0].set_healthy(true);
+        assert_eq!(lb.pick().unwrap().name(), "a:1");
+        for b in lb.backends() {
+            b.set_healthy(false);
+        }
+        assert!(lb.pick().is_none());
+    }
+
+    #[test]
+    fn turning_unhealthy_cancels_open_streams() {
+        let lb = lb(LbMode::Priority);
+        let b = &lb.backends()[0];
+        let token = b.epoch();
+        assert!(!token.is_cancelled());
+        b.set_healthy(false);
+        assert!(token.is_cancelled());
+        b.set_healthy(true);
+        assert!(
+            !b.epoch().is_cancelled(),
+            "a new epoch starts after recovery"
+        );
+    }
+
+    #[test]
+    fn url_for_keeps_scheme_and_authority() {
+        let lb = lb(LbMode::Priority);
+        assert_eq!(
+            lb.backends()[0].url_for("/api/v1/pods?watch=1").to_string(),
+            "https://a:1/api/v1/pods?watch=1"
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! Upstream connections: TCP with a per-socket hook (the redirect module
+//! exempts the hub's own sockets from the kernel redirect), TLS that trusts
+//! only the cluster CA, ALPN h2 where the apiserver offers it, and a
+//! connection gauge per server (`node_yurthub_closable_conns_collector`).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::certificates::{self, Certificates, ClientCertResolver, ClusterCaVerifier};
+use crate::metrics::ServerLabels;
+use crate::{Body, BoxError};
+
+/// Called on every upstream socket before it connects.
+pub type SocketHook = Arc<dyn Fn(&socket2::Socket) -> io::Result<()> + Send + Sync>;
+
+/// Which credentials an upstream request travels with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// The hub's client certificate (system:node:<node>).
+    Hub,
+    /// No client certificate: the request carries its own bearer token, or
+    /// is anonymous.
+    None,
+}
+
+pub type HttpClient = Client<Connector, Body>;
+
+/// The four upstream clients: {hub identity, none} × {HTTP/2-capable, HTTP/1.1
+/// only for upgrades (exec/attach/port-forward cannot ride HTTP/2)}.
+#[derive(Clone)]
+pub struct Transports {
+    hub: HttpClient,
+    anonymous: HttpClient,
+    hub_upgrade: HttpClient,
+    anonymous_upgrade: HttpClient,
+}
+
+impl Transports {
+    pub fn new(
+        certs: &Certificates,
+        conns: Family<ServerLabels, Gauge>,
+        hook: Option<SocketHook>,
+    ) -> Transports {
+        let make = |identity: Identity, h2: bool| {
+            let tls = tls_config(certs, identity, h2);
+            let connector = Connector {
+                tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+                connect_timeout: Duration::from_secs(10),
+                handshake_timeout: Duration::from_secs(10),
+                hook: hook.clone(),
+                conns: conns.clone(),
+            };
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(25)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_timeout(Duration::from_secs(15))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .build(connector)
+        };
+        Transports {
+            hub: make(Identity::Hub, true),
+            anonymous: make(Identity::None, true),
+            hub_upgrade: make(Identity::Hub, false),
+            anonymous_upgrade: make(Identity::None, false),
+        }
+    }
+
+    pub fn client(&self, identity: Identity, upgrade: bool) -> &HttpClient {
+        match (identity, upgrade) {
+            (Identity::Hub, false) => &self.hub,
+            (Identity::None, false) => &self.anonymous,
+            (Identity::Hub, true) => &self.hub_upgrade,
+            (Identity::None, true) => &self.anonymous_upgrade,
+        }
+    }
+}
+
+fn tls_config(certs: &Certificates, identity: Identity, h2: bool) -> rustls::ClientConfig {
+    let builder = rustls::ClientConfig::builder_with_provider(certificates::provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(ClusterCaVerifier::new(certs.clone()));
+    let mut cfg = match identity {
+        Identity::Hub => {
+            builder.with_client_cert_resolver(Arc::new(ClientCertResolver(certs.client_slot())))
+        }
+        Identity::None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    cfg
+}
+
+/// Dials an apiserver and completes the TLS handshake.
+#[derive(Clone)]
+pub struct Connector {
+    tls: tokio_rustls::TlsConnector,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    hook: Option<SocketHook>,
+    conns: Family<ServerLabels, Gauge>,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<Conn>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let me = self.clone();
+        Box::pin(async move { me.connect(uri).await })
+    }
+}
+
+impl Connector {
+    async fn connect(self, uri: Uri) -> Result<TokioIo<Conn>, BoxError> {
+        let host = uri
+            .host()
+            .ok_or("upstream URI has no host")?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .collect();
+        let mut last_err: Option<BoxError> = None;
+        for addr in addrs {
+            match tokio::time::timeout(self.connect_timeout, self.dial(addr)).await {
+                Ok(Ok(tcp)) => {
+                    let name = rustls_pki_types::ServerName::try_from(host.clone())?;
+                    let tls =
+                        tokio::time::timeout(self.handshake_timeout, self.tls.connect(name, tcp))
+                            .await
+                            .map_err(|_| format!("TLS handshake with {addr} timed out"))??;
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let label = ServerLabels {
+                        server: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
+                    };
+                    let gauge = self.conns.get_or_create(&label).clone();
+                    gauge.inc();
+                    return Ok(TokioIo::new(Conn { tls, h2, gauge }));
+                }
+                Ok(Err(e)) => last_err = Some(format!("connecting to {addr}: {e}").into()),
+                Err(_) => last_err = Some(format!("connecting to {addr} timed out").into()),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| format!("{host} resolved to no address").into()))
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_nonblocking(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)))?;
+        if let Some(hook) = &self.hook {
+            hook(&socket)?;
+        }
+        let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+        socket.connect(addr).await
+    }
+}
+
+/// One upstream TLS connection; the gauge counts it while it lives.
+pub struct Conn {
+    tls: TlsStream<TcpStream>,
+    h2: bool,
+    gauge: Gauge,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        let c = Connected::new();
+        if self.h2 { c.negotiated_h2() } else { c }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+}
