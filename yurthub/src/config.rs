@@ -481,6 +481,7 @@ mod tests {
         let mut full = vec![
             "yurthub",
             "--node-name=n1",
+            "--nodepool-name=pool",
             "--server-addr=https://127.0.0.1:6443",
             "--bootstrap-mode=kubeletcertificate",
         ];
