@@ -10,9 +10,11 @@
 //! - [`metrics`], [`telemetry`]: observability.
 
 pub mod app;
+pub mod cache;
 pub mod certificates;
 pub mod cli;
 pub mod config;
+pub mod entry;
 pub mod hub;
 pub mod metrics;
 pub mod proxy;

@@ -1,0 +1,183 @@
+//! What may be cached: the cache agents (components whose responses are kept
+//! for offline use) and the request shapes worth keeping (§5.1–5.2 of the
+//! reference). Pure decisions; durability lives in `storage`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+use crate::proxy::RequestInfo;
+
+/// Components cached by default, as upstream.
+pub const DEFAULT_AGENTS: [&str; 7] = [
+    "kubelet",
+    "kube-proxy",
+    "flanneld",
+    "coredns",
+    "raven-agent-ds",
+    "yurttunnel-agent",
+    "yurthub",
+];
+
+/// Review-style APIs: create-only questions, never stored objects.
+const NEVER_CACHED: [&str; 7] = [
+    "certificatesigningrequests",
+    "subjectaccessreviews",
+    "selfsubjectaccessreviews",
+    "localsubjectaccessreviews",
+    "selfsubjectrulesreviews",
+    "selfsubjectreviews",
+    "tokenreviews",
+];
+
+/// The live set of cache agents: defaults plus `cache_agents` from the
+/// `yurt-hub-cfg` ConfigMap. Entries are compared lower-cased (upstream
+/// compares them as written, so an upper-case entry never matches).
+#[derive(Debug, Clone)]
+pub struct CacheAgents {
+    inner: Arc<RwLock<Agents>>,
+    node: String,
+}
+
+#[derive(Debug, Default)]
+struct Agents {
+    extra: BTreeSet<String>,
+    all: bool,
+}
+
+impl CacheAgents {
+    pub fn new(node: &str) -> CacheAgents {
+        CacheAgents {
+            inner: Arc::default(),
+            node: node.to_string(),
+        }
+    }
+
+    /// Replaces the configured additions with a comma list (`*` = everyone).
+    pub fn set_configured(&self, list: &str) {
+        let mut a = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        a.extra = list
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        a.all = a.extra.contains("*");
+    }
+
+    pub fn is_agent(&self, component: &str) -> bool {
+        if component.is_empty() {
+            return false;
+        }
+        if DEFAULT_AGENTS.contains(&component)
+            || component == format!("multiplexer-proxy-{}", self.node)
+        {
+            return true;
+        }
+        let a = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        a.all || a.extra.contains(component)
+    }
+
+    /// Current agents, sorted, for status output.
+    pub fn list(&self) -> Vec<String> {
+        let a = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: BTreeSet<String> = DEFAULT_AGENTS.iter().map(|s| s.to_string()).collect();
+        v.insert(format!("multiplexer-proxy-{}", self.node));
+        v.extend(a.extra.iter().cloned());
+        v.into_iter().collect()
+    }
+}
+
+/// Why a request's response is not cached (None = cacheable).
+pub fn not_cacheable(agents: &CacheAgents, info: &RequestInfo) -> Option<String> {
+    if !info.is_resource {
+        return Some(format!("{} is not a resource request", info.path));
+    }
+    if !agents.is_agent(&info.component) {
+        return Some(format!(
+            "component {:?} is not a cache agent",
+            info.component
+        ));
+    }
+    if matches!(info.verb.as_str(), "delete" | "deletecollection" | "proxy") {
+        return Some(format!("verb {} is never cached", info.verb));
+    }
+    if !(info.subresource.is_empty() || info.subresource == "status") {
+        return Some(format!("subresource {} is never cached", info.subresource));
+    }
+    if NEVER_CACHED.contains(&info.resource.as_str()) {
+        return Some(format!("{} are never cached", info.resource));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, Method};
+
+    use super::*;
+
+    fn info(method: Method, path: &str, ua: &str) -> RequestInfo {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::USER_AGENT, ua.parse().unwrap());
+        RequestInfo::resolve(&method, &path.parse().unwrap(), &h).unwrap()
+    }
+
+    #[test]
+    fn agents_defaults_config_and_star() {
+        let a = CacheAgents::new("n1");
+        assert!(a.is_agent("kubelet") && a.is_agent("multiplexer-proxy-n1"));
+        assert!(!a.is_agent("kubevirt") && !a.is_agent(""));
+        a.set_configured("KubeVirt, foo");
+        assert!(
+            a.is_agent("kubevirt"),
+            "configured entries match case-insensitively"
+        );
+        a.set_configured("*");
+        assert!(a.is_agent("anything"));
+        a.set_configured("");
+        assert!(
+            !a.is_agent("anything"),
+            "deleting the ConfigMap reverts to defaults"
+        );
+    }
+
+    #[test]
+    fn cacheable_shapes() {
+        let a = CacheAgents::new("n1");
+        let k = "kubelet/v1.34";
+        assert_eq!(
+            not_cacheable(&a, &info(Method::GET, "/api/v1/namespaces/d/pods/p", k)),
+            None
+        );
+        assert_eq!(
+            not_cacheable(
+                &a,
+                &info(Method::PUT, "/api/v1/namespaces/d/pods/p/status", k)
+            ),
+            None
+        );
+        assert_eq!(
+            not_cacheable(&a, &info(Method::GET, "/api/v1/pods?watch=1", k)),
+            None
+        );
+        for (m, p) in [
+            (Method::DELETE, "/api/v1/namespaces/d/pods/p"),
+            (Method::GET, "/api/v1/namespaces/d/pods/p/log"),
+            (Method::POST, "/api/v1/namespaces/d/pods/p/eviction"),
+            (
+                Method::POST,
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            ),
+            (
+                Method::GET,
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            ),
+            (Method::GET, "/version"),
+        ] {
+            assert!(
+                not_cacheable(&a, &info(m.clone(), p, k)).is_some(),
+                "{m} {p}"
+            );
+        }
+        assert!(not_cacheable(&a, &info(Method::GET, "/api/v1/pods", "kubevirt/1")).is_some());
+    }
+}
