@@ -13,7 +13,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::objects::meta_str;
 use super::response::{self, Body};
@@ -193,7 +194,12 @@ async fn run_exec(
         })
     };
     ws.send(frame(ERROR, status.to_string().as_bytes())).await?;
-    ws.close(None).await?;
+    // A normal closure (1000) is what the client reads as EOF on every stream.
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .await?;
     Ok(())
 }
 

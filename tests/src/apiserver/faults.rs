@@ -1,6 +1,7 @@
 //! Fault injection for proxy tests: matching requests get garbage bytes, a
 //! response cut mid-body, a delay, an error Status, or no answer at all.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -98,17 +99,34 @@ pub fn garbage() -> Vec<u8> {
 }
 
 /// A body that passes through `limit` bytes and then fails, which makes
-/// hyper abort the connection (h1) or reset the stream (h2).
+/// hyper abort the connection (h1) or reset the stream (h2). Before failing
+/// it pauses briefly so hyper flushes the headers and the bytes already
+/// produced: the client must see a response that starts and then breaks.
 pub struct Truncated {
     inner: Body,
     remaining: usize,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long the cut body waits before failing.
+const FLUSH_PAUSE: Duration = Duration::from_millis(100);
 
 impl Truncated {
     pub fn new(inner: Body, limit: usize) -> Self {
         Self {
             inner,
             remaining: limit,
+            pause: None,
+        }
+    }
+
+    fn cut(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let pause = self
+            .pause
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(FLUSH_PAUSE)));
+        match pause.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err("injected mid-stream close".into()))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -122,7 +140,7 @@ impl HttpBody for Truncated {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.remaining == 0 {
-            return Poll::Ready(Some(Err("injected mid-stream close".into())));
+            return self.cut(cx);
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -135,7 +153,7 @@ impl HttpBody for Truncated {
                 }
                 Err(frame) => Poll::Ready(Some(Ok(frame))),
             },
-            Poll::Ready(None) => Poll::Ready(Some(Err("injected mid-stream close".into()))),
+            Poll::Ready(None) => self.cut(cx),
             other => other,
         }
     }

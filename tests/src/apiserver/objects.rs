@@ -283,10 +283,10 @@ fn apply_create_defaults(shared: &Shared, rt: &ResourceType, obj: &mut Value) {
                     .or_insert_with(|| json!("None"));
                 let is_external = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
                 if !is_external {
-                    if !spec
+                    if spec
                         .get("clusterIP")
                         .and_then(Value::as_str)
-                        .is_some_and(|s| !s.is_empty())
+                        .is_none_or(str::is_empty)
                     {
                         let ip = allocate_cluster_ip(shared);
                         spec.insert("clusterIP".into(), json!(ip));

@@ -241,15 +241,6 @@ impl FieldSelector {
         self.terms.iter().map(|(f, _, _)| f.as_str())
     }
 
-    /// The value required by an `=` term on `field`, if any (lets a watch or
-    /// list be narrowed by metadata.name like the real server's trigger).
-    pub fn required_value(&self, field: &str) -> Option<&str> {
-        self.terms
-            .iter()
-            .find(|(f, eq, _)| f == field && *eq)
-            .map(|(_, _, v)| v.as_str())
-    }
-
     /// `value_of` returns the value of a field of the object.
     pub fn matches(&self, value_of: impl Fn(&str) -> String) -> bool {
         self.terms
@@ -383,7 +374,6 @@ mod tests {
             _ => String::new(),
         };
         assert!(sel.matches(obj));
-        assert_eq!(sel.required_value("spec.nodeName"), Some("n1"));
         let sel = FieldSelector::parse("metadata.name==a\\,b").expect("parse");
         assert!(sel.matches(|_| "a,b".to_owned()));
         assert!(FieldSelector::parse("nonsense").is_err());

@@ -33,9 +33,10 @@ impl std::fmt::Display for GroupResource {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiError {
     pub code: u16,
-    pub reason: String,
+    pub reason: &'static str,
     pub message: String,
-    pub details: Option<Value>,
+    /// Boxed to keep `Result<_, ApiError>` small.
+    pub details: Option<Box<Value>>,
     /// `metadata.continue` of the Status (set on an expired continue token).
     pub continue_token: Option<String>,
     pub retry_after: Option<u64>,
@@ -64,10 +65,10 @@ fn resource_details(gr: &GroupResource, name: &str) -> Value {
 }
 
 impl ApiError {
-    pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
-            reason: reason.to_owned(),
+            reason,
             message: message.into(),
             details: None,
             continue_token: None,
@@ -76,7 +77,7 @@ impl ApiError {
     }
 
     fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -209,7 +210,7 @@ impl ApiError {
             format!("Too large resource version: {requested}, current: {current}"),
             1,
         );
-        if let Some(d) = e.details.as_mut().and_then(Value::as_object_mut) {
+        if let Some(d) = e.details.as_deref_mut().and_then(Value::as_object_mut) {
             d.insert(
                 "causes".into(),
                 json!([{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]),
@@ -273,7 +274,7 @@ impl ApiError {
         let mut e = Self::new(code, reason, message);
         if matches!(code, 429 | 503) {
             e.retry_after = Some(1);
-            e.details = Some(json!({"retryAfterSeconds": 1}));
+            e.details = Some(Box::new(json!({"retryAfterSeconds": 1})));
         }
         e
     }
@@ -297,7 +298,7 @@ impl ApiError {
                 obj.insert("reason".into(), json!(self.reason));
             }
             if let Some(d) = &self.details {
-                obj.insert("details".into(), d.clone());
+                obj.insert("details".into(), (**d).clone());
             }
         }
         status
