@@ -1,2 +1,6 @@
 //! Test harness for yurthub: the apiserver double, sandbox helpers and
 //! process runners shared by the end-to-end tests in `tests/tests/`.
+
+pub mod apiserver;
+pub mod hub;
+pub mod pki;

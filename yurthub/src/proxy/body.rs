@@ -105,3 +105,68 @@ where
         self.inner.size_hint()
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A request body capped at `limit` bytes. Going over sets `exceeded`, so
+    /// the proxy can answer 413 whatever error the upstream client reports
+    /// (HTTP/2 does not carry the body's error as a source).
+    pub struct Capped<B> {
+        #[pin]
+        inner: B,
+        remaining: u64,
+        exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+}
+
+impl<B> Capped<B> {
+    pub fn new(inner: B, limit: u64) -> (Capped<B>, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        let exceeded = std::sync::Arc::default();
+        (
+            Capped {
+                inner,
+                remaining: limit,
+                exceeded: std::sync::Arc::clone(&exceeded),
+            },
+            exceeded,
+        )
+    }
+}
+
+impl<B> HttpBody for Capped<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > *this.remaining {
+                        this.exceeded
+                            .store(true, std::sync::atomic::Ordering::Release);
+                        return Poll::Ready(Some(Err("request body over the limit".into())));
+                    }
+                    *this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -175,6 +175,7 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (parts, body) = req.into_parts();
+        let (body, exceeded) = body::Capped::new(body, self.inner.max_body);
         let path = parts
             .uri
             .path_and_query()
@@ -184,7 +185,7 @@ impl Proxy {
             .method(parts.method.clone())
             .uri(backend.url_for(path))
             .version(Version::HTTP_11)
-            .body(Limited::new(body, self.inner.max_body as usize).boxed_unsync())
+            .body(body.boxed_unsync())
             .expect("request parts are valid");
         *up.headers_mut() = forwarded_headers(&parts.headers, upgrade);
 
@@ -192,10 +193,10 @@ impl Proxy {
         let mut resp = match client.request(up).await {
             Ok(r) => r,
             Err(e) => {
-                let chain = error_chain(&e);
-                if chain.contains("length limit exceeded") {
+                if exceeded.load(std::sync::atomic::Ordering::Acquire) {
                     return status::too_large(self.inner.max_body);
                 }
+                let chain = error_chain(&e);
                 tracing::warn!(server = backend.name(), verb = %info.verb, path = %info.path, error = %chain, "upstream request failed");
                 if let Some(h) = &self.inner.health {
                     h.report_transport_error(&backend);

@@ -1,0 +1,545 @@
+//! The REST handlers of a resource: verb routing, request body decoding,
+//! response transforms (Table, PartialObjectMetadata[List]) and the
+//! subresources (status, serviceaccount token, pod exec/attach/portforward/log).
+
+use std::sync::Arc;
+
+use http::{Method, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::list::{self, ListParams};
+use super::negotiate::{self, Format, Negotiated, ResourceEndpoint};
+use super::objects::{self, DeleteOptions, Deleted, UpdateScope};
+use super::patch::{self, PatchType};
+use super::registry::ResourceType;
+use super::response::{self, Body};
+use super::route::{ApiRequest, ResourcePath};
+use super::status::{self, ApiError};
+use super::store::ObjectKey;
+use super::table::{self, IncludeObject};
+use super::{Shared, watch};
+
+/// Formats a resource endpoint offers and serves without a conversion.
+pub fn endpoint_for(shared: &Shared, rt: &ResourceType) -> ResourceEndpoint {
+    let mut formats = vec![Format::Json, Format::Yaml];
+    if shared.protobuf.is_some() {
+        formats.push(Format::Protobuf);
+    }
+    let standard = if rt.builtin {
+        formats.clone()
+    } else {
+        vec![Format::Json, Format::Yaml]
+    };
+    ResourceEndpoint { formats, standard }
+}
+
+/// Formats accepted for request bodies.
+fn input_formats(shared: &Shared, rt: &ResourceType) -> Vec<Format> {
+    let mut formats = vec![Format::Json, Format::Yaml];
+    if shared.protobuf.is_some() && rt.builtin {
+        formats.push(Format::Protobuf);
+    }
+    formats
+}
+
+pub async fn serve(
+    shared: &Arc<Shared>,
+    req: ApiRequest,
+    rp: ResourcePath,
+    verb: &'static str,
+) -> Response<Body> {
+    let Some(rt) = shared.registry.lookup(&rp.group, &rp.version, &rp.resource) else {
+        return response::error(&ApiError::no_route(), None, None);
+    };
+    // Namespaced resources are only addressable by name inside a namespace;
+    // cluster-scoped ones never inside one.
+    let misplaced = (rt.namespaced && rp.namespace.is_none() && rp.name.is_some())
+        || (!rt.namespaced && rp.namespace.is_some());
+    if misplaced {
+        return response::error(&ApiError::no_route(), None, None);
+    }
+    let endpoint = endpoint_for(shared, &rt);
+    let watching = verb == "watch";
+    let neg = match negotiate::negotiate(req.header(header::ACCEPT), &endpoint, watching) {
+        Ok(n) => n,
+        Err(e) => return response::error(&ApiError::not_acceptable(e.message()), None, None),
+    };
+    let codec = shared.codec();
+    match handle(shared, req, &rt, &rp, verb, &neg).await {
+        Ok(resp) => resp,
+        Err(e) => response::error(&e, Some(&neg), codec),
+    }
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    mut req: ApiRequest,
+    rt: &Arc<ResourceType>,
+    rp: &ResourcePath,
+    verb: &'static str,
+    neg: &Negotiated,
+) -> Result<Response<Body>, ApiError> {
+    let ns = rp.namespace.as_deref();
+    let gr = rt.group_resource();
+    if let Some(sub) = rp.subresource.as_deref() {
+        let name = rp.name.as_deref().unwrap_or("");
+        return match (sub, rt.subresource(sub)) {
+            (_, None) => Err(ApiError::no_route()),
+            ("status", Some(_)) => status_subresource(shared, req, rt, ns, name, verb, neg).await,
+            ("token", Some(_)) if req.method == Method::POST => {
+                token_request(shared, req, rt, ns, name).await
+            }
+            ("exec" | "attach" | "portforward", Some(_)) => {
+                let pod = get_object(shared, rt, ns, name)?;
+                super::exec::serve(req, sub, &pod).await
+            }
+            ("log", Some(_)) if req.method == Method::GET => {
+                get_object(shared, rt, ns, name)?;
+                Ok(response::plain(StatusCode::OK, "text/plain", ""))
+            }
+            (_, Some(_)) => Err(ApiError::method_not_supported(&gr, verb)),
+        };
+    }
+    if !rt.has_verb(verb) {
+        return Err(ApiError::method_not_supported(&gr, verb));
+    }
+    let dry_run = req.param("dryRun").is_some_and(|v| v == "All");
+    match verb {
+        "get" => {
+            let name = rp.name.as_deref().unwrap_or("");
+            if let Some(rv) = req
+                .param("resourceVersion")
+                .filter(|v| !v.is_empty() && *v != "0")
+            {
+                let rv: u64 = rv.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {rv:?}"))
+                })?;
+                list::wait_for_rv(shared, rv).await?;
+            }
+            let obj = get_object(shared, rt, ns, name)?;
+            respond(shared, &req, rt, neg, StatusCode::OK, &obj)
+        }
+        "list" => {
+            let params = ListParams::parse(rt, |k| req.param(k).map(str::to_owned))?;
+            let result = list::list(shared, rt, ns, &params).await?;
+            let body = transform_list(rt, neg, &req, &result)?;
+            Ok(response::object(
+                StatusCode::OK,
+                neg,
+                shared.codec(),
+                &body,
+                &req.headers,
+            ))
+        }
+        "watch" => {
+            watch::serve(
+                shared.clone(),
+                req,
+                rt.clone(),
+                rp.namespace.clone(),
+                neg.clone(),
+            )
+            .await
+        }
+        "create" => {
+            let body = decode_body(shared, &mut req, rt).await?;
+            let created = objects::create(shared, rt, ns, body, dry_run)?;
+            respond(shared, &req, rt, neg, StatusCode::CREATED, &created)
+        }
+        "update" => {
+            let name = rp.name.as_deref().unwrap_or("");
+            let body = decode_body(shared, &mut req, rt).await?;
+            let (obj, created) =
+                objects::update(shared, rt, ns, name, body, UpdateScope::Main, dry_run)?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            respond(shared, &req, rt, neg, code, &obj)
+        }
+        "patch" => {
+            let name = rp.name.as_deref().unwrap_or("");
+            let (obj, created) =
+                patch_object(shared, &mut req, rt, ns, name, UpdateScope::Main, dry_run).await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            respond(shared, &req, rt, neg, code, &obj)
+        }
+        "delete" => {
+            let name = rp.name.as_deref().unwrap_or("");
+            let opts = delete_options(&mut req).await?;
+            match objects::delete(shared, rt, ns, name, &opts)? {
+                Deleted::Pending(obj) => respond(shared, &req, rt, neg, StatusCode::OK, &obj),
+                Deleted::Now(obj) if rt.returns_deleted_object => {
+                    respond(shared, &req, rt, neg, StatusCode::OK, &obj)
+                }
+                Deleted::Now(obj) => {
+                    let body = status::success_status(&gr, name, objects::meta_str(&obj, "uid"));
+                    Ok(response::object(
+                        StatusCode::OK,
+                        neg,
+                        shared.codec(),
+                        &body,
+                        &req.headers,
+                    ))
+                }
+            }
+        }
+        "deletecollection" => {
+            let opts = delete_options(&mut req).await?;
+            let params = ListParams::parse(rt, |k| req.param(k).map(str::to_owned))?;
+            let current = list::list(shared, rt, ns, &params).await?;
+            let mut deleted = Vec::new();
+            for item in &current.items {
+                let item_ns = objects::meta_str(item, "namespace");
+                let item_ns = (!item_ns.is_empty()).then_some(item_ns);
+                match objects::delete(shared, rt, item_ns, objects::meta_str(item, "name"), &opts) {
+                    Ok(Deleted::Now(v) | Deleted::Pending(v)) => deleted.push(Arc::new(v)),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let result = list::ListResult {
+                items: deleted,
+                resource_version: shared.store.current_rv(),
+                continue_token: None,
+                remaining_item_count: None,
+            };
+            let body = list::list_object(rt, &result);
+            Ok(response::object(
+                StatusCode::OK,
+                neg,
+                shared.codec(),
+                &body,
+                &req.headers,
+            ))
+        }
+        _ => Err(ApiError::method_not_supported(&gr, verb)),
+    }
+}
+
+fn get_object(
+    shared: &Shared,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let key = ObjectKey::new(
+        &rt.storage_key(),
+        ns.filter(|_| rt.namespaced).unwrap_or(""),
+        name,
+    );
+    shared
+        .store
+        .get(&key)
+        .map(|v| (*v).clone())
+        .ok_or_else(|| ApiError::not_found(&rt.group_resource(), name))
+}
+
+/// Applies the negotiated conversion to one object and writes it.
+fn respond(
+    shared: &Shared,
+    req: &ApiRequest,
+    rt: &ResourceType,
+    neg: &Negotiated,
+    code: StatusCode,
+    obj: &Value,
+) -> Result<Response<Body>, ApiError> {
+    let body = match &neg.conversion {
+        None => obj.clone(),
+        Some(c) => match c.kind.as_str() {
+            "Table" => {
+                let include = IncludeObject::parse(req.param("includeObject"))?;
+                let rv = objects::meta_str(obj, "resourceVersion");
+                table::to_table(
+                    rt,
+                    &[obj],
+                    json!({"resourceVersion": rv}),
+                    include,
+                    true,
+                    &c.version,
+                )
+            }
+            "PartialObjectMetadata" => table::partial_object_metadata(obj, &c.version),
+            _ => {
+                return Err(ApiError::not_acceptable(format!(
+                    "you requested PartialObjectMetadataList, but the requested object is not a list (*{})",
+                    rt.kind
+                )));
+            }
+        },
+    };
+    Ok(response::object(
+        code,
+        neg,
+        shared.codec(),
+        &body,
+        &req.headers,
+    ))
+}
+
+fn transform_list(
+    rt: &ResourceType,
+    neg: &Negotiated,
+    req: &ApiRequest,
+    result: &list::ListResult,
+) -> Result<Value, ApiError> {
+    let items: Vec<&Value> = result.items.iter().map(|v| &**v).collect();
+    match &neg.conversion {
+        None => Ok(list::list_object(rt, result)),
+        Some(c) => match c.kind.as_str() {
+            "Table" => {
+                let include = IncludeObject::parse(req.param("includeObject"))?;
+                Ok(table::to_table(
+                    rt,
+                    &items,
+                    list::list_meta(result),
+                    include,
+                    true,
+                    &c.version,
+                ))
+            }
+            "PartialObjectMetadataList" => Ok(table::partial_object_metadata_list(
+                &items,
+                list::list_meta(result),
+                &c.version,
+            )),
+            _ => Err(ApiError::not_acceptable(format!(
+                "you requested PartialObjectMetadata, but the requested object is a list (*{})",
+                rt.list_kind()
+            ))),
+        },
+    }
+}
+
+/// Decodes a JSON/YAML/protobuf request body.
+async fn decode_body(
+    shared: &Shared,
+    req: &mut ApiRequest,
+    rt: &ResourceType,
+) -> Result<Value, ApiError> {
+    let format =
+        negotiate::input_format(req.header(header::CONTENT_TYPE), &input_formats(shared, rt))
+            .map_err(ApiError::unsupported_media_type)?;
+    let bytes = req.read_body().await?;
+    decode_bytes(shared, format, &bytes)
+}
+
+fn decode_bytes(shared: &Shared, format: Format, bytes: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = match format {
+        Format::Json => serde_json::from_slice(bytes).map_err(|e| {
+            ApiError::bad_request(format!("the object provided is unrecognized: {e}"))
+        })?,
+        Format::Yaml => serde_yaml::from_slice(bytes).map_err(|e| {
+            ApiError::bad_request(format!("the object provided is unrecognized: {e}"))
+        })?,
+        Format::Protobuf => shared
+            .codec()
+            .ok_or_else(|| ApiError::unsupported_media_type("protobuf is not supported"))?
+            .decode_object(bytes)
+            .map_err(|e| {
+                ApiError::bad_request(format!("the object provided is unrecognized: {e}"))
+            })?,
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the object provided is unrecognized: not an object",
+        ));
+    }
+    Ok(value)
+}
+
+async fn patch_object(
+    shared: &Shared,
+    req: &mut ApiRequest,
+    rt: &Arc<ResourceType>,
+    ns: Option<&str>,
+    name: &str,
+    scope: UpdateScope,
+    dry_run: bool,
+) -> Result<(Value, bool), ApiError> {
+    let supported = if rt.builtin {
+        "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
+    } else {
+        "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+    };
+    let unsupported = || {
+        ApiError::unsupported_media_type(format!(
+            "the body of the request was in an unknown format - accepted media types include: {supported}"
+        ))
+    };
+    let patch_type = req
+        .header(header::CONTENT_TYPE)
+        .and_then(PatchType::from_content_type)
+        .ok_or_else(unsupported)?;
+    if patch_type == PatchType::Strategic && !rt.builtin {
+        return Err(unsupported());
+    }
+    let bytes = req.read_body().await?;
+    let patch: Value = match patch_type {
+        PatchType::Apply => {
+            serde_yaml::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?
+        }
+        _ => serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    };
+    let current = match get_object(shared, rt, ns, name) {
+        Ok(c) => c,
+        // Server-side apply creates missing objects.
+        Err(e) if e.code == 404 && patch_type == PatchType::Apply && scope == UpdateScope::Main => {
+            let created = objects::create(shared, rt, ns, patch, dry_run)?;
+            return Ok((created, true));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut target = current.clone();
+    match patch_type {
+        PatchType::Json => {
+            patch::json_patch(&mut target, &patch).map_err(|e| ApiError::new(422, "Invalid", e))?
+        }
+        PatchType::Merge | PatchType::Apply => patch::merge_patch(&mut target, &patch),
+        PatchType::Strategic => patch::strategic_merge(&mut target, &patch),
+    }
+    // A resourceVersion in the patch is a precondition; otherwise the patch
+    // applies to whatever is current.
+    let patched_rv = objects::meta_str(&target, "resourceVersion").to_owned();
+    let current_rv = objects::meta_str(&current, "resourceVersion").to_owned();
+    if patched_rv != current_rv && !patched_rv.is_empty() {
+        return Err(ApiError::stale(&rt.group_resource(), name));
+    }
+    objects::update(shared, rt, ns, name, target, scope, dry_run)
+}
+
+async fn delete_options(req: &mut ApiRequest) -> Result<DeleteOptions, ApiError> {
+    let bytes = req.read_body().await?;
+    let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("unable to decode DeleteOptions: {e}")))?
+    };
+    let grace = req
+        .param("gracePeriodSeconds")
+        .and_then(|v| v.parse().ok())
+        .or_else(|| body.get("gracePeriodSeconds").and_then(Value::as_i64));
+    Ok(DeleteOptions {
+        grace_period_seconds: grace,
+        precondition_uid: body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        precondition_rv: body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        dry_run: req.param("dryRun").is_some_and(|v| v == "All")
+            || body
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|v| v == "All")),
+    })
+}
+
+async fn status_subresource(
+    shared: &Shared,
+    mut req: ApiRequest,
+    rt: &Arc<ResourceType>,
+    ns: Option<&str>,
+    name: &str,
+    verb: &str,
+    neg: &Negotiated,
+) -> Result<Response<Body>, ApiError> {
+    let dry_run = req.param("dryRun").is_some_and(|v| v == "All");
+    match verb {
+        "get" => {
+            let obj = get_object(shared, rt, ns, name)?;
+            respond(shared, &req, rt, neg, StatusCode::OK, &obj)
+        }
+        "update" => {
+            let body = decode_body(shared, &mut req, rt).await?;
+            let (obj, _) =
+                objects::update(shared, rt, ns, name, body, UpdateScope::Status, dry_run)?;
+            respond(shared, &req, rt, neg, StatusCode::OK, &obj)
+        }
+        "patch" => {
+            let (obj, _) =
+                patch_object(shared, &mut req, rt, ns, name, UpdateScope::Status, dry_run).await?;
+            respond(shared, &req, rt, neg, StatusCode::OK, &obj)
+        }
+        _ => Err(ApiError::method_not_supported(&rt.group_resource(), verb)),
+    }
+}
+
+/// `POST serviceaccounts/<name>/token`: issues a token that authenticates
+/// as the service account, answering with the TokenRequest.
+async fn token_request(
+    shared: &Shared,
+    mut req: ApiRequest,
+    rt: &Arc<ResourceType>,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    let sa = get_object(shared, rt, ns, name)?;
+    let bytes = req.read_body().await?;
+    let mut tr: Value = if bytes.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(format!("the object provided is unrecognized: {e}"))
+        })?
+    };
+    let ns = ns.unwrap_or("default");
+    let expiration = tr
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600)
+        .max(600);
+    let serial = shared
+        .token_serial
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let token = format!(
+        "double-sa.{ns}.{name}.{serial}.{}",
+        objects::meta_str(&sa, "uid").replace('-', "")
+    );
+    shared
+        .tokens
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            token.clone(),
+            super::User {
+                name: format!("system:serviceaccount:{ns}:{name}"),
+                groups: vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{ns}"),
+                    "system:authenticated".into(),
+                ],
+            },
+        );
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(expiration);
+    if let Some(m) = tr.as_object_mut() {
+        m.insert("kind".into(), json!("TokenRequest"));
+        m.insert("apiVersion".into(), json!("authentication.k8s.io/v1"));
+        let meta = m.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert("name".into(), json!(name));
+            meta.insert("namespace".into(), json!(ns));
+            meta.insert("creationTimestamp".into(), Value::Null);
+        }
+        let spec = m.entry("spec").or_insert_with(|| json!({}));
+        if let Some(spec) = spec.as_object_mut() {
+            spec.entry("audiences")
+                .or_insert_with(|| json!(["https://kubernetes.default.svc.cluster.local"]));
+            spec.insert("expirationSeconds".into(), json!(expiration));
+            spec.entry("boundObjectRef").or_insert(Value::Null);
+        }
+        m.insert(
+            "status".into(),
+            json!({"token": token, "expirationTimestamp": objects::rfc3339(expires)}),
+        );
+    }
+    Ok(response::json_response(StatusCode::CREATED, &tr))
+}

@@ -1,0 +1,444 @@
+//! Request entry: logging, fault injection, authentication (x509 first,
+//! then bearer token, like the union authenticator), a default-RBAC-like
+//! authorizer for anonymous users, and the RequestInfo-style path parsing
+//! that sends each request to health, discovery or a resource handler.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::conn::ConnInfo;
+use super::faults::{FaultKind, Truncated, garbage};
+use super::response::{self, Body};
+use super::status::{ApiError, GroupResource};
+use super::{Auth, RecordedRequest, Shared, User, lock};
+
+/// A parsed request to a resource path.
+#[derive(Clone, Debug)]
+pub struct ResourcePath {
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+    /// The legacy `/watch/` path prefix was used.
+    pub legacy_watch: bool,
+}
+
+/// What a path addresses.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Resource(ResourcePath),
+    /// `/api`, `/api/v1`, `/apis`, `/apis/g`, `/apis/g/v`.
+    Discovery {
+        group: Option<String>,
+        version: Option<String>,
+        legacy: bool,
+    },
+    Health(&'static str),
+    Version,
+    Root,
+    NotFound,
+}
+
+/// Parses a URL path the way k8s.io/apiserver's RequestInfoFactory does.
+pub fn parse_path(path: &str) -> Target {
+    let parts: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    match parts.as_slice() {
+        [] => return Target::Root,
+        ["version"] => return Target::Version,
+        ["healthz", ..] => return Target::Health("healthz"),
+        ["livez", ..] => return Target::Health("livez"),
+        ["readyz", ..] => return Target::Health("readyz"),
+        ["api"] => {
+            return Target::Discovery {
+                group: None,
+                version: None,
+                legacy: true,
+            };
+        }
+        ["api", v] => {
+            return Target::Discovery {
+                group: Some(String::new()),
+                version: Some((*v).to_owned()),
+                legacy: true,
+            };
+        }
+        ["apis"] => {
+            return Target::Discovery {
+                group: None,
+                version: None,
+                legacy: false,
+            };
+        }
+        ["apis", g] => {
+            return Target::Discovery {
+                group: Some((*g).to_owned()),
+                version: None,
+                legacy: false,
+            };
+        }
+        ["apis", g, v] => {
+            return Target::Discovery {
+                group: Some((*g).to_owned()),
+                version: Some((*v).to_owned()),
+                legacy: false,
+            };
+        }
+        _ => {}
+    }
+    let (group, version, mut rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => (String::new(), (*v).to_owned(), rest.to_vec()),
+        ["apis", g, v, rest @ ..] => ((*g).to_owned(), (*v).to_owned(), rest.to_vec()),
+        _ => return Target::NotFound,
+    };
+    let mut legacy_watch = false;
+    if rest.first() == Some(&"watch") {
+        legacy_watch = true;
+        rest.remove(0);
+    }
+    let mut namespace = None;
+    if rest.first() == Some(&"namespaces") && rest.len() > 1 {
+        namespace = Some(rest[1].to_owned());
+        if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
+            rest.drain(..2);
+        } else {
+            // /namespaces/{name}[/status]: the namespace object itself.
+            namespace = None;
+        }
+    }
+    let Some(resource) = rest.first() else {
+        return Target::NotFound;
+    };
+    if rest.len() > 3 {
+        return Target::NotFound;
+    }
+    Target::Resource(ResourcePath {
+        group,
+        version,
+        resource: (*resource).to_owned(),
+        namespace,
+        name: rest.get(1).map(|s| (*s).to_owned()),
+        subresource: rest.get(2).map(|s| (*s).to_owned()),
+        legacy_watch,
+    })
+}
+
+/// The authenticated request handed to handlers.
+pub struct ApiRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    pub user: Option<User>,
+    /// Taken by handlers that read a body.
+    pub body: Option<Incoming>,
+    /// Present when the client asked for a protocol upgrade (exec, attach).
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+impl ApiRequest {
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn params(&self, key: &str) -> Vec<&str> {
+        self.query
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Reads the whole request body.
+    pub async fn read_body(&mut self) -> Result<bytes::Bytes, ApiError> {
+        use http_body_util::BodyExt as _;
+        let Some(body) = self.body.take() else {
+            return Ok(bytes::Bytes::new());
+        };
+        body.collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| ApiError::bad_request(format!("unable to read request body: {e}")))
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let raw_query = req.uri().query().unwrap_or("").to_owned();
+    let headers = req.headers().clone();
+    let bearer = header_str(&headers, header::AUTHORIZATION)
+        .and_then(|h| h.strip_prefix("Bearer ").map(|t| t.trim().to_owned()));
+    let auth = match (&bearer, &info.client_cert) {
+        (Some(t), _) => Auth::Bearer(t.clone()),
+        (None, Some((cn, orgs))) => Auth::ClientCert {
+            cn: cn.clone(),
+            orgs: orgs.clone(),
+        },
+        (None, None) => Auth::Anonymous,
+    };
+    let is_h2 = req.version() == http::Version::HTTP_2;
+    lock(&shared.log).push(RecordedRequest {
+        method: method.to_string(),
+        path: path.clone(),
+        query: raw_query.clone(),
+        user_agent: header_str(&headers, header::USER_AGENT),
+        auth,
+        client_cert: info.client_cert.clone(),
+        http_version: if is_h2 { "HTTP/2.0" } else { "HTTP/1.1" }.to_owned(),
+        accept: header_str(&headers, header::ACCEPT),
+        content_type: header_str(&headers, header::CONTENT_TYPE),
+    });
+    tracing::debug!(%method, %path, query = %raw_query, "request");
+
+    let mut truncate = None;
+    match shared.faults.take(method.as_str(), &path) {
+        Some(FaultKind::Garbage) => {
+            info.poison.set(garbage());
+            return response::plain(StatusCode::OK, "text/plain", "poisoned");
+        }
+        Some(FaultKind::Hang) => std::future::pending::<()>().await,
+        Some(FaultKind::Delay(d)) => tokio::time::sleep(d).await,
+        Some(FaultKind::Status(code)) => {
+            return response::error(&ApiError::for_code(code), None, None);
+        }
+        Some(FaultKind::CloseMidStream { after_bytes }) => truncate = Some(after_bytes),
+        None => {}
+    }
+
+    // Authentication: a verified client certificate wins, then the token.
+    let user = if let Some((cn, orgs)) = &info.client_cert {
+        Some(User {
+            name: cn.clone(),
+            groups: orgs.clone(),
+        })
+    } else if let Some(token) = &bearer {
+        match shared.lookup_token(token) {
+            Some(u) => Some(u),
+            None => return response::error(&ApiError::unauthorized(), None, None),
+        }
+    } else {
+        None
+    };
+
+    let query: Vec<(String, String)> = form_urlencoded::parse(raw_query.as_bytes())
+        .into_owned()
+        .collect();
+    let mut req = req;
+    let wants_upgrade = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    let upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let target = parse_path(&path);
+    let req = ApiRequest {
+        method,
+        path,
+        query,
+        headers,
+        user,
+        body: Some(req.into_body()),
+        upgrade,
+    };
+
+    let resp = match authorize(&shared, &req, &target) {
+        Err(e) => response::error(&e, None, None),
+        Ok(()) => dispatch(&shared, req, target).await,
+    };
+    match truncate {
+        Some(limit) => {
+            let (parts, body) = resp.into_parts();
+            let mut resp = Response::from_parts(
+                parts,
+                http_body_util::BodyExt::boxed_unsync(Truncated::new(body, limit)),
+            );
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+            resp
+        }
+        None => resp,
+    }
+}
+
+/// Default RBAC lets unauthenticated users see only version and health.
+fn authorize(shared: &Shared, req: &ApiRequest, target: &Target) -> Result<(), ApiError> {
+    if req.user.is_some() || shared.allow_anonymous {
+        return Ok(());
+    }
+    let verb = verb_of(req, target);
+    let why_prefix = "User \"system:anonymous\" cannot";
+    match target {
+        Target::Version | Target::Health(_) => Ok(()),
+        Target::Resource(rp) => {
+            let mut resource = rp.resource.clone();
+            if let Some(sub) = &rp.subresource {
+                resource = format!("{resource}/{sub}");
+            }
+            let scope = match &rp.namespace {
+                Some(ns) => format!("in the namespace {ns:?}"),
+                None => "at the cluster scope".to_owned(),
+            };
+            Err(ApiError::forbidden(
+                &GroupResource::new(&rp.group, &rp.resource),
+                rp.name.as_deref().unwrap_or(""),
+                &format!(
+                    "{why_prefix} {verb} resource {resource:?} in API group {:?} {scope}",
+                    rp.group
+                ),
+            ))
+        }
+        _ => Err(ApiError::forbidden(
+            &GroupResource::new("", ""),
+            "",
+            &format!("{why_prefix} {verb} path {:?}", req.path),
+        )),
+    }
+}
+
+/// The authorization verb of a request.
+pub fn verb_of(req: &ApiRequest, target: &Target) -> &'static str {
+    let named = matches!(target, Target::Resource(rp) if rp.name.is_some());
+    let watch = req.param("watch").is_some_and(|v| v == "true" || v == "1")
+        || matches!(target, Target::Resource(rp) if rp.legacy_watch);
+    match req.method {
+        Method::GET | Method::HEAD if watch => "watch",
+        Method::GET | Method::HEAD if named || !matches!(target, Target::Resource(_)) => "get",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "",
+    }
+}
+
+async fn dispatch(shared: &Arc<Shared>, req: ApiRequest, target: Target) -> Response<Body> {
+    match target {
+        Target::Version => response::json_response(StatusCode::OK, &version_info()),
+        Target::Health(which) => health(shared, which, &req),
+        Target::Root => response::json_response(
+            StatusCode::OK,
+            &super::discovery::root_paths(&shared.registry),
+        ),
+        Target::Discovery {
+            group,
+            version,
+            legacy,
+        } => super::discovery::serve(shared, &req, group.as_deref(), version.as_deref(), legacy),
+        Target::NotFound => response::error(&ApiError::no_route(), None, None),
+        Target::Resource(rp) => {
+            let verb = verb_of(&req, &Target::Resource(rp.clone()));
+            super::rest::serve(shared, req, rp, verb).await
+        }
+    }
+}
+
+fn health(shared: &Shared, which: &str, req: &ApiRequest) -> Response<Body> {
+    let ready = shared.ready.load(Ordering::SeqCst);
+    if which == "readyz" && !ready {
+        let body = "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\nreadyz check failed\n";
+        return response::plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            body,
+        );
+    }
+    if req.param("verbose").is_some() {
+        let body = format!("[+]ping ok\n[+]log ok\n[+]etcd ok\n{which} check passed\n");
+        return response::plain(StatusCode::OK, "text/plain; charset=utf-8", body);
+    }
+    response::plain(StatusCode::OK, "text/plain; charset=utf-8", "ok")
+}
+
+fn version_info() -> serde_json::Value {
+    json!({
+        "major": "1",
+        "minor": "34",
+        "emulationMajor": "1",
+        "emulationMinor": "34",
+        "minCompatibilityMajor": "1",
+        "minCompatibilityMinor": "33",
+        "gitVersion": "v1.34.0",
+        "gitCommit": "f28b4c9efbca5c5c0af716d9f2d5702667ee8a45",
+        "gitTreeState": "clean",
+        "buildDate": "2025-08-27T10:09:56Z",
+        "goVersion": "go1.24.6",
+        "compiler": "gc",
+        "platform": "linux/amd64"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(path: &str) -> ResourcePath {
+        match parse_path(path) {
+            Target::Resource(rp) => rp,
+            other => panic!("{path} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_info_paths() {
+        let rp = resource("/api/v1/namespaces/default/pods/p1/status");
+        assert_eq!(
+            (
+                rp.namespace.as_deref(),
+                rp.resource.as_str(),
+                rp.name.as_deref(),
+                rp.subresource.as_deref()
+            ),
+            (Some("default"), "pods", Some("p1"), Some("status"))
+        );
+        let rp = resource("/api/v1/namespaces/kube-system");
+        assert_eq!(
+            (rp.resource.as_str(), rp.name.as_deref(), rp.namespace),
+            ("namespaces", Some("kube-system"), None)
+        );
+        let rp = resource("/api/v1/namespaces/ns1/status");
+        assert_eq!(
+            (
+                rp.resource.as_str(),
+                rp.name.as_deref(),
+                rp.subresource.as_deref()
+            ),
+            ("namespaces", Some("ns1"), Some("status"))
+        );
+        let rp = resource("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1");
+        assert_eq!(
+            (rp.group.as_str(), rp.resource.as_str()),
+            ("coordination.k8s.io", "leases")
+        );
+        let rp = resource("/api/v1/watch/namespaces/default/pods");
+        assert!(rp.legacy_watch);
+        assert_eq!(rp.namespace.as_deref(), Some("default"));
+        let rp = resource("/api/v1/pods");
+        assert_eq!((rp.namespace, rp.name), (None, None));
+        assert!(matches!(parse_path("/apis/apps"), Target::Discovery { .. }));
+        assert!(matches!(parse_path("/openapi/v2"), Target::NotFound));
+    }
+}

@@ -1,0 +1,384 @@
+//! Running yurthub for tests: certificates and flags for a hub in front of
+//! one or more apiserver doubles, in-process ([`Hub::start`]) or as the real
+//! binary ([`HubProcess`]), and a small HTTP client for its listeners.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::pki::TestPki;
+
+pub const NODE: &str = "node1";
+
+/// Files a hub needs: the cluster CA, its client identity (as kubelet's
+/// cert+key PEM, for `--bootstrap-mode=kubeletcertificate`) and a serving
+/// certificate for the pod-facing listener.
+pub struct HubFiles {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub client_pem: PathBuf,
+    pub serving_cert: PathBuf,
+    pub serving_key: PathBuf,
+}
+
+impl HubFiles {
+    pub fn new(pki: &TestPki) -> HubFiles {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = pki.write_ca(dir.path()).expect("write ca");
+        let (cert, key) = pki
+            .issue_client_cert(
+                &format!("system:node:{NODE}"),
+                &["system:nodes", "openyurt:yurthub"],
+            )
+            .expect("client cert");
+        let client_pem = dir.path().join("kubelet-client-current.pem");
+        std::fs::write(&client_pem, format!("{cert}{key}")).expect("write client pem");
+        let ips = [
+            "127.0.0.1".parse().unwrap(),
+            "10.96.0.1".parse().unwrap(),
+            "169.254.2.1".parse().unwrap(),
+        ];
+        let (scert, skey) = pki
+            .issue_server_cert(
+                &[
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                ],
+                &ips,
+            )
+            .expect("serving cert");
+        let (serving_cert, serving_key) =
+            TestPki::write_pair(dir.path(), "serving", &scert, &skey).expect("write serving pair");
+        HubFiles {
+            dir,
+            ca,
+            client_pem,
+            serving_cert,
+            serving_key,
+        }
+    }
+
+    /// Flags for a hub in front of `servers`, on loopback ephemeral ports,
+    /// with a 1 s heartbeat so health transitions happen within test time.
+    pub fn args(&self, servers: &[String], extra: &[&str]) -> Vec<String> {
+        let root = self.dir.path().join("root");
+        let mut a: Vec<String> = vec![
+            "yurthub".into(),
+            format!("--node-name={NODE}"),
+            "--nodepool-name=pool".into(),
+            format!("--server-addr={}", servers.join(",")),
+            "--bootstrap-mode=kubeletcertificate".into(),
+            format!("--kubelet-client-certificate={}", self.client_pem.display()),
+            format!("--kubelet-ca-file={}", self.ca.display()),
+            format!("--tls-cert-file={}", self.serving_cert.display()),
+            format!("--tls-private-key-file={}", self.serving_key.display()),
+            "--hub-address=127.0.0.1".into(),
+            "--redirect-mode=none".into(),
+            "--bind-proxy-address=127.0.0.1".into(),
+            "--proxy-port=0".into(),
+            "--proxy-secure-port=0".into(),
+            format!("--serve-port={}", free_port()),
+            format!("--root-dir={}", root.display()),
+            format!("--disk-cache-path={}", root.join("cache").display()),
+            "--heartbeat-interval-seconds=1".into(),
+            "--heartbeat-timeout-seconds=1".into(),
+            "--shutdown-grace-period=3s".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+}
+
+/// A port that was free a moment ago (for listeners that cannot take 0).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// An in-process hub.
+pub struct Hub {
+    app: Option<yurthub::App>,
+    pub proxy: SocketAddr,
+    pub secure: SocketAddr,
+    pub hub_server: SocketAddr,
+}
+
+impl Hub {
+    pub async fn start(args: &[String]) -> Hub {
+        use clap::Parser;
+        let cli = yurthub::cli::Cli::try_parse_from(args).expect("hub flags parse");
+        let cfg = yurthub::config::Config::from_args(&cli.run).expect("hub config is valid");
+        let _ = yurthub::telemetry::init(2, "text");
+        let app = tokio::time::timeout(Duration::from_secs(20), yurthub::App::start(cfg))
+            .await
+            .expect("hub starts within 20 s")
+            .expect("hub starts");
+        Hub {
+            proxy: app.proxy_addr,
+            secure: app.proxy_secure_addr,
+            hub_server: app.hub_server_addr.expect("hub server enabled"),
+            app: Some(app),
+        }
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy)
+    }
+
+    pub fn hub_url(&self) -> String {
+        format!("http://{}", self.hub_server)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+}
+
+/// The yurthub binary, for process-level tests.
+pub struct HubProcess {
+    pub child: Child,
+}
+
+/// The `yurthub-under-test` binary cargo builds next to this package's
+/// integration tests (target/<profile>/, the parent of deps/).
+pub fn hub_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("yurthub-under-test"))
+        .expect("test binary lives in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with cargo test -p yurthub-e2e",
+        bin.display()
+    );
+    bin
+}
+
+impl HubProcess {
+    pub fn spawn(args: &[String]) -> HubProcess {
+        let child = Command::new(hub_binary())
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn yurthub");
+        HubProcess { child }
+    }
+
+    /// Sends a signal; returns the exit status within `within`.
+    pub fn signal_and_wait(
+        &mut self,
+        sig: nix::sys::signal::Signal,
+        within: Duration,
+    ) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal hub");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hub did not exit within {within:?} of {sig}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub type PlainClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn plain_client() -> PlainClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// One plain-HTTP request, read whole, within 10 s.
+pub async fn send(
+    client: &PlainClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).expect("request");
+    let fut = async {
+        let resp = client.request(req).await.expect("request succeeds");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{url} answered within 10 s"))
+}
+
+pub async fn get(client: &PlainClient, url: &str, user_agent: &str) -> Reply {
+    send(
+        client,
+        Method::GET,
+        url,
+        &[("user-agent", user_agent), ("accept", "application/json")],
+        Bytes::new(),
+    )
+    .await
+}
+
+/// Polls `check` every 100 ms until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One HTTP/1.1 request over TLS to `addr`, verifying the server against
+/// `ca_pem` for `server_name`, optionally presenting a client certificate.
+pub async fn tls_send(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    client_identity: Option<(&str, &str)>,
+    req: Request<Full<Bytes>>,
+) -> Result<Reply, String> {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    let cfg = match client_identity {
+        Some((cert, key)) => {
+            let chain = rustls_pemfile::certs(&mut cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let key = rustls_pemfile::private_key(&mut key.as_bytes())
+                .map_err(|e| e.to_string())?
+                .ok_or("no key")?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| e.to_string())?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// A GET request with the given User-Agent and extra headers.
+pub fn get_request(url: &str, user_agent: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .uri(url)
+        .header("user-agent", user_agent)
+        .header("accept", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).expect("request")
+}
+
+/// Reads one metric sample's value from a /metrics text body.
+pub fn metric_value(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}

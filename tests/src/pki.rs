@@ -1,0 +1,217 @@
+//! Throw-away cluster PKI for tests: one ECDSA P-256 cluster CA that signs
+//! serving certificates (for the apiserver double and yurthub) and client
+//! certificates (user = CN, groups = O, exactly as kube-apiserver reads them).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Errors from generating or writing test certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("invalid subject alternative name {name:?}: {source}")]
+    San { name: String, source: rcgen::Error },
+    #[error("at most two organizations per client certificate are supported, got {0}")]
+    TooManyOrgs(usize),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A cluster CA able to issue serving and client certificates.
+pub struct TestPki {
+    ca_pem: String,
+    ca_key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for TestPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestPki").finish_non_exhaustive()
+    }
+}
+
+/// File names written by [`TestPki::write_ca`] and friends.
+pub const CA_CERT_FILE: &str = "ca.crt";
+
+impl TestPki {
+    /// Creates a fresh cluster CA named like kubeadm's (`CN=kubernetes`).
+    pub fn new() -> Result<Self, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "kubernetes");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+        ];
+        set_validity(&mut params, Duration::days(3650));
+        let cert = params.self_signed(&key)?;
+        let ca_key_pem = key.serialize_pem();
+        Ok(Self {
+            ca_pem: cert.pem(),
+            ca_key_pem,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// PEM of the CA certificate (what goes into `ca.crt` / kubeconfig CA data).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// PEM (PKCS#8) of the CA private key, for tests that sign CSRs themselves.
+    pub fn ca_key_pem(&self) -> &str {
+        &self.ca_key_pem
+    }
+
+    /// Issues a serving certificate for the given DNS names and IP addresses.
+    /// Returns `(cert_pem, key_pem)`.
+    pub fn issue_server_cert(
+        &self,
+        dns: &[&str],
+        ips: &[IpAddr],
+    ) -> Result<(String, String), PkiError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            dns.first().copied().unwrap_or("kube-apiserver"),
+        );
+        params.distinguished_name = dn;
+        for name in dns {
+            let san = (*name)
+                .to_owned()
+                .try_into()
+                .map_err(|source| PkiError::San {
+                    name: (*name).to_owned(),
+                    source,
+                })?;
+            params.subject_alt_names.push(SanType::DnsName(san));
+        }
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
+    /// Issues a client certificate: the apiserver maps CN to the user name and
+    /// each O to a group. Returns `(cert_pem, key_pem)`.
+    ///
+    /// rcgen keys distinguished-name attributes by type, so a second O is
+    /// written through a custom attribute type with O's OID (2.5.4.10);
+    /// more than two organizations cannot be expressed.
+    pub fn issue_client_cert(&self, cn: &str, orgs: &[&str]) -> Result<(String, String), PkiError> {
+        const ORGANIZATION_OID: &[u64] = &[2, 5, 4, 10];
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        match orgs {
+            [] => {}
+            [one] => dn.push(DnType::OrganizationName, *one),
+            [first, second] => {
+                dn.push(DnType::OrganizationName, *first);
+                dn.push(DnType::CustomDnType(ORGANIZATION_OID.to_vec()), *second);
+            }
+            more => return Err(PkiError::TooManyOrgs(more.len())),
+        }
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// Writes `ca.crt` into `dir` (created if missing) and returns its path.
+    pub fn write_ca(&self, dir: &Path) -> Result<PathBuf, PkiError> {
+        write_file(dir, CA_CERT_FILE, &self.ca_pem)
+    }
+
+    /// Writes a certificate and key pair as `<stem>.crt` and `<stem>.key`
+    /// into `dir`; returns both paths.
+    pub fn write_pair(
+        dir: &Path,
+        stem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
+        let cert = write_file(dir, &format!("{stem}.crt"), cert_pem)?;
+        let key = write_file(dir, &format!("{stem}.key"), key_pem)?;
+        Ok((cert, key))
+    }
+
+    fn sign(&self, mut params: CertificateParams) -> Result<(String, String), PkiError> {
+        set_validity(&mut params, Duration::days(365));
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// Backdates `not_before` a little so clocks that disagree by seconds still
+/// accept freshly issued certificates.
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + lifetime;
+}
+
+fn write_file(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, PkiError> {
+    let path = dir.join(name);
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, contents))
+        .map_err(|source| PkiError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_cert_carries_cn_and_orgs() {
+        let pki = TestPki::new().expect("pki");
+        let (cert, _key) = pki
+            .issue_client_cert("system:node:n1", &["system:nodes", "openyurt:yurthub"])
+            .expect("client cert");
+        let der = rustls_pemfile::certs(&mut cert.as_bytes())
+            .next()
+            .expect("one cert")
+            .expect("valid pem");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let subject = parsed.subject();
+        let cn: Vec<_> = subject
+            .iter_common_name()
+            .map(|a| a.as_str().expect("utf8").to_owned())
+            .collect();
+        let orgs: Vec<_> = subject
+            .iter_organization()
+            .map(|a| a.as_str().expect("utf8").to_owned())
+            .collect();
+        assert_eq!(cn, ["system:node:n1"]);
+        assert_eq!(orgs, ["system:nodes", "openyurt:yurthub"]);
+    }
+}

@@ -1,0 +1,747 @@
+//! The online proxy path through the public surface: the hub's listeners,
+//! the hub server, and what the apiserver double receives.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use yurthub_e2e::apiserver::{ApiServer, Auth, Fault, FaultKind, User};
+use yurthub_e2e::hub::{
+    self, Hub, HubFiles, NODE, eventually, get, metric_value, plain_client, send,
+};
+use yurthub_e2e::pki::TestPki;
+
+const KUBELET: &str = "kubelet/v1.34.0 (linux/amd64) kubernetes/abcdef";
+
+fn pod(ns: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": {"app": "demo"}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}]}
+    })
+}
+
+async fn double(pki: &Arc<TestPki>) -> ApiServer {
+    let s = ApiServer::builder()
+        .pki(pki.clone())
+        .bookmark_interval(Duration::from_secs(1))
+        .start()
+        .await
+        .expect("double starts");
+    s.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}))
+        .expect("node");
+    s
+}
+
+async fn setup(extra: &[&str]) -> (Arc<TestPki>, ApiServer, HubFiles, Hub) {
+    let pki = Arc::new(TestPki::new().expect("pki"));
+    let api = double(&pki).await;
+    let files = HubFiles::new(&pki);
+    let hub = Hub::start(&files.args(&[api.url()], extra)).await;
+    (pki, api, files, hub)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_server_reports_health_readiness_and_metrics() {
+    let (_pki, api, _files, hub) = setup(&[]).await;
+    let c = plain_client();
+    let r = get(&c, &format!("{}/v1/healthz", hub.hub_url()), "curl").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "OK"));
+    let r = get(&c, &format!("{}/v1/readyz", hub.hub_url()), "curl").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "OK"));
+    let r = get(&c, &format!("{}/nope", hub.hub_url()), "curl").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(
+        &c,
+        Method::POST,
+        &format!("{}/v1/healthz", hub.hub_url()),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // One proxied request so the per-request series exist.
+    let r = get(
+        &c,
+        &format!("{}/api/v1/namespaces/default/pods", hub.proxy_url()),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let m = get(&c, &format!("{}/metrics", hub.hub_url()), "prometheus")
+        .await
+        .text();
+    let server = format!(
+        "node_yurthub_server_healthy_status{{server=\"{}/\"}}",
+        api.url()
+    );
+    assert_eq!(metric_value(&m, &server), Some(1.0), "{m}");
+    for series in [
+        "node_yurthub_in_flight_requests_total",
+        "node_yurthub_proxy_traffic_collector{",
+        "node_yurthub_closable_conns_collector{",
+        "node_yurthub_proxy_request_duration_seconds_bucket{",
+        "openyurt_version_info{component_name=\"yurthub\"",
+    ] {
+        assert!(m.contains(series), "{series} missing from:\n{m}");
+    }
+    let traffic = metric_value(
+        &m,
+        "node_yurthub_proxy_traffic_collector{verb=\"list\",resource=\"pods\",subresources=\"\",client=\"kubelet\"}",
+    );
+    assert!(traffic.unwrap_or(0.0) > 0.0, "traffic counted: {m}");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_requests_use_the_hub_identity_and_come_back_byte_identical() {
+    let (pki, api, _files, hub) = setup(&[]).await;
+    api.create(pod("default", "p1")).expect("pod");
+    let c = plain_client();
+    let via_hub = get(
+        &c,
+        &format!("{}/api/v1/namespaces/default/pods/p1", hub.proxy_url()),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(via_hub.status, StatusCode::OK, "{}", via_hub.text());
+
+    let (cert, key) = pki
+        .issue_client_cert("system:node:node1", &["system:nodes"])
+        .unwrap();
+    let direct = hub::tls_send(
+        api.addr(),
+        "localhost",
+        pki.ca_pem(),
+        Some((&cert, &key)),
+        hub::get_request(
+            &format!("{}/api/v1/namespaces/default/pods/p1", api.url()),
+            KUBELET,
+            &[],
+        ),
+    )
+    .await
+    .expect("direct request");
+    assert_eq!(via_hub.body, direct.body, "the hub must not alter the body");
+
+    let seen = api
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.path == "/api/v1/namespaces/default/pods/p1"
+                && r.user_agent.as_deref() == Some(KUBELET)
+        })
+        .expect("the double saw the request");
+    match &seen.auth {
+        Auth::ClientCert { cn, orgs } => {
+            assert_eq!(cn, "system:node:node1");
+            let mut orgs = orgs.clone();
+            orgs.sort();
+            assert_eq!(orgs, ["openyurt:yurthub", "system:nodes"]);
+        }
+        other => panic!("expected the hub's client certificate, got {other:?}"),
+    }
+    assert_eq!(
+        seen.http_version, "HTTP/2.0",
+        "HTTP/2 is used where the apiserver offers it"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_are_forwarded_without_a_client_certificate() {
+    let (_pki, api, _files, hub) = setup(&[]).await;
+    api.add_token(
+        "sa-token",
+        User::new(
+            "system:serviceaccount:default:app",
+            &["system:serviceaccounts"],
+        ),
+    );
+    let c = plain_client();
+    let r = send(
+        &c,
+        Method::GET,
+        &format!("{}/api/v1/namespaces/default/pods", hub.proxy_url()),
+        &[
+            ("authorization", "Bearer sa-token"),
+            ("user-agent", "app/1.0"),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = api
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.user_agent.as_deref() == Some("app/1.0"))
+        .expect("seen");
+    assert_eq!(seen.auth, Auth::Bearer("sa-token".into()));
+    assert_eq!(
+        seen.client_cert, None,
+        "no client certificate with a bearer token"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_facing_listener_never_lends_the_node_identity() {
+    let (pki, api, _files, hub) = setup(&[]).await;
+    api.add_token(
+        "pod-token",
+        User::new(
+            "system:serviceaccount:default:app",
+            &["system:serviceaccounts"],
+        ),
+    );
+    let url = format!(
+        "https://kubernetes.default.svc:{}/api/v1/namespaces/default/pods",
+        hub.secure.port()
+    );
+
+    // TLS to the hub verifies against the cluster CA for the in-cluster name.
+    let anon = hub::tls_send(
+        hub.secure,
+        "kubernetes.default.svc",
+        pki.ca_pem(),
+        None,
+        hub::get_request(&url, "pod-anon/1", &[]),
+    )
+    .await
+    .expect("TLS to the hub");
+    assert_eq!(
+        anon.status,
+        StatusCode::FORBIDDEN,
+        "anonymous stays anonymous: {}",
+        anon.text()
+    );
+    let seen = api
+        .requests()
+        .into_iter()
+        .find(|r| r.user_agent.as_deref() == Some("pod-anon/1"))
+        .expect("seen");
+    assert_eq!(seen.auth, Auth::Anonymous);
+
+    let ok = hub::tls_send(
+        hub.secure,
+        "10.96.0.1",
+        pki.ca_pem(),
+        None,
+        hub::get_request(&url, "pod-app/1", &[("authorization", "Bearer pod-token")]),
+    )
+    .await
+    .expect("TLS to the hub by VIP");
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    let seen = api
+        .requests()
+        .into_iter()
+        .find(|r| r.user_agent.as_deref() == Some("pod-app/1"))
+        .expect("seen");
+    assert_eq!(seen.auth, Auth::Bearer("pod-token".into()));
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gates_clients_but_not_the_hub_itself() {
+    let pki = Arc::new(TestPki::new().unwrap());
+    let api = double(&pki).await;
+    let files = HubFiles::new(&pki);
+    // No serving certificate: certificates are not ready.
+    let args: Vec<String> = files
+        .args(&[api.url()], &[])
+        .into_iter()
+        .filter(|a| !a.starts_with("--tls-"))
+        .collect();
+    let hub = Hub::start(&args).await;
+    let c = plain_client();
+    assert_eq!(
+        get(&c, &format!("{}/v1/healthz", hub.hub_url()), "x")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = get(&c, &format!("{}/v1/readyz", hub.hub_url()), "x").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "certificates are not ready"
+        )
+    );
+    let r = get(
+        &c,
+        &format!("{}/api/v1/namespaces/default/pods", hub.proxy_url()),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["reason"], "ServiceUnavailable");
+    let r = get(
+        &c,
+        &format!("{}/api/v1/namespaces/default/pods", hub.proxy_url()),
+        "yurthub/x",
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the hub's own clients bypass readiness: {}",
+        r.text()
+    );
+    hub.stop().await;
+}
+
+/// Opens a watch through the hub and returns a channel of raw chunks.
+async fn open_watch(
+    url: &str,
+    ua: &str,
+) -> (StatusCode, tokio::sync::mpsc::Receiver<Option<Bytes>>) {
+    let c = plain_client();
+    let req = hub::get_request(url, ua, &[]);
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+        .await
+        .expect("watch answered")
+        .expect("watch");
+    let status = resp.status();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut body = resp.into_body();
+    tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Ok(d) = f.into_data()
+                        && tx.send(Some(d)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(None).await;
+    });
+    (status, rx)
+}
+
+/// Reads chunks until one contains `needle`; None means the stream ended.
+async fn wait_for(
+    rx: &mut tokio::sync::mpsc::Receiver<Option<Bytes>>,
+    needle: &str,
+    within: Duration,
+) -> Result<(), &'static str> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = String::new();
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return Err("timed out"),
+            Ok(None) | Ok(Some(None)) => return Err("stream ended"),
+            Ok(Some(Some(chunk))) => {
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+                if seen.contains(needle) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_end(
+    rx: &mut tokio::sync::mpsc::Receiver<Option<Bytes>>,
+    within: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return false,
+            Ok(None) | Ok(Some(None)) => return true,
+            Ok(Some(Some(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_stream_events_as_they_happen() {
+    let (_pki, api, _files, hub) = setup(&[]).await;
+    let rv = api.resource_version();
+    let (status, mut rx) = open_watch(
+        &format!(
+            "{}/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}",
+            hub.proxy_url()
+        ),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    api.create(pod("default", "streamed")).unwrap();
+    wait_for(&mut rx, "\"streamed\"", Duration::from_secs(3))
+        .await
+        .expect("ADDED event delivered without buffering");
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_mode_fails_over_mid_watch_and_returns_to_the_first_server() {
+    let pki = Arc::new(TestPki::new().unwrap());
+    let a = double(&pki).await;
+    let b = double(&pki).await;
+    let files = HubFiles::new(&pki);
+    let hub = Hub::start(&files.args(&[a.url(), b.url()], &["--lb-mode=priority"])).await;
+    let c = plain_client();
+    let list = format!("{}/api/v1/namespaces/default/pods", hub.proxy_url());
+
+    assert_eq!(get(&c, &list, "client-a/1").await.status, StatusCode::OK);
+    assert!(
+        a.requests()
+            .iter()
+            .any(|r| r.user_agent.as_deref() == Some("client-a/1")),
+        "priority: the first server serves"
+    );
+
+    let (status, mut rx) = open_watch(&format!("{list}?watch=true"), KUBELET).await;
+    assert_eq!(status, StatusCode::OK);
+    a.shutdown().await;
+    assert!(
+        wait_for_end(&mut rx, Duration::from_secs(5)).await,
+        "the watch through the dead server ends promptly"
+    );
+
+    eventually(
+        Duration::from_secs(5),
+        "requests reach the second server",
+        || async {
+            let r = get(&c, &list, "client-b/1").await;
+            r.status == StatusCode::OK
+                && b.requests()
+                    .iter()
+                    .any(|r| r.user_agent.as_deref() == Some("client-b/1"))
+        },
+    )
+    .await;
+    let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
+        .await
+        .text();
+    assert_eq!(
+        metric_value(
+            &m,
+            &format!(
+                "node_yurthub_server_healthy_status{{server=\"{}/\"}}",
+                a.url()
+            )
+        ),
+        Some(0.0),
+        "{m}"
+    );
+
+    a.restart().await.expect("first server back");
+    a.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}))
+        .ok();
+    eventually(
+        Duration::from_secs(10),
+        "requests return to the first server after it recovers",
+        || async {
+            let _ = get(&c, &list, "client-c/1").await;
+            a.requests()
+                .iter()
+                .any(|r| r.user_agent.as_deref() == Some("client-c/1"))
+        },
+    )
+    .await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_requests_over_healthy_servers() {
+    let pki = Arc::new(TestPki::new().unwrap());
+    let a = double(&pki).await;
+    let b = double(&pki).await;
+    let files = HubFiles::new(&pki);
+    let hub = Hub::start(&files.args(&[a.url(), b.url()], &["--lb-mode=rr"])).await;
+    let c = plain_client();
+    for _ in 0..6 {
+        assert_eq!(
+            get(
+                &c,
+                &format!("{}/api/v1/namespaces/default/pods", hub.proxy_url()),
+                "rr/1"
+            )
+            .await
+            .status,
+            StatusCode::OK
+        );
+    }
+    let count = |s: &ApiServer| {
+        s.requests()
+            .iter()
+            .filter(|r| r.user_agent.as_deref() == Some("rr/1"))
+            .count()
+    };
+    assert!(
+        count(&a) >= 2 && count(&b) >= 2,
+        "a={} b={}",
+        count(&a),
+        count(&b)
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_healthy_backend_answers_502_with_a_status() {
+    let (_pki, api, _files, hub) = setup(&[]).await;
+    api.shutdown().await;
+    let c = plain_client();
+    eventually(
+        Duration::from_secs(5),
+        "a 502 Status once the only server is gone",
+        || async {
+            let r = get(
+                &c,
+                &format!("{}/api/v1/namespaces/default/pods", hub.proxy_url()),
+                "x/1",
+            )
+            .await;
+            r.status == StatusCode::BAD_GATEWAY && r.json()["kind"] == "Status"
+        },
+    )
+    .await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_lease_is_answered_locally_while_the_hub_renews_it_in_the_cloud() {
+    let (_pki, api, _files, hub) = setup(&[]).await;
+    let c = plain_client();
+    let url = format!(
+        "{}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE}",
+        hub.proxy_url()
+    );
+    let r = get(&c, &url, KUBELET).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["spec"]["holderIdentity"], NODE);
+    assert!(
+        !api.requests()
+            .iter()
+            .any(|r| r.path.contains("/leases/") && r.user_agent.as_deref() == Some(KUBELET)),
+        "kubelet's lease requests never reach the cloud in edge mode"
+    );
+    let first = api
+        .get("coordination.k8s.io/v1", "Lease", "kube-node-lease", NODE)
+        .expect("cloud lease exists")["spec"]["renewTime"]
+        .clone();
+    eventually(
+        Duration::from_secs(5),
+        "the hub renews the cloud lease",
+        || async {
+            api.get("coordination.k8s.io/v1", "Lease", "kube-node-lease", NODE)
+                .unwrap()["spec"]["renewTime"]
+                != first
+        },
+    )
+    .await;
+    let lease = api
+        .get("coordination.k8s.io/v1", "Lease", "kube-node-lease", NODE)
+        .unwrap();
+    assert_eq!(
+        lease["metadata"]["ownerReferences"][0]["kind"], "Node",
+        "{lease}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_kubelet_stops_the_heartbeat_after_the_grace_period() {
+    let (_pki, api, _files, hub) = setup(&["--kubelet-health-grace-period=2s"]).await;
+    let c = plain_client();
+    let url = format!(
+        "{}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE}",
+        hub.proxy_url()
+    );
+    assert_eq!(get(&c, &url, KUBELET).await.status, StatusCode::OK);
+    // Kubelet goes quiet: after the grace period the hub stops renewing and
+    // reports the servers unhealthy.
+    let server = format!(
+        "node_yurthub_server_healthy_status{{server=\"{}/\"}}",
+        api.url()
+    );
+    eventually(
+        Duration::from_secs(8),
+        "servers unhealthy once kubelet is silent",
+        || async {
+            let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
+                .await
+                .text();
+            metric_value(&m, &server) == Some(0.0)
+        },
+    )
+    .await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_mode_forwards_the_kubelet_lease() {
+    let (_pki, api, _files, hub) = setup(&["--working-mode=cloud"]).await;
+    let c = plain_client();
+    let url = format!(
+        "{}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE}",
+        hub.proxy_url()
+    );
+    let r = get(&c, &url, KUBELET).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "no hub heartbeat in cloud mode, the cloud answers: {}",
+        r.text()
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.path.contains("/leases/") && r.user_agent.as_deref() == Some(KUBELET))
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_the_hub_keeps_serving() {
+    let (_pki, api, _files, hub) = setup(&["--max-request-body-bytes=1024"]).await;
+    let c = plain_client();
+    let base = hub.proxy_url();
+
+    // A malformed resource path, as the apiserver would judge it.
+    let r = get(&c, &format!("{base}/api/v1/watch"), "x/1").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+
+    // Bodies over the limit: declared and chunked.
+    let big = vec![b'x'; 4096];
+    let r = send(
+        &c,
+        Method::POST,
+        &format!("{base}/api/v1/namespaces/default/configmaps"),
+        &[("content-type", "application/json")],
+        big.clone(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let chunked =
+        http_body_util::StreamBody::new(futures_util::stream::iter((0..8).map(|_| {
+            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![b'x'; 512])))
+        })));
+    let req = http::Request::post(format!("{base}/api/v1/namespaces/default/configmaps"))
+        .header("content-type", "application/json")
+        .body(chunked)
+        .unwrap();
+    let chunked_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(10), chunked_client.request(req))
+        .await
+        .expect("answered")
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // An upstream that answers garbage.
+    api.inject(Fault::new("/api/v1/namespaces/garbage", FaultKind::Garbage));
+    let r = get(&c, &format!("{base}/api/v1/namespaces/garbage/pods"), "x/1").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(r.json()["kind"], "Status");
+
+    // An upstream that closes mid-stream: the client sees a truncated body.
+    api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cut"}}))
+        .unwrap();
+    for i in 0..20 {
+        api.create(pod("cut", &format!("pod-{i}"))).unwrap();
+    }
+    api.inject(Fault::new(
+        "/api/v1/namespaces/cut",
+        FaultKind::CloseMidStream { after_bytes: 200 },
+    ));
+    let req = hub::get_request(&format!("{base}/api/v1/namespaces/cut/pods"), "x/1", &[]);
+    let resp = c.request(req).await.expect("headers arrive");
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("ends");
+    assert!(
+        body.is_err() || serde_json::from_slice::<Value>(&body.unwrap().to_bytes()).is_err(),
+        "a cut stream is never presented as complete"
+    );
+
+    // A slow client that never reads a watch does not stall anyone else.
+    let mut slow = tokio::net::TcpStream::connect(hub.proxy).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    slow.write_all(
+        "GET /api/v1/pods?watch=true HTTP/1.1\r\nHost: x\r\nUser-Agent: slow/1\r\n\r\n"
+            .to_string()
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    for i in 0..50 {
+        api.create(pod("default", &format!("burst-{i}"))).unwrap();
+    }
+
+    api.clear_faults();
+    let r = get(&c, &format!("{base}/api/v1/namespaces/default/pods"), "x/1").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the hub still serves: {}",
+        r.text()
+    );
+    drop(slow);
+    hub.stop().await;
+}
+
+#[test]
+fn the_binary_rejects_invalid_flags_naming_the_flag() {
+    let out = std::process::Command::new(hub::hub_binary())
+        .args([
+            "--node-name=n",
+            "--server-addr=https://127.0.0.1:1",
+            "--bootstrap-mode=kubeletcertificate",
+            "--lb-mode=random",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--lb-mode"), "{err}");
+    let out = std::process::Command::new(hub::hub_binary())
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("yurthub "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let pki = Arc::new(TestPki::new().unwrap());
+    let api = double(&pki).await;
+    let files = HubFiles::new(&pki);
+    let port = hub::free_port();
+    let mut args = files.args(&[api.url()], &[]);
+    args.retain(|a| !a.starts_with("--proxy-port"));
+    args.push(format!("--proxy-port={port}"));
+    let mut p = hub::HubProcess::spawn(&args);
+    let c = plain_client();
+    let url = format!("http://127.0.0.1:{port}/api/v1/namespaces/default/pods");
+    eventually(Duration::from_secs(15), "the hub process serves", || async {
+        let req = hub::get_request(&url, "x/1", &[]);
+        matches!(tokio::time::timeout(Duration::from_secs(2), c.request(req)).await, Ok(Ok(r)) if r.status() == StatusCode::OK)
+    })
+    .await;
+    // A watch is in flight when SIGTERM arrives: it is ended, the process exits 0.
+    let (_, mut rx) = open_watch(&format!("{url}?watch=true"), "w/1").await;
+    let status = tokio::task::spawn_blocking(move || {
+        p.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        wait_for_end(&mut rx, Duration::from_secs(2)).await,
+        "open streams end at shutdown"
+    );
+}
