@@ -99,6 +99,13 @@ impl HubFiles {
     }
 }
 
+/// Logs go through the test harness's capture, so only failing tests print.
+pub fn init_test_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,yurthub=debug,yurthub_e2e=debug"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
 /// A port that was free a moment ago (for listeners that cannot take 0).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -121,7 +128,7 @@ impl Hub {
         use clap::Parser;
         let cli = yurthub::cli::Cli::try_parse_from(args).expect("hub flags parse");
         let cfg = yurthub::config::Config::from_args(&cli.run).expect("hub config is valid");
-        let _ = yurthub::telemetry::init(2, "text");
+        init_test_logging();
         let app = tokio::time::timeout(Duration::from_secs(20), yurthub::App::start(cfg))
             .await
             .expect("hub starts within 20 s")
@@ -381,4 +388,41 @@ pub fn metric_value(metrics: &str, name_and_labels: &str) -> Option<f64> {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+/// A kubeconfig pointing at the hub's plain-HTTP proxy with no credentials:
+/// what yurtadm writes for kubelet (the hub lends its identity on loopback).
+pub fn hub_kubeconfig(proxy_url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: hub\n  cluster:\n    server: {proxy_url}\n\
+         users:\n- name: node\n  user: {{}}\ncontexts:\n- name: hub\n  context:\n    cluster: hub\n    user: node\n\
+         current-context: hub\n"
+    )
+}
+
+/// Runs kubectl with a kubeconfig file, bounded to 30 s.
+pub async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
+    .expect("kubectl runs (is /usr/bin/kubectl installed?)")
+}
+
+/// kubectl's stdout, panicking with its stderr when it failed.
+pub fn kubectl_ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "kubectl failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
