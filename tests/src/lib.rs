@@ -1,2 +1,3 @@
 //! Test harness for yurthub: the apiserver double, sandbox helpers and
 //! process runners shared by the end-to-end tests in `tests/tests/`.
+pub mod sandbox;
