@@ -1,7 +1,7 @@
 //! Rebuild the programs when bpf-linker changes: cargo does not track the
 //! linker binary, and an object linked by a different bpf-linker may differ
 //! (BTF, relocations) even when no source changed.
-use std::{env, path::PathBuf};
+use std::env;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=PATH");
@@ -10,7 +10,7 @@ fn main() {
             .map(|dir| dir.join("bpf-linker"))
             .find(|candidate| candidate.is_file())
     });
-    if let Some(linker) = found.map(PathBuf::from) {
+    if let Some(linker) = found {
         println!("cargo:rerun-if-changed={}", linker.display());
     }
 }

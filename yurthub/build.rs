@@ -15,7 +15,8 @@ use std::{
 use aya_build::{Package, Toolchain};
 
 const EBPF_PACKAGE: &str = "yurthub-ebpf";
-const SETUP_HINT: &str = "run `cargo xtask setup` (installs the nightly toolchain, rust-src and bpf-linker 0.10.3)";
+const SETUP_HINT: &str =
+    "run `cargo xtask setup` (installs the nightly toolchain, rust-src and bpf-linker 0.10.3)";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=PATH");

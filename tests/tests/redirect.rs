@@ -77,7 +77,8 @@ impl Env {
     }
 
     fn listen(&mut self, side: Side, at: SocketAddr, banner: &str) {
-        self.listeners.push(Listener::start(&self.net, side, at, banner));
+        self.listeners
+            .push(Listener::start(&self.net, side, at, banner));
     }
 
     /// `Redirect::install` from a thread inside the node namespace (where
@@ -94,13 +95,19 @@ impl Env {
     }
 
     fn install(&self, cfg: Config) -> Arc<Redirect> {
-        Arc::new(self.try_install(cfg).unwrap_or_else(|e| panic!("install failed: {}", chain(&e))))
+        Arc::new(
+            self.try_install(cfg)
+                .unwrap_or_else(|e| panic!("install failed: {}", chain(&e))),
+        )
     }
 
     fn shutdown(&self, redirect: Arc<Redirect>) {
-        let redirect = Arc::try_unwrap(redirect).unwrap_or_else(|_| panic!("redirect still shared"));
+        let redirect =
+            Arc::try_unwrap(redirect).unwrap_or_else(|_| panic!("redirect still shared"));
         self.runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(10), redirect.shutdown()).await })
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), redirect.shutdown()).await
+            })
             .expect("shutdown finishes within 10s")
             .unwrap_or_else(|e| panic!("shutdown failed: {}", chain(&e)));
     }
@@ -188,7 +195,11 @@ fn bpftool_cgroup(cgroup: &std::path::Path) -> Vec<(String, String)> {
         .arg(cgroup)
         .output()
         .expect("run bpftool (install it: `cargo xtask setup`)");
-    assert!(output.status.success(), "bpftool failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8_lossy(&output.stdout);
     if text.trim().is_empty() {
         return Vec::new();
@@ -198,8 +209,12 @@ fn bpftool_cgroup(cgroup: &std::path::Path) -> Vec<(String, String)> {
         .iter()
         .filter_map(|e| {
             let name = e["name"].as_str()?;
-            name.starts_with("yh_")
-                .then(|| (name.to_owned(), e["attach_type"].as_str().unwrap_or("?").to_owned()))
+            name.starts_with("yh_").then(|| {
+                (
+                    name.to_owned(),
+                    e["attach_type"].as_str().unwrap_or("?").to_owned(),
+                )
+            })
         })
         .collect();
     ours.sort();
@@ -246,7 +261,10 @@ impl Drop for Heartbeat {
 fn expect_reached(result: Result<Probe, String>, banner: &str, peer: SocketAddr, what: &str) {
     let probe = result.unwrap_or_else(|e| panic!("{what}: connection failed: {e}"));
     assert_eq!(probe.banner, banner, "{what}: reached the wrong server");
-    assert_eq!(probe.peer, peer, "{what}: getpeername() reported the wrong peer");
+    assert_eq!(
+        probe.peer, peer,
+        "{what}: getpeername() reported the wrong peer"
+    );
 }
 
 fn vip_counters(redirect: &Redirect, vip: &str) -> redirect::VipStatus {
@@ -269,7 +287,12 @@ fn pod_connection_to_vip_reaches_hub_and_getpeername_shows_vip() {
     env.listen(Side::Node, addr(VIP_V4), "vip");
     let _heartbeat = Heartbeat::start(&redirect);
 
-    expect_reached(env.pod_probe(addr(VIP_V4)), "hub", addr(VIP_V4), "pod in cgroup dialling the VIP");
+    expect_reached(
+        env.pod_probe(addr(VIP_V4)),
+        "hub",
+        addr(VIP_V4),
+        "pod in cgroup dialling the VIP",
+    );
     // Other destinations and ports pass untouched.
     expect_reached(
         env.pod_probe(SocketAddr::new(HUB_V4, HUB_PORT)),
@@ -279,41 +302,71 @@ fn pod_connection_to_vip_reaches_hub_and_getpeername_shows_vip() {
     );
     let other_port = addr("10.96.0.1:80");
     env.listen(Side::Node, other_port, "vip80");
-    expect_reached(env.pod_probe(other_port), "vip80", other_port, "pod dialling another VIP port");
+    expect_reached(
+        env.pod_probe(other_port),
+        "vip80",
+        other_port,
+        "pod dialling another VIP port",
+    );
 
     // UDP is never touched: a datagram to VIP:443 arrives at the VIP.
     let received = {
         let (tx, rx) = std::sync::mpsc::channel();
         let server = env.net.in_thread(Side::Node, move || {
             let socket = UdpSocket::bind(addr(VIP_V4)).expect("bind UDP on the VIP");
-            socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
             socket
         });
-        let sent = run_in_child(Some(env.cgroup.path()), Some(&env.net.path(Side::Pod)), CHILD_TIMEOUT, || {
-            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind UDP");
-            socket.connect(addr(VIP_V4)).expect("connect UDP");
-            let peer = socket.peer_addr().expect("UDP peer");
-            socket.send(b"ping").expect("send UDP");
-            peer.to_string()
-        });
+        let sent = run_in_child(
+            Some(env.cgroup.path()),
+            Some(&env.net.path(Side::Pod)),
+            CHILD_TIMEOUT,
+            || {
+                let socket = UdpSocket::bind("0.0.0.0:0").expect("bind UDP");
+                socket.connect(addr(VIP_V4)).expect("connect UDP");
+                let peer = socket.peer_addr().expect("UDP peer");
+                socket.send(b"ping").expect("send UDP");
+                peer.to_string()
+            },
+        );
         assert_eq!(sent, VIP_V4, "UDP connect() was rewritten");
         thread::spawn(move || {
             let mut buf = [0u8; 16];
             let _ = tx.send(server.recv(&mut buf).map(|n| buf[..n].to_vec()));
         });
-        rx.recv_timeout(Duration::from_secs(6)).expect("UDP receiver thread")
+        rx.recv_timeout(Duration::from_secs(6))
+            .expect("UDP receiver thread")
     };
     assert_eq!(received.expect("UDP datagram reached the VIP"), b"ping");
 
     let counters = vip_counters(&redirect, VIP_V4);
-    assert!(counters.redirected >= 1, "redirect counter not incremented: {counters:?}");
+    assert!(
+        counters.redirected >= 1,
+        "redirect counter not incremented: {counters:?}"
+    );
     let status = redirect.status();
-    assert!(status.active && status.address_present && status.getpeername, "{status:?}");
-    assert_eq!(status.programs.iter().filter(|p| p.attached).count(), 4, "{status:?}");
+    assert!(
+        status.active && status.address_present && status.getpeername,
+        "{status:?}"
+    );
+    assert_eq!(
+        status.programs.iter().filter(|p| p.attached).count(),
+        4,
+        "{status:?}"
+    );
 
     // VIPs are replaced in place.
-    redirect.set_vips(&[addr("10.96.0.10:443")]).expect("set_vips");
-    expect_reached(env.pod_probe(addr(VIP_V4)), "vip", addr(VIP_V4), "old VIP after set_vips");
+    redirect
+        .set_vips(&[addr("10.96.0.10:443")])
+        .expect("set_vips");
+    expect_reached(
+        env.pod_probe(addr(VIP_V4)),
+        "vip",
+        addr(VIP_V4),
+        "old VIP after set_vips",
+    );
     expect_reached(
         env.pod_probe(addr("10.96.0.10:443")),
         "hub",
@@ -324,9 +377,20 @@ fn pod_connection_to_vip_reaches_hub_and_getpeername_shows_vip() {
     // Shutdown removes programs, pins and the address.
     drop(_heartbeat);
     env.shutdown(redirect);
-    assert!(env.attached().is_empty(), "programs left attached: {:?}", env.attached());
-    assert!(!env.pins.path().exists(), "pins left behind in {}", env.pins.path().display());
-    assert!(!env.net.has_address(Side::Node, HUB_V4), "hub address left on lo");
+    assert!(
+        env.attached().is_empty(),
+        "programs left attached: {:?}",
+        env.attached()
+    );
+    assert!(
+        !env.pins.path().exists(),
+        "pins left behind in {}",
+        env.pins.path().display()
+    );
+    assert!(
+        !env.net.has_address(Side::Node, HUB_V4),
+        "hub address left on lo"
+    );
 }
 
 #[test]
@@ -337,9 +401,19 @@ fn client_outside_the_cgroup_is_not_redirected() {
     env.listen(Side::Node, addr(VIP_V4), "vip");
     let _heartbeat = Heartbeat::start(&redirect);
 
-    expect_reached(env.outside_probe(addr(VIP_V4)), "vip", addr(VIP_V4), "client outside the test cgroup");
+    expect_reached(
+        env.outside_probe(addr(VIP_V4)),
+        "vip",
+        addr(VIP_V4),
+        "client outside the test cgroup",
+    );
     // The same destination from inside the cgroup is redirected (control).
-    expect_reached(env.pod_probe(addr(VIP_V4)), "hub", addr(VIP_V4), "client inside the test cgroup");
+    expect_reached(
+        env.pod_probe(addr(VIP_V4)),
+        "hub",
+        addr(VIP_V4),
+        "client inside the test cgroup",
+    );
 }
 
 #[test]
@@ -350,7 +424,12 @@ fn ipv6_vip_is_redirected() {
     env.listen(Side::Node, addr(VIP_V6), "vip6");
     let _heartbeat = Heartbeat::start(&redirect);
 
-    expect_reached(env.pod_probe(addr(VIP_V6)), "hub6", addr(VIP_V6), "pod dialling the IPv6 VIP");
+    expect_reached(
+        env.pod_probe(addr(VIP_V6)),
+        "hub6",
+        addr(VIP_V6),
+        "pod dialling the IPv6 VIP",
+    );
     assert!(vip_counters(&redirect, VIP_V6).redirected >= 1);
 }
 
@@ -364,18 +443,31 @@ fn ipv4_mapped_vip_from_dual_stack_socket_is_redirected() {
 
     // An AF_INET6 socket dialling ::ffff:10.96.0.1 only runs the IPv6 hook.
     let mapped = addr("[::ffff:10.96.0.1]:443");
-    expect_reached(env.pod_probe(mapped), "hub", mapped, "dual-stack socket dialling the mapped VIP");
+    expect_reached(
+        env.pod_probe(mapped),
+        "hub",
+        mapped,
+        "dual-stack socket dialling the mapped VIP",
+    );
     assert!(vip_counters(&redirect, VIP_V4).redirected >= 1);
 }
 
 /// Connects to `to` after marking the socket with
 /// `prepare_upstream_socket`, as the daemon's upstream connector does.
 fn marked_probe(to: SocketAddr) -> Result<Probe, String> {
-    let SocketAddr::V4(to) = to else { panic!("IPv4 only") };
-    let fd: OwnedFd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| format!("socket: {e}"))?;
+    let SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    let fd: OwnedFd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
     redirect::prepare_upstream_socket(&fd).map_err(|e| format!("prepare_upstream_socket: {e}"))?;
-    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).map_err(|e| format!("connect {to}: {e}"))?;
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to))
+        .map_err(|e| format!("connect {to}: {e}"))?;
     read_probe(TcpStream::from(fd))
 }
 
@@ -389,14 +481,36 @@ fn hub_marked_sockets_are_not_redirected() {
 
     // In one process of the test cgroup: a marked socket reaches the real
     // VIP (cloud mode, VIP as upstream: no loop), an unmarked one the hub.
-    let out = run_in_child(Some(env.cgroup.path()), Some(&env.net.path(Side::Pod)), CHILD_TIMEOUT, || {
-        format!("{}\n{}", encode(marked_probe(addr(VIP_V4))), encode(probe(addr(VIP_V4))))
-    });
+    let out = run_in_child(
+        Some(env.cgroup.path()),
+        Some(&env.net.path(Side::Pod)),
+        CHILD_TIMEOUT,
+        || {
+            format!(
+                "{}\n{}",
+                encode(marked_probe(addr(VIP_V4))),
+                encode(probe(addr(VIP_V4)))
+            )
+        },
+    );
     let (marked, unmarked) = out.split_once('\n').expect("two results");
-    expect_reached(decode(marked.to_owned()), "vip", addr(VIP_V4), "socket marked as the hub's own");
-    expect_reached(decode(unmarked.to_owned()), "hub", addr(VIP_V4), "unmarked socket, same process");
+    expect_reached(
+        decode(marked.to_owned()),
+        "vip",
+        addr(VIP_V4),
+        "socket marked as the hub's own",
+    );
+    expect_reached(
+        decode(unmarked.to_owned()),
+        "hub",
+        addr(VIP_V4),
+        "unmarked socket, same process",
+    );
     let counters = vip_counters(&redirect, VIP_V4);
-    assert!(counters.skipped_own >= 1 && counters.redirected >= 1, "{counters:?}");
+    assert!(
+        counters.skipped_own >= 1 && counters.redirected >= 1,
+        "{counters:?}"
+    );
 }
 
 #[test]
@@ -414,29 +528,51 @@ fn hub_in_its_own_cgroup_is_never_redirected() {
     // A real hub process: alone in its cgroup (under the attach point), in
     // the node namespace. Its own unmarked connection to the VIP must reach
     // the VIP, while a pod's is redirected to it.
-    let out = run_in_child(Some(&hub_cgroup), Some(&env.net.path(Side::Node)), CHILD_TIMEOUT, move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let redirect = runtime
-            .block_on(Redirect::install(cfg))
-            .unwrap_or_else(|e| panic!("install in hub process: {}", chain(&e)));
-        redirect.heartbeat().expect("heartbeat");
-        let exempt = redirect.status().own_sockets.exempt_cgroup;
-        let own = encode(probe(addr(VIP_V4)));
-        let pod = run_in_child(Some(&pods_cgroup), Some(&pod_ns), CHILD_TIMEOUT, || {
-            encode(probe(addr(VIP_V4)))
-        });
-        runtime.block_on(redirect.shutdown()).expect("shutdown");
-        format!("{}\n{own}\n{pod}", exempt.map(|p| p.display().to_string()).unwrap_or_default())
-    });
+    let out = run_in_child(
+        Some(&hub_cgroup),
+        Some(&env.net.path(Side::Node)),
+        CHILD_TIMEOUT,
+        move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let redirect = runtime
+                .block_on(Redirect::install(cfg))
+                .unwrap_or_else(|e| panic!("install in hub process: {}", chain(&e)));
+            redirect.heartbeat().expect("heartbeat");
+            let exempt = redirect.status().own_sockets.exempt_cgroup;
+            let own = encode(probe(addr(VIP_V4)));
+            let pod = run_in_child(Some(&pods_cgroup), Some(&pod_ns), CHILD_TIMEOUT, || {
+                encode(probe(addr(VIP_V4)))
+            });
+            runtime.block_on(redirect.shutdown()).expect("shutdown");
+            format!(
+                "{}\n{own}\n{pod}",
+                exempt.map(|p| p.display().to_string()).unwrap_or_default()
+            )
+        },
+    );
     let mut lines = out.lines();
     let exempt = lines.next().expect("exempt cgroup line");
-    assert_eq!(PathBuf::from(exempt), hub_cgroup, "the hub's private cgroup must be exempt");
-    expect_reached(decode(lines.next().expect("own").to_owned()), "vip", addr(VIP_V4), "hub's own socket");
-    expect_reached(decode(lines.next().expect("pod").to_owned()), "hub", addr(VIP_V4), "pod socket");
+    assert_eq!(
+        PathBuf::from(exempt),
+        hub_cgroup,
+        "the hub's private cgroup must be exempt"
+    );
+    expect_reached(
+        decode(lines.next().expect("own").to_owned()),
+        "vip",
+        addr(VIP_V4),
+        "hub's own socket",
+    );
+    expect_reached(
+        decode(lines.next().expect("pod").to_owned()),
+        "hub",
+        addr(VIP_V4),
+        "pod socket",
+    );
 }
 
 #[test]
@@ -447,10 +583,20 @@ fn fails_open_without_heartbeat_and_resumes() {
     env.listen(Side::Node, addr(VIP_V4), "vip");
 
     // Installed but not yet heartbeating: nothing is redirected.
-    expect_reached(env.pod_probe(addr(VIP_V4)), "vip", addr(VIP_V4), "before the first heartbeat");
+    expect_reached(
+        env.pod_probe(addr(VIP_V4)),
+        "vip",
+        addr(VIP_V4),
+        "before the first heartbeat",
+    );
 
     let heartbeat = Heartbeat::start(&redirect);
-    expect_reached(env.pod_probe(addr(VIP_V4)), "hub", addr(VIP_V4), "while heartbeating");
+    expect_reached(
+        env.pod_probe(addr(VIP_V4)),
+        "hub",
+        addr(VIP_V4),
+        "while heartbeating",
+    );
 
     // Stop heartbeating: within the 2 s grace period (plus the probe's own
     // time) connections go to the original destination again.
@@ -471,7 +617,10 @@ fn fails_open_without_heartbeat_and_resumes() {
         "never".to_owned()
     });
     let failed_open_after = stopped.elapsed();
-    assert_ne!(out, "never", "VIP connections still redirected 4s after the last heartbeat");
+    assert_ne!(
+        out, "never",
+        "VIP connections still redirected 4s after the last heartbeat"
+    );
     assert!(
         failed_open_after <= Duration::from_millis(2_600),
         "fail-open took {failed_open_after:?}, more than the 2s grace period"
@@ -481,7 +630,12 @@ fn fails_open_without_heartbeat_and_resumes() {
 
     // Heartbeats resume: redirected again at once.
     let _heartbeat = Heartbeat::start(&redirect);
-    expect_reached(env.pod_probe(addr(VIP_V4)), "hub", addr(VIP_V4), "after heartbeats resume");
+    expect_reached(
+        env.pod_probe(addr(VIP_V4)),
+        "hub",
+        addr(VIP_V4),
+        "after heartbeats resume",
+    );
 }
 
 #[test]
@@ -490,7 +644,13 @@ fn reinstall_adopts_pinned_links_without_attaching_twice() {
     let cfg = env.config(HUB_V4, &[VIP_V4]);
     let first = env.install(cfg.clone());
     let first_links: Vec<Option<u32>> = first.status().programs.iter().map(|p| p.link_id).collect();
-    assert!(first.status().programs.iter().all(|p| p.attached && !p.adopted));
+    assert!(
+        first
+            .status()
+            .programs
+            .iter()
+            .all(|p| p.attached && !p.adopted)
+    );
     env.listen(Side::Node, SocketAddr::new(HUB_V4, HUB_PORT), "hub");
     env.listen(Side::Node, addr(VIP_V4), "vip");
 
@@ -500,12 +660,20 @@ fn reinstall_adopts_pinned_links_without_attaching_twice() {
     let links_dir = env.pins.path().join("links");
     assert_eq!(fs::read_dir(&links_dir).expect("pinned links").count(), 4);
     assert_eq!(env.attached().len(), 4, "{:?}", env.attached());
-    expect_reached(env.pod_probe(addr(VIP_V4)), "vip", addr(VIP_V4), "crashed hub fails open");
+    expect_reached(
+        env.pod_probe(addr(VIP_V4)),
+        "vip",
+        addr(VIP_V4),
+        "crashed hub fails open",
+    );
 
     // The next hub adopts the links and swaps its programs in.
     let second = env.install(cfg.clone());
     let status = second.status();
-    assert!(status.programs.iter().all(|p| p.attached && p.adopted), "{status:?}");
+    assert!(
+        status.programs.iter().all(|p| p.attached && p.adopted),
+        "{status:?}"
+    );
     let second_links: Vec<Option<u32>> = status.programs.iter().map(|p| p.link_id).collect();
     assert_eq!(first_links, second_links, "the same links must be reused");
     let attached = env.attached();
@@ -523,7 +691,12 @@ fn reinstall_adopts_pinned_links_without_attaching_twice() {
     assert!(program_ids.iter().all(Option::is_some));
 
     let heartbeat = Heartbeat::start(&second);
-    expect_reached(env.pod_probe(addr(VIP_V4)), "hub", addr(VIP_V4), "after adoption");
+    expect_reached(
+        env.pod_probe(addr(VIP_V4)),
+        "hub",
+        addr(VIP_V4),
+        "after adoption",
+    );
     drop(heartbeat);
 
     // keep_on_exit leaves everything for the next hub, which adopts again.
@@ -532,8 +705,15 @@ fn reinstall_adopts_pinned_links_without_attaching_twice() {
     drop(second);
     let third = env.install(keep);
     env.shutdown(third);
-    assert_eq!(env.attached().len(), 4, "keep_on_exit must leave the programs attached");
-    assert!(env.net.has_address(Side::Node, HUB_V4), "keep_on_exit must leave the address");
+    assert_eq!(
+        env.attached().len(),
+        4,
+        "keep_on_exit must leave the programs attached"
+    );
+    assert!(
+        env.net.has_address(Side::Node, HUB_V4),
+        "keep_on_exit must leave the address"
+    );
     let fourth = env.install(cfg);
     assert!(fourth.status().programs.iter().all(|p| p.adopted));
     assert_eq!(env.attached(), expected);
@@ -549,7 +729,12 @@ fn cleanup_removes_everything_and_is_idempotent() {
     env.listen(Side::Node, SocketAddr::new(HUB_V4, HUB_PORT), "hub");
     env.listen(Side::Node, addr(VIP_V4), "vip");
     let heartbeat = Heartbeat::start(&redirect);
-    expect_reached(env.pod_probe(addr(VIP_V4)), "hub", addr(VIP_V4), "before cleanup");
+    expect_reached(
+        env.pod_probe(addr(VIP_V4)),
+        "hub",
+        addr(VIP_V4),
+        "before cleanup",
+    );
     drop(heartbeat);
     drop(redirect); // as if the hub had crashed
 
@@ -557,13 +742,29 @@ fn cleanup_removes_everything_and_is_idempotent() {
     assert_eq!(report.links.len(), 4, "{report:?}");
     assert_eq!(report.maps.len(), 7, "{report:?}");
     assert!(report.address_removed, "{report:?}");
-    assert!(env.attached().is_empty(), "programs left attached: {:?}", env.attached());
+    assert!(
+        env.attached().is_empty(),
+        "programs left attached: {:?}",
+        env.attached()
+    );
     assert!(!env.pins.path().exists(), "pin directory left behind");
-    assert!(!env.net.has_address(Side::Node, HUB_V4), "hub address left behind");
+    assert!(
+        !env.net.has_address(Side::Node, HUB_V4),
+        "hub address left behind"
+    );
 
     let again = env.cleanup(cfg);
-    assert_eq!(again, redirect::CleanupReport::default(), "second cleanup must find nothing");
-    expect_reached(env.pod_probe(addr(VIP_V4)), "vip", addr(VIP_V4), "after cleanup");
+    assert_eq!(
+        again,
+        redirect::CleanupReport::default(),
+        "second cleanup must find nothing"
+    );
+    expect_reached(
+        env.pod_probe(addr(VIP_V4)),
+        "vip",
+        addr(VIP_V4),
+        "after cleanup",
+    );
 }
 
 #[test]
@@ -575,9 +776,12 @@ fn hub_address_is_readded_after_external_delete() {
     let redirect = env.install(cfg);
     assert!(env.net.has_address(Side::Node, HUB_V4));
 
-    env.net.ip(Side::Node, &["addr", "del", "169.254.2.1/32", "dev", "lo"]);
-    let took = wait_until(Duration::from_secs(3), || env.net.has_address(Side::Node, HUB_V4))
-        .expect("hub address not re-added within 3s of `ip addr del`");
+    env.net
+        .ip(Side::Node, &["addr", "del", "169.254.2.1/32", "dev", "lo"]);
+    let took = wait_until(Duration::from_secs(3), || {
+        env.net.has_address(Side::Node, HUB_V4)
+    })
+    .expect("hub address not re-added within 3s of `ip addr del`");
     assert!(redirect.status().address_present, "re-added after {took:?}");
     env.shutdown(redirect);
     assert!(!env.net.has_address(Side::Node, HUB_V4));
@@ -590,43 +794,72 @@ fn missing_prerequisites_give_clear_errors() {
     let mut cfg = env.config(HUB_V4, &[VIP_V4]);
     let not_cgroup = std::env::temp_dir();
     cfg.cgroup = Some(not_cgroup.clone());
-    let err = env.try_install(cfg).err().expect("a non-cgroup directory must be refused");
+    let err = env
+        .try_install(cfg)
+        .err()
+        .expect("a non-cgroup directory must be refused");
     assert!(matches!(err, redirect::Error::NotCgroup2 { .. }), "{err:?}");
-    assert!(err.to_string().contains(&not_cgroup.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&not_cgroup.display().to_string()),
+        "{err}"
+    );
 
     let mut cfg = env.config(HUB_V4, &[VIP_V4]);
     let not_bpffs = tempfile::tempdir().expect("tempdir");
     fs::write(not_bpffs.path().join("keep"), "user data").expect("write");
     cfg.bpffs = not_bpffs.path().to_owned();
-    let err = env.try_install(cfg).err().expect("a non-bpffs, non-empty directory must be refused");
+    let err = env
+        .try_install(cfg)
+        .err()
+        .expect("a non-bpffs, non-empty directory must be refused");
     assert!(matches!(err, redirect::Error::NotBpffs { .. }), "{err:?}");
     assert!(err.to_string().contains("mount -t bpf bpf"), "{err}");
-    assert!(not_bpffs.path().join("keep").exists(), "must not mount over user files");
+    assert!(
+        not_bpffs.path().join("keep").exists(),
+        "must not mount over user files"
+    );
 
     let mut cfg = env.config(HUB_V4, &[VIP_V4]);
     cfg.link = "yh-missing0".to_owned();
-    let err = env.try_install(cfg).err().expect("a missing link must be refused");
-    assert!(matches!(err, redirect::Error::LinkNotFound { .. }), "{err:?}");
-    assert!(env.attached().is_empty(), "nothing may stay attached after a failed install");
+    let err = env
+        .try_install(cfg)
+        .err()
+        .expect("a missing link must be refused");
+    assert!(
+        matches!(err, redirect::Error::LinkNotFound { .. }),
+        "{err:?}"
+    );
+    assert!(
+        env.attached().is_empty(),
+        "nothing may stay attached after a failed install"
+    );
 
     let cfg = env.config(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), &[VIP_V4]);
-    let err = env.try_install(cfg).err().expect("an invalid hub address must be refused");
+    let err = env
+        .try_install(cfg)
+        .err()
+        .expect("an invalid hub address must be refused");
     assert!(err.to_string().contains("169.254.0.0/16"), "{err}");
 
     // Without capabilities (root uid, empty capability sets): EPERM from
     // bpf(2) becomes an actionable PermissionDenied.
     let cfg = env.config(HUB_V4, &[VIP_V4]);
-    let out = run_in_child(None, Some(&env.net.path(Side::Node)), CHILD_TIMEOUT, move || {
-        drop_all_capabilities();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        match runtime.block_on(Redirect::install(cfg)) {
-            Ok(_) => "installed without capabilities".to_owned(),
-            Err(e) => format!("{e:?}\n{e}"),
-        }
-    });
+    let out = run_in_child(
+        None,
+        Some(&env.net.path(Side::Node)),
+        CHILD_TIMEOUT,
+        move || {
+            drop_all_capabilities();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            match runtime.block_on(Redirect::install(cfg)) {
+                Ok(_) => "installed without capabilities".to_owned(),
+                Err(e) => format!("{e:?}\n{e}"),
+            }
+        },
+    );
     assert!(out.starts_with("PermissionDenied"), "{out}");
     assert!(out.contains("CAP_BPF"), "{out}");
 }

@@ -22,9 +22,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
     btf_maps::SkStorage,
-    helpers::generated::{
-        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns,
-    },
+    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::{btf_map, cgroup_sock_addr, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::SockAddrContext,
@@ -130,11 +128,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), Skip> {
     let sa = sock_addr_mut(ctx);
     sa.user_ip4 = hub.addr_be;
     sa.user_port = u32::from(hub.port_be);
-    remember(
-        ctx,
-        Ipv6Endpoint::mapped(dst),
-        Ipv6Endpoint::mapped(hub),
-    );
+    remember(ctx, Ipv6Endpoint::mapped(dst), Ipv6Endpoint::mapped(hub));
     debug!(
         ctx,
         "yurthub: redirected {:i}:{} to {:i}:{}",
@@ -253,7 +247,7 @@ fn verdict(ctx: &SockAddrContext) -> Result<(), Skip> {
     // SAFETY: plain helper call without arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the value is only tested for presence.
-    if unsafe { YH_EXEMPT_CGRP.get(&cgroup) }.is_some() {
+    if unsafe { YH_EXEMPT_CGRP.get(cgroup) }.is_some() {
         return Err(Skip::OwnSocket);
     }
     // Fail open: redirect only while the daemon heartbeats. The heartbeat is
@@ -280,7 +274,7 @@ fn remember(ctx: &SockAddrContext, original: Ipv6Endpoint, redirected_to: Ipv6En
     };
     // A full LRU evicts the oldest entry; failure only costs getpeername
     // accuracy, never the connection.
-    let _ = YH_ORIG_DST.insert(&cookie, &entry, 0);
+    let _ = YH_ORIG_DST.insert(cookie, entry, 0);
 }
 
 // === getpeername ===
@@ -289,7 +283,7 @@ fn original_destination(ctx: &SockAddrContext) -> Option<OrigDst> {
     // SAFETY: as in `remember`.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once.
-    unsafe { YH_ORIG_DST.get(&cookie) }.copied()
+    unsafe { YH_ORIG_DST.get(cookie) }.copied()
 }
 
 fn try_getpeername4(ctx: &SockAddrContext) -> Option<()> {

@@ -61,7 +61,12 @@ pub fn unique_name(prefix: &str) -> String {
 /// The child is a fork of a multi-threaded test process: only the calling
 /// thread exists in it, so `f` should do plain work (sockets, files, a fresh
 /// tokio runtime) and not rely on locks other threads may have held.
-pub fn run_in_child<F>(cgroup: Option<&Path>, netns: Option<&Path>, timeout: Duration, f: F) -> String
+pub fn run_in_child<F>(
+    cgroup: Option<&Path>,
+    netns: Option<&Path>,
+    timeout: Duration,
+    f: F,
+) -> String
 where
     F: FnOnce() -> String,
 {
@@ -169,7 +174,9 @@ impl Listener {
                         return;
                     }
                 };
-                listener.set_nonblocking(true).expect("nonblocking listener");
+                listener
+                    .set_nonblocking(true)
+                    .expect("nonblocking listener");
                 let _ = ready_tx.send(Ok(()));
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
@@ -234,7 +241,9 @@ impl Probe {
 
 /// Reads the banner from a connected stream.
 pub fn read_probe(mut stream: TcpStream) -> Result<Probe, String> {
-    let peer = stream.peer_addr().map_err(|e| format!("getpeername: {e}"))?;
+    let peer = stream
+        .peer_addr()
+        .map_err(|e| format!("getpeername: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;

@@ -67,16 +67,69 @@ impl NetSandbox {
         let (node, pod) = (sandbox.node.as_str(), sandbox.pod.as_str());
         run(&["netns", "add", node]);
         run(&["netns", "add", pod]);
-        run(&["-n", node, "link", "add", "vn", "type", "veth", "peer", "name", "vp", "netns", pod]);
+        run(&[
+            "-n", node, "link", "add", "vn", "type", "veth", "peer", "name", "vp", "netns", pod,
+        ]);
         for (ns, dev) in [(node, "lo"), (node, "vn"), (pod, "lo"), (pod, "vp")] {
             run(&["-n", ns, "link", "set", dev, "up"]);
         }
-        run(&["-n", node, "addr", "add", &format!("{NODE_VETH_V4}/30"), "dev", "vn"]);
-        run(&["-n", pod, "addr", "add", &format!("{POD_VETH_V4}/30"), "dev", "vp"]);
-        run(&["-n", node, "addr", "add", &format!("{NODE_VETH_V6}/64"), "dev", "vn", "nodad"]);
-        run(&["-n", pod, "addr", "add", &format!("{POD_VETH_V6}/64"), "dev", "vp", "nodad"]);
-        run(&["-n", pod, "route", "add", "default", "via", &NODE_VETH_V4.to_string()]);
-        run(&["-n", pod, "-6", "route", "add", "default", "via", &NODE_VETH_V6.to_string()]);
+        run(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{NODE_VETH_V4}/30"),
+            "dev",
+            "vn",
+        ]);
+        run(&[
+            "-n",
+            pod,
+            "addr",
+            "add",
+            &format!("{POD_VETH_V4}/30"),
+            "dev",
+            "vp",
+        ]);
+        run(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{NODE_VETH_V6}/64"),
+            "dev",
+            "vn",
+            "nodad",
+        ]);
+        run(&[
+            "-n",
+            pod,
+            "addr",
+            "add",
+            &format!("{POD_VETH_V6}/64"),
+            "dev",
+            "vp",
+            "nodad",
+        ]);
+        run(&[
+            "-n",
+            pod,
+            "route",
+            "add",
+            "default",
+            "via",
+            &NODE_VETH_V4.to_string(),
+        ]);
+        run(&[
+            "-n",
+            pod,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &NODE_VETH_V6.to_string(),
+        ]);
         for address in node_addresses {
             sandbox.add_address(Side::Node, *address);
         }
@@ -112,7 +165,10 @@ impl NetSandbox {
     /// Adds a host address (/32 or /128) on the side's `lo`.
     pub fn add_address(&self, side: Side, address: IpAddr) {
         let prefix = if address.is_ipv4() { 32 } else { 128 };
-        self.ip(side, &["addr", "add", &format!("{address}/{prefix}"), "dev", "lo"]);
+        self.ip(
+            side,
+            &["addr", "add", &format!("{address}/{prefix}"), "dev", "lo"],
+        );
     }
 
     /// Whether `address` is on the side's `lo`.

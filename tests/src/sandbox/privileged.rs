@@ -37,7 +37,11 @@ pub fn require_cgroup2() -> PathBuf {
          mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`",
     );
     let on_cgroup2 = statfs(&root).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC);
-    assert!(on_cgroup2, "privileged test: {} is listed as cgroup2 but is not", root.display());
+    assert!(
+        on_cgroup2,
+        "privileged test: {} is listed as cgroup2 but is not",
+        root.display()
+    );
     root
 }
 
@@ -49,7 +53,13 @@ pub fn require_bpffs() -> PathBuf {
     if !is_bpffs(&path) {
         fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("privileged test: cannot create {BPFFS}: {e}"));
-        if let Err(e) = mount(Some("bpf"), &path, Some("bpf"), MsFlags::empty(), Some("mode=0700")) {
+        if let Err(e) = mount(
+            Some("bpf"),
+            &path,
+            Some("bpf"),
+            MsFlags::empty(),
+            Some("mode=0700"),
+        ) {
             // Another test may have mounted it meanwhile.
             assert!(
                 is_bpffs(&path),

@@ -175,8 +175,7 @@ impl Ipv6Endpoint {
 
     /// The IPv4 endpoint if this is an IPv4-mapped address.
     pub const fn as_v4(&self) -> Option<Ipv4Endpoint> {
-        if self.addr_be[0] == 0 && self.addr_be[1] == 0 && self.addr_be[2] == V4_MAPPED_WORD2_BE
-        {
+        if self.addr_be[0] == 0 && self.addr_be[1] == 0 && self.addr_be[2] == V4_MAPPED_WORD2_BE {
             Some(Ipv4Endpoint {
                 addr_be: self.addr_be[3],
                 port_be: self.port_be,

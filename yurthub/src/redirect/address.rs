@@ -47,7 +47,11 @@ pub(crate) struct Manager {
 impl Manager {
     /// Ensures the address now (failure is fatal: the redirect would send
     /// pods to an address nobody owns) and starts the reconcile task.
-    pub(crate) async fn start(address: IpAddr, link: &str, resync: Duration) -> Result<Self, Error> {
+    pub(crate) async fn start(
+        address: IpAddr,
+        link: &str,
+        resync: Duration,
+    ) -> Result<Self, Error> {
         let (connection, handle, mut events) = rtnetlink::new_multicast_connection(&[
             MulticastGroup::Ipv4Ifaddr,
             MulticastGroup::Ipv6Ifaddr,
@@ -193,7 +197,12 @@ async fn link_index(handle: &Handle, link: &str) -> Result<u32, Error> {
                 link: link.to_owned(),
             })
         }
-        Err(source) => Err(netlink_error("listing links", address_unspecified(), link, source)),
+        Err(source) => Err(netlink_error(
+            "listing links",
+            address_unspecified(),
+            link,
+            source,
+        )),
     }
 }
 
@@ -201,7 +210,11 @@ fn address_unspecified() -> IpAddr {
     IpAddr::from([0u8, 0, 0, 0])
 }
 
-async fn find(handle: &Handle, index: u32, address: IpAddr) -> Result<Option<AddressMessage>, rtnetlink::Error> {
+async fn find(
+    handle: &Handle,
+    index: u32,
+    address: IpAddr,
+) -> Result<Option<AddressMessage>, rtnetlink::Error> {
     let mut addresses = handle
         .address()
         .get()
@@ -246,7 +259,12 @@ async fn remove_with(handle: &Handle, link: &str, address: IpAddr) -> Result<boo
     }
 }
 
-fn netlink_error(operation: &'static str, address: IpAddr, link: &str, source: rtnetlink::Error) -> Error {
+fn netlink_error(
+    operation: &'static str,
+    address: IpAddr,
+    link: &str,
+    source: rtnetlink::Error,
+) -> Error {
     if let rtnetlink::Error::NetlinkError(e) = &source
         && e.raw_code() == -libc::EPERM
     {
@@ -259,7 +277,7 @@ fn netlink_error(operation: &'static str, address: IpAddr, link: &str, source: r
         operation,
         address,
         link: link.to_owned(),
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -276,11 +294,15 @@ mod tests {
         let ours = IpAddr::V4(Ipv4Addr::new(169, 254, 2, 1));
         let mut message = AddressMessage::default();
         message.attributes.push(AddressAttribute::Local(ours));
-        let deletion = NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(message.clone()));
+        let deletion =
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(message.clone()));
         let addition = NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(message));
         assert!(is_deletion_of(&deletion, ours));
         assert!(!is_deletion_of(&addition, ours));
-        assert!(!is_deletion_of(&deletion, IpAddr::V4(Ipv4Addr::new(169, 254, 2, 2))));
+        assert!(!is_deletion_of(
+            &deletion,
+            IpAddr::V4(Ipv4Addr::new(169, 254, 2, 2))
+        ));
     }
 
     #[test]

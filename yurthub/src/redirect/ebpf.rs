@@ -130,7 +130,10 @@ pub(crate) fn redirect_config(hub: IpAddr, port: u16, grace: Duration) -> Redire
 // === maps ===
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
-    move |source| Error::Map { name, source }
+    move |source| Error::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -176,7 +179,9 @@ impl Maps {
     }
 
     pub(crate) fn set_config(&mut self, config: RedirectConfig) -> Result<(), Error> {
-        self.config.set(0, config, 0).map_err(map_error(map::CONFIG))
+        self.config
+            .set(0, config, 0)
+            .map_err(map_error(map::CONFIG))
     }
 
     pub(crate) fn set_heartbeat(&mut self, monotonic_ns: u64) -> Result<(), Error> {
@@ -205,7 +210,9 @@ impl Maps {
             self.exempt_cgroups.remove(&id).map_err(map_error(name))?;
         }
         for id in ids {
-            self.exempt_cgroups.insert(id, 1, 0).map_err(map_error(name))?;
+            self.exempt_cgroups
+                .insert(id, 1, 0)
+                .map_err(map_error(name))?;
         }
         Ok(())
     }
@@ -272,12 +279,13 @@ impl Maps {
             path: path.into(),
             source,
         })?;
-        let zeros = PerCpuValues::try_from(vec![VipCounters::default(); cpus]).map_err(|source| {
-            Error::Io {
-                path: map::COUNTERS.into(),
-                source,
-            }
-        })?;
+        let zeros =
+            PerCpuValues::try_from(vec![VipCounters::default(); cpus]).map_err(|source| {
+                Error::Io {
+                    path: map::COUNTERS.into(),
+                    source,
+                }
+            })?;
         self.counters
             .set(slot, zeros, 0)
             .map_err(map_error(map::COUNTERS))
@@ -343,15 +351,26 @@ mod tests {
 
     #[test]
     fn config_encodes_the_hub() {
-        let config = redirect_config("169.254.2.1".parse().expect("ip"), 10268, Duration::from_secs(2));
+        let config = redirect_config(
+            "169.254.2.1".parse().expect("ip"),
+            10268,
+            Duration::from_secs(2),
+        );
         assert_eq!(config.hub_v4_be.to_ne_bytes(), [169, 254, 2, 1]);
         assert_eq!(config.hub_v6_be, [0; 4]);
         assert_eq!(config.hub_port_be, 10268u16.to_be());
         assert_eq!(config.grace_ns, 2_000_000_000);
 
-        let config = redirect_config("fd00::2:1".parse().expect("ip"), 10268, Duration::from_millis(500));
+        let config = redirect_config(
+            "fd00::2:1".parse().expect("ip"),
+            10268,
+            Duration::from_millis(500),
+        );
         assert_eq!(config.hub_v4_be, 0);
-        assert_eq!(ip6_from_be(config.hub_v6_be), "fd00::2:1".parse::<Ipv6Addr>().expect("ip"));
+        assert_eq!(
+            ip6_from_be(config.hub_v6_be),
+            "fd00::2:1".parse::<Ipv6Addr>().expect("ip")
+        );
         assert_eq!(config.grace_ns, 500_000_000);
     }
 }

@@ -73,9 +73,10 @@ pub(crate) fn attach_or_adopt(
                 {
                     let new_program = program.fd().map_err(|source| Error::Program {
                         name,
-                        source,
+                        source: Box::new(source),
                     })?;
-                    sys::update_program(fd.as_fd(), new_program.as_fd()).map_err(link_error(pin))?;
+                    sys::update_program(fd.as_fd(), new_program.as_fd())
+                        .map_err(link_error(pin))?;
                     let info = sys::link_info(fd.as_fd()).map_err(link_error(pin))?;
                     return Ok(Attachment {
                         program: name,
@@ -121,7 +122,11 @@ pub(crate) fn attach_or_adopt(
     ))
 }
 
-fn attach(program: &mut CgroupSockAddr, name: &'static str, cgroup: &CgroupDir) -> Result<FdLink, Error> {
+fn attach(
+    program: &mut CgroupSockAddr,
+    name: &'static str,
+    cgroup: &CgroupDir,
+) -> Result<FdLink, Error> {
     let dir = fs::File::open(&cgroup.path).map_err(|source| Error::Io {
         path: cgroup.path.clone(),
         source,
@@ -136,7 +141,10 @@ fn attach(program: &mut CgroupSockAddr, name: &'static str, cgroup: &CgroupDir) 
             missing: "cgroup bpf_link (Linux 5.7), needed to pin, adopt and atomically replace the programs",
         });
     }
-    let program_error = |source| Error::Program { name, source };
+    let program_error = |source| Error::Program {
+        name,
+        source: Box::new(source),
+    };
     // A cgroup bpf_link is always attached in multi mode, next to other
     // agents' programs; BPF_LINK_CREATE rejects any attach flag, so the
     // mode must be `Single` (flags 0), not `AllowMultiple`.
@@ -177,6 +185,9 @@ pub(crate) fn remove_pin(pin: &Path) -> Result<(), Error> {
     match fs::remove_file(pin) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(Error::from_io(format!("removing pin {}", pin.display()), source)),
+        Err(source) => Err(Error::from_io(
+            format!("removing pin {}", pin.display()),
+            source,
+        )),
     }
 }

@@ -48,8 +48,7 @@ mod socket;
 
 use std::{
     collections::BTreeSet,
-    fs,
-    io,
+    fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard, PoisonError},
@@ -171,15 +170,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("the running kernel is too old: it lacks {missing}; upgrade it or run with --redirect-mode=none")]
+    #[error(
+        "the running kernel is too old: it lacks {missing}; upgrade it or run with --redirect-mode=none"
+    )]
     KernelTooOld { missing: &'static str },
     #[error("loading the redirect eBPF object into the kernel failed")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("eBPF program {name}")]
     Program {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("eBPF object has no {name} (build mismatch between yurthub and yurthub-ebpf)")]
     MissingObject { name: &'static str },
@@ -187,7 +188,7 @@ pub enum Error {
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("too many VIPs: at most {max} are supported")]
     TooManyVips { max: u32 },
@@ -203,7 +204,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("network link {link} not found (the hub address goes on an existing link; none is created)")]
+    #[error(
+        "network link {link} not found (the hub address goes on an existing link; none is created)"
+    )]
     LinkNotFound { link: String },
     #[error("{operation} hub address {address} on {link}")]
     Address {
@@ -211,7 +214,7 @@ pub enum Error {
         address: IpAddr,
         link: String,
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     #[error("opening a netlink route socket")]
     Netlink(#[source] io::Error),
@@ -258,10 +261,14 @@ pub fn validate_hub_address(ip: IpAddr) -> Result<(), String> {
                 return Err(format!("hub address {v4} is not inside 169.254.0.0/16"));
             }
             if c == 31 {
-                return Err(format!("hub address {v4} is inside the reserved 169.254.31.0/24"));
+                return Err(format!(
+                    "hub address {v4} is inside the reserved 169.254.31.0/24"
+                ));
             }
             if (c, d) == (1, 1) {
-                return Err(format!("hub address {v4} is reserved (169.254.1.1 is Calico's gateway)"));
+                return Err(format!(
+                    "hub address {v4} is reserved (169.254.1.1 is Calico's gateway)"
+                ));
             }
             if d == 0 || d == 255 {
                 return Err(format!("hub address {v4} is not a host address"));
@@ -270,9 +277,15 @@ pub fn validate_hub_address(ip: IpAddr) -> Result<(), String> {
         }
         IpAddr::V6(v6) => {
             if v6.to_ipv4_mapped().is_some() {
-                return Err(format!("hub address {v6} is IPv4-mapped; use the IPv4 address"));
+                return Err(format!(
+                    "hub address {v6} is IPv4-mapped; use the IPv4 address"
+                ));
             }
-            if v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() || v6.is_unicast_link_local() {
+            if v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local()
+            {
                 return Err(format!(
                     "hub address {v6} must be a unicast address reachable from pods (not ::, ::1, multicast or fe80::/10)"
                 ));
@@ -290,7 +303,10 @@ fn validate(cfg: &Config) -> Result<BTreeSet<SocketAddr>, Error> {
         return invalid("hub port must not be 0".to_owned());
     }
     if cfg.grace.is_zero() || cfg.grace.as_nanos() > u128::from(MAX_GRACE_NS) {
-        return invalid(format!("grace period {:?} must be > 0 and at most 2s", cfg.grace));
+        return invalid(format!(
+            "grace period {:?} must be > 0 and at most 2s",
+            cfg.grace
+        ));
     }
     if cfg.address_resync.is_zero() {
         return invalid("address resync interval must be > 0".to_owned());
@@ -305,7 +321,10 @@ fn validate(cfg: &Config) -> Result<BTreeSet<SocketAddr>, Error> {
         || cfg.pin_dir_name == ".."
         || cfg.pin_dir_name == "."
     {
-        return invalid(format!("pin directory name {:?} must be a single path component", cfg.pin_dir_name));
+        return invalid(format!(
+            "pin directory name {:?} must be a single path component",
+            cfg.pin_dir_name
+        ));
     }
     vip_set(cfg.hub_address, &cfg.vips)
 }
@@ -314,7 +333,9 @@ fn vip_set(hub: IpAddr, vips: &[SocketAddr]) -> Result<BTreeSet<SocketAddr>, Err
     let mut set = BTreeSet::new();
     for vip in vips.iter().copied().map(ebpf::canonical_vip) {
         if vip.port() == 0 || vip.ip().is_unspecified() {
-            return Err(Error::InvalidConfig(format!("VIP {vip} needs an address and a port")));
+            return Err(Error::InvalidConfig(format!(
+                "VIP {vip} needs an address and a port"
+            )));
         }
         if vip.is_ipv4() != hub.is_ipv4() {
             return Err(Error::InvalidConfig(format!(
@@ -437,8 +458,16 @@ pub struct Redirect {
 const PROGRAMS: [(&str, u32, bool); 4] = [
     (program::CONNECT4, attach_type::CGROUP_INET4_CONNECT, true),
     (program::CONNECT6, attach_type::CGROUP_INET6_CONNECT, true),
-    (program::GETPEERNAME4, attach_type::CGROUP_INET4_GETPEERNAME, false),
-    (program::GETPEERNAME6, attach_type::CGROUP_INET6_GETPEERNAME, false),
+    (
+        program::GETPEERNAME4,
+        attach_type::CGROUP_INET4_GETPEERNAME,
+        false,
+    ),
+    (
+        program::GETPEERNAME6,
+        attach_type::CGROUP_INET6_GETPEERNAME,
+        false,
+    ),
 ];
 
 impl Redirect {
@@ -473,19 +502,26 @@ impl Redirect {
         }
 
         let mut ebpf = ebpf::load(&maps_dir, config.ebpf_log).map_err(|e| {
-            Error::permission_in("loading eBPF programs and maps", &e).unwrap_or(Error::Load(e))
+            Error::permission_in("loading eBPF programs and maps", &e)
+                .unwrap_or_else(|| Error::Load(Box::new(e)))
         })?;
         let (mut maps, exempt_sockets) = ebpf::Maps::take(&mut ebpf)?;
 
         // Maps first, so that a program that starts running finds them
         // complete; the heartbeat is reset so that nothing is redirected
         // before this daemon proves it serves.
-        maps.set_config(ebpf::redirect_config(config.hub_address, config.hub_port, config.grace))?;
+        maps.set_config(ebpf::redirect_config(
+            config.hub_address,
+            config.hub_port,
+            config.grace,
+        ))?;
         maps.set_heartbeat(0)?;
         let own_sockets = exempt_own_cgroup(&mut maps, &cgroup.path)?;
         maps.set_vips(&vips)?;
 
-        let address = address::Manager::start(config.hub_address, &config.link, config.address_resync).await?;
+        let address =
+            address::Manager::start(config.hub_address, &config.link, config.address_resync)
+                .await?;
 
         let mut attachments = Vec::new();
         let mut notes = Vec::new();
@@ -494,13 +530,21 @@ impl Redirect {
                 .program_mut(name)
                 .ok_or(Error::MissingObject { name })?
                 .try_into()
-                .map_err(|source| Error::Program { name, source })?;
+                .map_err(|source| Error::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
             if let Err(source) = program.load() {
-                if let Some(denied) = Error::permission_in(&format!("loading program {name}"), &source) {
+                if let Some(denied) =
+                    Error::permission_in(&format!("loading program {name}"), &source)
+                {
                     return Err(denied);
                 }
                 if required {
-                    return Err(Error::Program { name, source });
+                    return Err(Error::Program {
+                        name,
+                        source: Box::new(source),
+                    });
                 }
                 // getpeername hooks arrived in Linux 5.8: without them the
                 // redirect works, but getpeername() shows the hub address.
@@ -510,12 +554,21 @@ impl Redirect {
             }
             let pin = links_dir.join(name);
             let attachment = links::attach_or_adopt(program, name, attach_type, &cgroup, &pin)?;
-            debug!(program = name, adopted = attachment.adopted, link_id = attachment.info.id, "program attached");
+            debug!(
+                program = name,
+                adopted = attachment.adopted,
+                link_id = attachment.info.id,
+                "program attached"
+            );
             attachments.push(attachment);
         }
         remove_other_layouts(&pin_dir, &maps_dir);
 
-        let logger = if config.ebpf_log { start_logger(&mut ebpf) } else { None };
+        let logger = if config.ebpf_log {
+            start_logger(&mut ebpf)
+        } else {
+            None
+        };
         info!(
             cgroup = %cgroup.path.display(),
             hub = %SocketAddr::new(config.hub_address, config.hub_port),
@@ -669,7 +722,9 @@ fn exempt_own_cgroup(maps: &mut ebpf::Maps, attach_point: &Path) -> Result<OwnSo
             (Vec::new(), None, Some(note))
         }
         Err(err) => {
-            let note = format!("cannot determine own cgroup ({err}); only marked sockets bypass the redirect");
+            let note = format!(
+                "cannot determine own cgroup ({err}); only marked sockets bypass the redirect"
+            );
             warn!("{note}");
             (Vec::new(), None, Some(note))
         }
@@ -685,14 +740,23 @@ fn exempt_own_cgroup(maps: &mut ebpf::Maps, attach_point: &Path) -> Result<OwnSo
 /// Removes map pins of other layout versions (left by an older daemon whose
 /// programs we just replaced). Best effort.
 fn remove_other_layouts(pin_dir: &Path, current: &Path) {
-    let Ok(entries) = fs::read_dir(pin_dir) else { return };
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
-        let is_maps_dir = entry.file_name().to_string_lossy().starts_with(MAPS_DIR_PREFIX);
+        let is_maps_dir = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(MAPS_DIR_PREFIX);
         if is_maps_dir && path != current {
             match remove_dir_files(&path) {
-                Ok(removed) => info!(dir = %path.display(), maps = removed.len(), "removed maps of an older layout"),
-                Err(err) => warn!(dir = %path.display(), error = %err, "cannot remove maps of an older layout"),
+                Ok(removed) => {
+                    info!(dir = %path.display(), maps = removed.len(), "removed maps of an older layout")
+                }
+                Err(err) => {
+                    warn!(dir = %path.display(), error = %err, "cannot remove maps of an older layout")
+                }
             }
         }
     }
@@ -733,7 +797,11 @@ fn remove_pins(pin_dir: &Path) -> Result<CleanupReport, Error> {
     };
     if let Ok(entries) = fs::read_dir(pin_dir) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(MAPS_DIR_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(MAPS_DIR_PREFIX)
+            {
                 report.maps.extend(remove_dir_files(&entry.path())?);
             }
         }
@@ -807,14 +875,33 @@ mod tests {
 
     #[test]
     fn hub_address_rules_match_openyurt() {
-        assert_eq!(validate_hub_address(IpAddr::V4(DEFAULT_HUB_ADDRESS_V4)), Ok(()));
-        assert_eq!(validate_hub_address(IpAddr::V6(DEFAULT_HUB_ADDRESS_V6)), Ok(()));
+        assert_eq!(
+            validate_hub_address(IpAddr::V4(DEFAULT_HUB_ADDRESS_V4)),
+            Ok(())
+        );
+        assert_eq!(
+            validate_hub_address(IpAddr::V6(DEFAULT_HUB_ADDRESS_V6)),
+            Ok(())
+        );
         assert_eq!(validate_hub_address(ip("169.254.30.7")), Ok(()));
-        for bad in ["10.0.0.1", "127.0.0.1", "169.253.2.1", "169.254.31.1", "169.254.31.254", "169.254.1.1"] {
-            assert!(validate_hub_address(ip(bad)).is_err(), "{bad} must be rejected");
+        for bad in [
+            "10.0.0.1",
+            "127.0.0.1",
+            "169.253.2.1",
+            "169.254.31.1",
+            "169.254.31.254",
+            "169.254.1.1",
+        ] {
+            assert!(
+                validate_hub_address(ip(bad)).is_err(),
+                "{bad} must be rejected"
+            );
         }
         for bad in ["::", "::1", "fe80::1", "ff02::1", "::ffff:169.254.2.1"] {
-            assert!(validate_hub_address(ip(bad)).is_err(), "{bad} must be rejected");
+            assert!(
+                validate_hub_address(ip(bad)).is_err(),
+                "{bad} must be rejected"
+            );
         }
         let message = validate_hub_address(ip("169.254.1.1")).expect_err("reserved");
         assert!(message.contains("169.254.1.1"), "{message}");
@@ -829,16 +916,24 @@ mod tests {
         assert_eq!(set.into_iter().collect::<Vec<_>>(), vec![v4]);
         let v6: SocketAddr = "[fd00:96::1]:443".parse().expect("addr");
         let err = vip_set(v4_hub, &[v6]).expect_err("family mismatch");
-        assert!(err.to_string().contains("different address families"), "{err}");
+        assert!(
+            err.to_string().contains("different address families"),
+            "{err}"
+        );
         assert!(vip_set(IpAddr::V6(DEFAULT_HUB_ADDRESS_V6), &[v6]).is_ok());
         assert!(vip_set(v4_hub, &["10.96.0.1:0".parse().expect("addr")]).is_err());
     }
 
     #[test]
     fn config_validation() {
-        let good = Config::new(IpAddr::V4(DEFAULT_HUB_ADDRESS_V4), 10268, vec!["10.96.0.1:443".parse().expect("addr")]);
+        let good = Config::new(
+            IpAddr::V4(DEFAULT_HUB_ADDRESS_V4),
+            10268,
+            vec!["10.96.0.1:443".parse().expect("addr")],
+        );
         assert!(validate(&good).is_ok());
-        let cases: [(&str, fn(&mut Config)); 5] = [
+        type Mutation = fn(&mut Config);
+        let cases: [(&str, Mutation); 5] = [
             ("port", |c| c.hub_port = 0),
             ("grace", |c| c.grace = Duration::from_secs(3)),
             ("grace", |c| c.grace = Duration::ZERO),
@@ -848,16 +943,27 @@ mod tests {
         for (what, mutate) in cases {
             let mut cfg = good.clone();
             mutate(&mut cfg);
-            assert!(matches!(validate(&cfg), Err(Error::InvalidConfig(_))), "{what} must be rejected");
+            assert!(
+                matches!(validate(&cfg), Err(Error::InvalidConfig(_))),
+                "{what} must be rejected"
+            );
         }
     }
 
     #[test]
     fn too_many_vips() {
         let vips: Vec<SocketAddr> = (0..=MAX_VIPS)
-            .map(|i| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 1, u8::try_from(i % 250).expect("u8"))), 443 + u16::try_from(i).expect("u16")))
+            .map(|i| {
+                SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::new(10, 96, 1, u8::try_from(i % 250).expect("u8"))),
+                    443 + u16::try_from(i).expect("u16"),
+                )
+            })
             .collect();
-        assert!(matches!(vip_set(IpAddr::V4(DEFAULT_HUB_ADDRESS_V4), &vips), Err(Error::TooManyVips { .. })));
+        assert!(matches!(
+            vip_set(IpAddr::V4(DEFAULT_HUB_ADDRESS_V4), &vips),
+            Err(Error::TooManyVips { .. })
+        ));
     }
 
     #[test]
