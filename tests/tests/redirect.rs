@@ -419,7 +419,10 @@ fn client_outside_the_cgroup_is_not_redirected() {
 #[test]
 fn ipv6_vip_is_redirected() {
     let mut env = Env::new(&[addr(VIP_V6).ip()]);
-    let redirect = env.install(env.config(HUB_V6, &[VIP_V6]));
+    let mut cfg = env.config(HUB_V6, &[VIP_V6]);
+    // Also proves the verifier accepts the programs with aya-log enabled.
+    cfg.ebpf_log = true;
+    let redirect = env.install(cfg);
     env.listen(Side::Node, SocketAddr::new(HUB_V6, HUB_PORT), "hub6");
     env.listen(Side::Node, addr(VIP_V6), "vip6");
     let _heartbeat = Heartbeat::start(&redirect);
@@ -719,6 +722,43 @@ fn reinstall_adopts_pinned_links_without_attaching_twice() {
     assert_eq!(env.attached(), expected);
     env.shutdown(fourth);
     assert!(env.attached().is_empty());
+}
+
+#[test]
+fn changing_the_cgroup_moves_the_links() {
+    let mut env = Env::new(&[addr(VIP_V4).ip()]);
+    let first_cgroup = env.cgroup.child("first");
+    let second_cgroup = env.cgroup.child("second");
+    let mut cfg = env.config(HUB_V4, &[VIP_V4]);
+    cfg.cgroup = Some(first_cgroup.clone());
+    drop(env.install(cfg.clone()));
+    assert_eq!(bpftool_cgroup(&first_cgroup).len(), 4);
+
+    // The pins now point at links on another cgroup: they are replaced, and
+    // the old links detach.
+    cfg.cgroup = Some(second_cgroup.clone());
+    let redirect = env.install(cfg);
+    assert!(
+        redirect
+            .status()
+            .programs
+            .iter()
+            .all(|p| p.attached && !p.adopted)
+    );
+    assert!(
+        bpftool_cgroup(&first_cgroup).is_empty(),
+        "{:?}",
+        bpftool_cgroup(&first_cgroup)
+    );
+    assert_eq!(bpftool_cgroup(&second_cgroup).len(), 4);
+    assert_eq!(
+        fs::read_dir(env.pins.path().join("links"))
+            .expect("links")
+            .count(),
+        4
+    );
+    env.shutdown(redirect);
+    assert!(bpftool_cgroup(&second_cgroup).is_empty());
 }
 
 #[test]

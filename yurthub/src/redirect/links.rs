@@ -88,7 +88,8 @@ pub(crate) fn attach_or_adopt(
                 }
                 // Stale pin (other cgroup, or not our kind of link): attach
                 // anew and atomically take over the pin path.
-                let tmp = pin.with_extension("new");
+                // bpffs refuses names containing '.', hence no extension.
+                let tmp = pin.with_file_name(format!("{name}_new"));
                 remove_pin(&tmp)?;
                 let fresh = attach(program, name, cgroup)?;
                 fresh.pin(&tmp).map_err(|e| pin_error(&tmp, e))?;
