@@ -26,7 +26,7 @@ use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{
         RouteNetlinkMessage,
-        address::{AddressAttribute, AddressMessage},
+        address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
     },
 };
 use tokio::task::JoinHandle;
@@ -233,10 +233,22 @@ async fn ensure(handle: &Handle, link: &str, address: IpAddr) -> Result<bool, Er
     if existing.is_some() {
         return Ok(false);
     }
-    handle
+    let mut request = handle
         .address()
         .add(index, address, prefix_len(address))
-        .replace()
+        .replace();
+    if address.is_ipv6() {
+        // Without NODAD a new IPv6 address is "tentative" until duplicate
+        // address detection runs (asynchronously, even on lo), and binding
+        // the hub's listener to it fails meanwhile with EADDRNOTAVAIL. A
+        // host-local /128 has nobody to collide with.
+        let message = request.message_mut();
+        message.header.flags |= AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    request
         .execute()
         .await
         .map_err(|e| netlink_error("adding", address, link, e))?;
