@@ -101,9 +101,13 @@ impl HubFiles {
 
 /// Logs go through the test harness's capture, so only failing tests print.
 pub fn init_test_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,yurthub=debug,yurthub_e2e=debug"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,yurthub=debug,yurthub_e2e=debug")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// A port that was free a moment ago (for listeners that cannot take 0).

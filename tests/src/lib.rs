@@ -4,3 +4,4 @@
 pub mod apiserver;
 pub mod hub;
 pub mod pki;
+pub mod sandbox;

@@ -1,1 +1,53 @@
-fn main() {}
+//! Project automation that plain cargo cannot do: installing the eBPF
+//! toolchain, root checks, and inspecting the eBPF object. Everything else
+//! stays a plain cargo command.
+//!
+//! One module per subcommand; add a new one (e.g. `demo`, `bench`) by adding
+//! a module, a `Command` variant and a match arm.
+
+mod build_ebpf;
+mod cmd;
+mod lint;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "yurthub project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent): nightly + rust-src,
+    /// bpf-linker 0.10.3, iproute2, bpftool, iptables, nftables.
+    Setup,
+    /// Build the eBPF programs exactly as `cargo build -p yurthub` does and copy
+    /// the object to <target>/ebpf/ for inspection.
+    BuildEbpf,
+    /// Run the whole test suite (privileged: must run as root).
+    Test(test::Args),
+    /// rustfmt check, clippy -D warnings on the workspace and on the eBPF crate.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf => build_ebpf::run(),
+        Command::Test(args) => test::run(&args),
+        Command::Lint => lint::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

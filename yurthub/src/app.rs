@@ -12,13 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::certificates::Certificates;
-use crate::config::{Bootstrap, Config, WorkingMode};
+use crate::config::{Bootstrap, Config, RedirectMode, WorkingMode};
 use crate::hub::{HubServer, Readiness};
 use crate::metrics::Metrics;
 use crate::proxy::{Listener, Proxy, ProxyParts, server};
 use crate::remote::health::HealthChecker;
 use crate::remote::transport::Transports;
 use crate::remote::{Backend, LoadBalancer};
+use crate::{redirect, redirector};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -40,6 +41,7 @@ pub struct App {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
+    redirect: redirector::Handle,
 }
 
 impl App {
@@ -71,7 +73,11 @@ impl App {
         };
         certs.spawn_reloader(Duration::from_secs(10), shutdown.clone());
 
-        let transports = Transports::new(&certs, metrics.closable_conns.clone(), None);
+        // The hub's own upstream sockets are exempt from the kernel redirect
+        // (no loop when an upstream server is the VIP itself).
+        let hook: crate::remote::transport::SocketHook =
+            Arc::new(|s: &socket2::Socket| redirect::prepare_upstream_socket(s));
+        let transports = Transports::new(&certs, metrics.closable_conns.clone(), Some(hook));
         // Cloud mode has no health checker: every backend counts as healthy.
         let initially_healthy = cfg.working_mode == WorkingMode::Cloud;
         let backends = cfg
@@ -99,12 +105,29 @@ impl App {
             mode: cfg.working_mode,
             lb: lb.clone(),
             health: health.clone(),
-            transports,
+            transports: transports.clone(),
             metrics,
             readiness: readiness.clone(),
             max_body: cfg.max_request_body_bytes,
             shutdown: shutdown.clone(),
         });
+
+        let (redirect, redirect_reason) = match cfg.redirect_mode {
+            RedirectMode::Ebpf => redirector::install(&cfg).await,
+            RedirectMode::None => (
+                redirector::Handle::default(),
+                "--redirect-mode=none".to_string(),
+            ),
+        };
+        registry.register_collector(Box::new(redirector::Collector(redirect.clone())));
+        let mut docs: BTreeMap<String, crate::hub::StatusDoc> = BTreeMap::new();
+        {
+            let r = redirect.clone();
+            docs.insert(
+                "/v1/redirect".into(),
+                Arc::new(move || r.status_json(&redirect_reason)),
+            );
+        }
 
         // The hub server first: healthz answers while everything else starts.
         let hub_server_addr = match cfg.hub_server_addr {
@@ -115,7 +138,7 @@ impl App {
                     source,
                 })?;
                 let bound = l.local_addr().unwrap_or(addr);
-                let hub = HubServer::new(readiness.clone(), Arc::new(registry), BTreeMap::new());
+                let hub = HubServer::new(readiness.clone(), Arc::new(registry), docs);
                 server::serve(
                     l,
                     None,
@@ -134,6 +157,16 @@ impl App {
         if let Some(h) = &health {
             h.initial_probe().await;
             h.spawn(shutdown.clone());
+        }
+        if cfg.redirect_mode == RedirectMode::Ebpf && cfg.apiserver_vips.is_empty() {
+            redirector::spawn_vip_learner(
+                redirect.clone(),
+                lb.clone(),
+                transports.clone(),
+                cfg.root_dir.clone(),
+                cfg.heartbeat.timeout,
+                shutdown.clone(),
+            );
         }
 
         let plain = server::bind(cfg.proxy_addr, false).map_err(|source| Error::Bind {
@@ -161,6 +194,14 @@ impl App {
         })?;
         let proxy_secure_addr = secure.local_addr().unwrap_or(cfg.proxy_secure_addr);
         let acceptor = server::tls_acceptor(certs.serving_slot());
+        if cfg.redirect_mode == RedirectMode::Ebpf {
+            redirector::spawn_heartbeat(
+                redirect.clone(),
+                certs.clone(),
+                proxy_secure_addr,
+                shutdown.clone(),
+            );
+        }
         let p = proxy;
         server::serve(
             secure,
@@ -184,6 +225,7 @@ impl App {
             shutdown,
             tracker,
             grace: cfg.shutdown_grace_period,
+            redirect,
         })
     }
 
@@ -198,6 +240,9 @@ impl App {
         {
             tracing::warn!(grace = ?self.grace, "in-flight requests did not finish within the grace period");
         }
+        // After the pod-facing listener stopped: the redirect already fails
+        // open (no heartbeat); now remove it unless the next hub adopts it.
+        self.redirect.shutdown().await;
         tracing::info!("yurthub stopped");
     }
 }

@@ -41,6 +41,9 @@ pub struct CleanupArgs {
     /// cgroup v2 directory the programs were attached to (default: detected root).
     #[arg(long)]
     pub redirect_cgroup: Option<PathBuf>,
+    /// Directory under --bpffs holding the pins.
+    #[arg(long, default_value = "yurthub")]
+    pub redirect_pin_dir: String,
 }
 
 /// The daemon's flags. Bool flags accept `--flag`, `--flag=true` and
@@ -117,6 +120,9 @@ pub struct RunArgs {
     /// bpffs mount point for pinned programs and maps.
     #[arg(long, default_value = "/sys/fs/bpf")]
     pub bpffs: PathBuf,
+    /// Directory under --bpffs for this hub's pins.
+    #[arg(long, default_value = "yurthub")]
+    pub redirect_pin_dir: String,
 
     // --- deprecated network-manager flags (mapped onto the redirect) ---
     /// Deprecated: the hub address is managed by rtnetlink on --hub-address-link.

@@ -91,6 +91,7 @@ pub struct Config {
     pub apiserver_vips: Vec<SocketAddr>,
     pub keep_redirect_on_exit: bool,
     pub bpffs: PathBuf,
+    pub redirect_pin_dir: String,
     pub bootstrap: Bootstrap,
     pub hub_cert_organizations: Vec<String>,
     pub tls_cert_file: Option<PathBuf>,
@@ -200,15 +201,12 @@ impl Config {
             (None, None) => None,
         };
         let hub_address = match hub_address_flag {
-            Some((flag, s)) => {
-                let ip = parse_ip(flag, s)?;
-                validate_hub_address(ip).map_err(|r| err(flag, r))?;
-                ip
-            }
-            None if bind_address.is_ipv6() => {
-                IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 1))
-            }
-            None => IpAddr::V4(Ipv4Addr::new(169, 254, 2, 1)),
+            Some((flag, s)) => (flag, parse_ip(flag, s)?),
+            None if bind_address.is_ipv6() => (
+                "--hub-address",
+                IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 1)),
+            ),
+            None => ("--hub-address", IpAddr::V4(Ipv4Addr::new(169, 254, 2, 1))),
         };
         if a.hub_address_link.is_empty() || a.hub_address_link.len() > 15 {
             return Err(err(
@@ -232,6 +230,13 @@ impl Config {
             None if working_mode == WorkingMode::Edge => RedirectMode::Ebpf,
             None => RedirectMode::None,
         };
+        let (hub_flag, hub_address) = hub_address;
+        // Loopback is fine for a hub without the redirect (development, tests);
+        // pods cannot reach it, so with the redirect the upstream rules apply.
+        if !(hub_address.is_loopback() && redirect_mode == RedirectMode::None) {
+            crate::redirect::validate_hub_address(hub_address)
+                .map_err(|e| err(hub_flag, e.to_string()))?;
+        }
         if let Some(v) = a.enable_dummy_if {
             warnings.push(format!(
                 "--enable-dummy-if is deprecated; mapped to --redirect-mode={}",
@@ -331,6 +336,7 @@ impl Config {
             apiserver_vips,
             keep_redirect_on_exit: a.keep_redirect_on_exit,
             bpffs: a.bpffs.clone(),
+            redirect_pin_dir: a.redirect_pin_dir.clone(),
             bootstrap,
             hub_cert_organizations: a
                 .hub_cert_organizations
@@ -402,34 +408,6 @@ fn parse_servers(s: &str) -> Result<Vec<Uri>, Error> {
         return Err(err("--server-addr", "must list at least one https URL"));
     }
     Ok(out)
-}
-
-/// The rules upstream applies to `--dummy-if-ip`: an IPv4 hub address must be
-/// link-local, outside 169.254.31.0/24 and not 169.254.1.1 (Calico's gateway).
-pub fn validate_hub_address(ip: IpAddr) -> Result<(), String> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            if o[0] != 169 || o[1] != 254 {
-                if v4.is_loopback() {
-                    // Allowed for single-host development: pods cannot reach it.
-                    return Ok(());
-                }
-                return Err(format!("{v4} is not inside 169.254.0.0/16"));
-            }
-            if o[2] == 31 {
-                return Err(format!("{v4} is inside the reserved 169.254.31.0/24"));
-            }
-            if v4 == Ipv4Addr::new(169, 254, 1, 1) {
-                return Err("169.254.1.1 is reserved (Calico's link-local gateway)".into());
-            }
-            Ok(())
-        }
-        IpAddr::V6(v6) if v6.is_unspecified() || v6.is_multicast() => {
-            Err(format!("{v6} cannot be a hub address"))
-        }
-        IpAddr::V6(_) => Ok(()),
-    }
 }
 
 /// Parses Go's duration syntax ("40s", "1m30s", "1800s", "250ms", "0").

@@ -16,9 +16,8 @@ pub fn main() -> ExitCode {
         println!("yurthub {}", crate::VERSION);
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Cleanup(_)) = &cli.command {
-        eprintln!("error: yurthub cleanup is not available in this build yet");
-        return ExitCode::from(1);
+    if let Some(Command::Cleanup(args)) = &cli.command {
+        return cleanup(args);
     }
     let cfg = match Config::from_args(&cli.run) {
         Ok(c) => c,
@@ -74,5 +73,49 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
+
+/// `yurthub cleanup`: removes the programs, pins and hub address a hub
+/// installed (also those a crashed hub left behind). Idempotent.
+fn cleanup(args: &crate::cli::CleanupArgs) -> ExitCode {
+    let _ = crate::telemetry::init(0, "text");
+    let ip: std::net::IpAddr = match args.hub_address.parse() {
+        Ok(ip) => ip,
+        Err(_) => {
+            eprintln!(
+                "error: invalid flag --hub-address: {:?} is not an IP address",
+                args.hub_address
+            );
+            return ExitCode::from(64);
+        }
+    };
+    let mut cfg = crate::redirect::Config::new(ip, 0, Vec::new());
+    cfg.link = args.hub_address_link.clone();
+    cfg.bpffs = args.bpffs.clone();
+    cfg.cgroup = args.redirect_cgroup.clone();
+    cfg.pin_dir_name = args.redirect_pin_dir.clone();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(crate::redirect::cleanup(&cfg)) {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`remote`]: upstream backends, load balancing and lease-based health;
 //! - [`certificates`]: the hub's client and serving identities;
 //! - [`hub`]: the hub server (healthz, readyz, metrics);
+//! - [`redirect`]: the kernel redirect of the apiserver VIP to the hub;
 //! - [`metrics`], [`telemetry`]: observability.
 
 pub mod app;
@@ -18,6 +19,8 @@ pub mod entry;
 pub mod hub;
 pub mod metrics;
 pub mod proxy;
+pub mod redirect;
+pub mod redirector;
 pub mod remote;
 pub mod telemetry;
 

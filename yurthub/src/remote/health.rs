@@ -15,17 +15,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::transport::{Identity, Transports};
+use super::transport::Transports;
 use super::{Backend, LoadBalancer};
 use crate::config::Heartbeat;
-use crate::full_body;
 
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 const DELEGATE_ANNOTATION: &str = "openyurt.io/delegate-heartbeat";
@@ -272,35 +269,15 @@ impl HealthChecker {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), String> {
-        let req = Request::builder()
-            .method(method)
-            .uri(backend.url_for(path))
-            .header(header::USER_AGENT, crate::user_agent())
-            .header(header::ACCEPT, "application/json")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(full_body(
-                body.map(|b| Bytes::from(b.to_string())).unwrap_or_default(),
-            ))
-            .map_err(|e| e.to_string())?;
-        let client = self.transports.client(Identity::Hub, false);
-        let fut = async {
-            let resp = client
-                .request(req)
-                .await
-                .map_err(|e| format!("{}: {}", backend.name(), error_chain(&e)))?;
-            let code = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            Ok((code, value))
-        };
-        tokio::time::timeout(self.cfg.timeout, fut)
-            .await
-            .map_err(|_| format!("{}: timed out after {:?}", backend.name(), self.cfg.timeout))?
+        super::call_json(
+            &self.transports,
+            backend,
+            method,
+            path,
+            body,
+            self.cfg.timeout,
+        )
+        .await
     }
 }
 

@@ -136,6 +136,51 @@ impl LoadBalancer {
     }
 }
 
+/// One JSON request to `backend` with the hub's identity, bounded by
+/// `timeout`: the hub's own control-plane calls (lease, Service lookups).
+pub async fn call_json(
+    transports: &transport::Transports,
+    backend: &Backend,
+    method: http::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: std::time::Duration,
+) -> Result<(http::StatusCode, serde_json::Value), String> {
+    use http_body_util::BodyExt;
+    let req = http::Request::builder()
+        .method(method)
+        .uri(backend.url_for(path))
+        .header(http::header::USER_AGENT, crate::user_agent())
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(crate::full_body(
+            body.map(|b| bytes::Bytes::from(b.to_string()))
+                .unwrap_or_default(),
+        ))
+        .map_err(|e| e.to_string())?;
+    let client = transports.client(transport::Identity::Hub, false);
+    let fut = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("{}: {}", backend.name(), health::error_chain(&e)))?;
+        let code = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((
+            code,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        ))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| format!("{}: timed out after {timeout:?}", backend.name()))?
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::registry::Registry;
