@@ -138,6 +138,9 @@ const PACKAGE_GROUPS: &[(&str, &str)] = &[
     ("io.k8s.metrics.pkg.apis.custom_metrics", "custom.metrics.k8s.io"),
     ("io.k8s.metrics.pkg.apis.external_metrics", "external.metrics.k8s.io"),
     ("io.k8s.api.extensions", "extensions"),
+    ("io.k8s.api.admission", "admission.k8s.io"),
+    ("io.k8s.api.imagepolicy", "imagepolicy.k8s.io"),
+    ("io.k8s.api.apidiscovery", "apidiscovery.k8s.io"),
 ];
 
 /// Proto packages that are test fixtures, not served APIs.
@@ -883,16 +886,24 @@ fn generate(src: &Sources) -> Result<Generated> {
         let group = res.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
         package_group.entry(group_package.to_owned()).or_insert_with(|| group.to_owned());
     }
-    let object_meta = index["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"];
+    // A message no other message refers to is a top-level type: a kind (reviews,
+    // options, Scale, Eviction, lists), or at worst an unused helper that nothing asks for.
+    let referenced: BTreeSet<&str> = messages
+        .iter()
+        .flat_map(|m| m.fields.iter())
+        .filter_map(|f| match &f.ty {
+            Scalar::Message(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut derived = 0;
     for (msg, m) in messages.iter().enumerate() {
-        let has_object_meta = m.fields.first().is_some_and(|f| {
-            f.tag == 1 && f.ty == Scalar::Message(messages[object_meta].full_name.clone())
-        });
         let list_name = format!("{}List", m.full_name);
-        let (Some(&list_msg), true) = (index.get(list_name.as_str()), has_object_meta) else {
+        let list_msg = index.get(list_name.as_str()).copied();
+        let is_root = !referenced.contains(m.full_name.as_str()) && !m.full_name.ends_with("List");
+        if list_msg.is_none() && !is_root {
             continue;
-        };
+        }
         if m.package.starts_with("io.k8s.apimachinery.") {
             continue; // META_KINDS decide the apiVersions of apimachinery kinds
         }
@@ -915,7 +926,9 @@ fn generate(src: &Sources) -> Result<Generated> {
             .map(|(_, (_, p, sc))| (p.clone(), *sc))
             .unwrap_or_else(|| ("-".to_owned(), '-'));
         add_kind(&mut kinds, &api_version, kind, msg, &plural, scope)?;
-        add_kind(&mut kinds, &api_version, &format!("{kind}List"), list_msg, "-", '-')?;
+        if let Some(list_msg) = list_msg {
+            add_kind(&mut kinds, &api_version, &format!("{kind}List"), list_msg, "-", '-')?;
+        }
         derived += 1;
     }
     writeln!(report, "derived {derived} kinds of API versions k8s-openapi does not describe")?;

@@ -90,7 +90,10 @@ impl<'s> Encoder<'s> {
                     let v = &entries[key];
                     let start = begin_len(out, tag);
                     put_len_field(out, 1, key.as_bytes());
-                    if !v.is_null() {
+                    if v.is_null() {
+                        // Go writes the zero value (an empty message for a zero time).
+                        zero_value(2, ty, out);
+                    } else {
                         self.value(2, ty, v, out, depth).map_err(|e| e.within(&format_args!("[{key:?}]")))?;
                     }
                     end_len(out, start);
@@ -245,6 +248,22 @@ impl<'s> Encoder<'s> {
         match msg.field(tag).map(|f| f.ty) {
             Some(Ty::Message(id)) => Ok(id),
             _ => Err(CodecError::Schema { line: 0, reason: format!("{} lacks message field {tag}", msg.name) }),
+        }
+    }
+}
+
+/// The protobuf zero value of a field, as Go's encoder writes it.
+fn zero_value(tag: u32, ty: Ty, out: &mut Vec<u8>) {
+    match ty {
+        Ty::String | Ty::Bytes | Ty::Message(_) => put_len_field(out, tag, b""),
+        Ty::Bool | Ty::I32 | Ty::I64 | Ty::U32 | Ty::U64 => put_varint_field(out, tag, 0),
+        Ty::F64 => {
+            put_key(out, tag, WT_FIXED64);
+            out.extend_from_slice(&0f64.to_le_bytes());
+        }
+        Ty::F32 => {
+            put_key(out, tag, WT_FIXED32);
+            out.extend_from_slice(&0f32.to_le_bytes());
         }
     }
 }

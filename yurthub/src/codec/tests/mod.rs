@@ -1,2 +1,3 @@
 //! Cross-module tests of the codec: round trips over realistic objects, checks of the
 //! protobuf output against the independent k8s-pb (prost) types, lists and watch.
+mod golden;
