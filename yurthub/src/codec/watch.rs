@@ -135,6 +135,7 @@ impl WatchDecoder {
             if self.framer.idle() {
                 // Only whitespace so far: drop it so it does not accumulate.
                 self.buf.clear();
+                self.framer = JsonFramer::default();
             } else if self.buf.len() > self.max_frame {
                 return Err(CodecError::FrameTooLarge { len: self.buf.len(), max: self.max_frame });
             }

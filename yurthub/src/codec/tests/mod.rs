@@ -3,3 +3,5 @@
 mod golden;
 mod fixtures;
 mod roundtrip;
+mod lists;
+mod watch;
