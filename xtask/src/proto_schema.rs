@@ -66,7 +66,10 @@ const NAME_OVERRIDES: &[(&str, &str)] = &[
         "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1beta1.CustomResourceColumnDefinition.json_path",
         "JSONPath",
     ),
-    ("io.k8s.api.core.v1.PodLogOptions.insecure_skip_tls_verify_backend", "insecureSkipTLSVerifyBackend"),
+    (
+        "io.k8s.api.core.v1.PodLogOptions.insecure_skip_tls_verify_backend",
+        "insecureSkipTLSVerifyBackend",
+    ),
     (
         "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.ConversionRequest.desired_api_version",
         "desiredAPIVersion",
@@ -80,18 +83,42 @@ const NAME_OVERRIDES: &[(&str, &str)] = &[
 /// Messages whose JSON form is not the plain object of their fields.
 const SPECIALS: &[(&str, &str)] = &[
     ("io.k8s.apimachinery.pkg.apis.meta.v1.Time", "time"),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime", "microtime"),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime",
+        "microtime",
+    ),
     ("io.k8s.apimachinery.pkg.apis.meta.v1.Duration", "duration"),
     ("io.k8s.apimachinery.pkg.apis.meta.v1.FieldsV1", "rawjson"),
     ("io.k8s.apimachinery.pkg.runtime.RawExtension", "rawext"),
-    ("io.k8s.apimachinery.pkg.util.intstr.IntOrString", "intorstring"),
+    (
+        "io.k8s.apimachinery.pkg.util.intstr.IntOrString",
+        "intorstring",
+    ),
     ("io.k8s.apimachinery.pkg.api.resource.Quantity", "quantity"),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSON", "rawjson"),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1beta1.JSON", "rawjson"),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrBool", "schemaorbool"),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1beta1.JSONSchemaPropsOrBool", "schemaorbool"),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrArray", "schemaorarray"),
-    ("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1beta1.JSONSchemaPropsOrArray", "schemaorarray"),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSON",
+        "rawjson",
+    ),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1beta1.JSON",
+        "rawjson",
+    ),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrBool",
+        "schemaorbool",
+    ),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1beta1.JSONSchemaPropsOrBool",
+        "schemaorbool",
+    ),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrArray",
+        "schemaorarray",
+    ),
+    (
+        "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1beta1.JSONSchemaPropsOrArray",
+        "schemaorarray",
+    ),
     (
         "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrStringArray",
         "schemaorstringarray",
@@ -109,34 +136,80 @@ const STRING_LIST_DOC: &str = "items, if empty, will result in an empty slice";
 /// Kinds from apimachinery that k8s-openapi has no `Resource` impl for (or that are
 /// encoded under more than one apiVersion), mapped to their message.
 const META_KINDS: &[(&str, &str, &str)] = &[
-    ("v1", "Status", "io.k8s.apimachinery.pkg.apis.meta.v1.Status"),
-    ("meta.k8s.io/v1", "Status", "io.k8s.apimachinery.pkg.apis.meta.v1.Status"),
-    ("v1", "APIVersions", "io.k8s.apimachinery.pkg.apis.meta.v1.APIVersions"),
-    ("v1", "APIGroupList", "io.k8s.apimachinery.pkg.apis.meta.v1.APIGroupList"),
-    ("v1", "APIGroup", "io.k8s.apimachinery.pkg.apis.meta.v1.APIGroup"),
-    ("v1", "APIResourceList", "io.k8s.apimachinery.pkg.apis.meta.v1.APIResourceList"),
-    ("meta.k8s.io/v1", "PartialObjectMetadata", "io.k8s.apimachinery.pkg.apis.meta.v1.PartialObjectMetadata"),
+    (
+        "v1",
+        "Status",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
+    ),
+    (
+        "meta.k8s.io/v1",
+        "Status",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
+    ),
+    (
+        "v1",
+        "APIVersions",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.APIVersions",
+    ),
+    (
+        "v1",
+        "APIGroupList",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.APIGroupList",
+    ),
+    (
+        "v1",
+        "APIGroup",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.APIGroup",
+    ),
+    (
+        "v1",
+        "APIResourceList",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.APIResourceList",
+    ),
+    (
+        "meta.k8s.io/v1",
+        "PartialObjectMetadata",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
+    ),
     (
         "meta.k8s.io/v1",
         "PartialObjectMetadataList",
         "io.k8s.apimachinery.pkg.apis.meta.v1.PartialObjectMetadataList",
     ),
-    ("meta.k8s.io/v1beta1", "PartialObjectMetadata", "io.k8s.apimachinery.pkg.apis.meta.v1.PartialObjectMetadata"),
+    (
+        "meta.k8s.io/v1beta1",
+        "PartialObjectMetadata",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.PartialObjectMetadata",
+    ),
     (
         "meta.k8s.io/v1beta1",
         "PartialObjectMetadataList",
         "io.k8s.apimachinery.pkg.apis.meta.v1beta1.PartialObjectMetadataList",
     ),
-    ("meta.k8s.io/v1", "WatchEvent", "io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent"),
-    ("meta.k8s.io/v1", "DeleteOptions", "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"),
+    (
+        "meta.k8s.io/v1",
+        "WatchEvent",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent",
+    ),
+    (
+        "meta.k8s.io/v1",
+        "DeleteOptions",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions",
+    ),
     ("v1", "List", "io.k8s.apimachinery.pkg.apis.meta.v1.List"),
 ];
 
 /// API groups of proto packages that no k8s-openapi `Resource` names.
 const PACKAGE_GROUPS: &[(&str, &str)] = &[
     ("io.k8s.metrics.pkg.apis.metrics", "metrics.k8s.io"),
-    ("io.k8s.metrics.pkg.apis.custom_metrics", "custom.metrics.k8s.io"),
-    ("io.k8s.metrics.pkg.apis.external_metrics", "external.metrics.k8s.io"),
+    (
+        "io.k8s.metrics.pkg.apis.custom_metrics",
+        "custom.metrics.k8s.io",
+    ),
+    (
+        "io.k8s.metrics.pkg.apis.external_metrics",
+        "external.metrics.k8s.io",
+    ),
     ("io.k8s.api.extensions", "extensions"),
     ("io.k8s.api.admission", "admission.k8s.io"),
     ("io.k8s.api.imagepolicy", "imagepolicy.k8s.io"),
@@ -185,10 +258,12 @@ pub fn run(args: Args) -> Result<()> {
 
 fn workspace_root() -> Result<PathBuf> {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| anyhow!("xtask manifest dir {} has no parent", manifest_dir.display()))
+    manifest_dir.parent().map(Path::to_path_buf).ok_or_else(|| {
+        anyhow!(
+            "xtask manifest dir {} has no parent",
+            manifest_dir.display()
+        )
+    })
 }
 
 struct Sources {
@@ -205,7 +280,13 @@ struct Sources {
 fn locate_sources(root: &Path) -> Result<Sources> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--manifest-path",
+        ])
         .arg(root.join("Cargo.toml"))
         .output()
         .context("running cargo metadata")?;
@@ -221,8 +302,12 @@ fn locate_sources(root: &Path) -> Result<Sources> {
         let mut found = Vec::new();
         for path in json_string_values(&meta, "manifest_path") {
             let manifest = PathBuf::from(path);
-            let Some(dir) = manifest.parent() else { continue };
-            let Some(dir_name) = dir.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(dir) = manifest.parent() else {
+                continue;
+            };
+            let Some(dir_name) = dir.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
             if let Some(version) = dir_name.strip_prefix(&prefix)
                 && version.starts_with(|c: char| c.is_ascii_digit())
             {
@@ -241,10 +326,12 @@ fn locate_sources(root: &Path) -> Result<Sources> {
     let (openapi_dir, openapi_version) = crate_dir("k8s-openapi")?;
 
     // The resolve node of k8s-openapi lists its enabled features.
-    let node_key = format!("\"id\":\"registry+https://github.com/rust-lang/crates.io-index#k8s-openapi@{openapi_version}\",\"dependencies\"");
-    let node_at = meta
-        .find(&node_key)
-        .ok_or_else(|| anyhow!("cargo metadata has no resolve node for k8s-openapi {openapi_version}"))?;
+    let node_key = format!(
+        "\"id\":\"registry+https://github.com/rust-lang/crates.io-index#k8s-openapi@{openapi_version}\",\"dependencies\""
+    );
+    let node_at = meta.find(&node_key).ok_or_else(|| {
+        anyhow!("cargo metadata has no resolve node for k8s-openapi {openapi_version}")
+    })?;
     let features_at = meta[node_at..]
         .find("\"features\":[")
         .map(|i| node_at + i + "\"features\":[".len())
@@ -352,8 +439,10 @@ fn parse_pb_crate(src: &Path) -> Result<Vec<PbMessage>> {
             .parent()
             .and_then(|d| d.strip_prefix(src).ok())
             .ok_or_else(|| anyhow!("unexpected k8s-pb path {}", file.display()))?;
-        let module: Vec<String> =
-            rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+        let module: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
         let rel_str = module.join("/");
         if SKIPPED_MODULES.iter().any(|s| rel_str.starts_with(s)) {
             continue;
@@ -406,7 +495,10 @@ fn parse_pb_module(text: &str, module: &[String], out: &mut Vec<PbMessage>) -> R
             i += 1;
             while !empty && i < lines.len() && lines[i] != "}" {
                 let l = lines[i].trim();
-                if let Some(attr) = l.strip_prefix("#[prost(").and_then(|a| a.strip_suffix(")]")) {
+                if let Some(attr) = l
+                    .strip_prefix("#[prost(")
+                    .and_then(|a| a.strip_suffix(")]"))
+                {
                     // The declaration may wrap over several lines: join until the
                     // trailing comma at angle-bracket depth zero.
                     let mut decl = String::new();
@@ -505,7 +597,10 @@ fn parse_pb_field(attr: &str, decl: &str, module: &[String]) -> Result<PbField> 
         } else if p == "optional" || p == "boxed" || p == "required" || p.starts_with("packed") {
         } else if p == "message" {
             scalar = Some(Scalar::Message(String::new()));
-        } else if let Some(kv) = p.strip_prefix("btree_map = ").or_else(|| p.strip_prefix("map = ")) {
+        } else if let Some(kv) = p
+            .strip_prefix("btree_map = ")
+            .or_else(|| p.strip_prefix("map = "))
+        {
             let (k, v) = kv
                 .trim_matches('"')
                 .split_once(',')
@@ -534,7 +629,12 @@ fn parse_pb_field(attr: &str, decl: &str, module: &[String]) -> Result<PbField> 
     if let Scalar::Message(target) = &mut scalar {
         *target = resolve_message_type(ty, module)?;
     }
-    Ok(PbField { rust_name, tag: tag.ok_or_else(|| anyhow!("no tag"))?, card, ty: scalar })
+    Ok(PbField {
+        rust_name,
+        tag: tag.ok_or_else(|| anyhow!("no tag"))?,
+        card,
+        ty: scalar,
+    })
 }
 
 /// Resolves the message type inside `Option<..>`, `Vec<..>`, `Box<..>` or the value of
@@ -557,7 +657,9 @@ fn resolve_message_type(ty: &str, module: &[String]) -> Result<String> {
             .strip_prefix("::prost::alloc::collections::BTreeMap<")
             .and_then(|i| i.strip_suffix('>'))
         {
-            let (_, v) = inner.split_once(',').ok_or_else(|| anyhow!("bad map type {ty}"))?;
+            let (_, v) = inner
+                .split_once(',')
+                .ok_or_else(|| anyhow!("bad map type {ty}"))?;
             t = v.to_owned();
         }
         if t.len() == before {
@@ -566,17 +668,23 @@ fn resolve_message_type(ty: &str, module: &[String]) -> Result<String> {
     }
     let mut path: Vec<String> = module.to_vec();
     let segments: Vec<&str> = t.split("::").collect();
-    let (name, prefix) = segments.split_last().ok_or_else(|| anyhow!("empty type {ty}"))?;
+    let (name, prefix) = segments
+        .split_last()
+        .ok_or_else(|| anyhow!("empty type {ty}"))?;
     for seg in prefix {
         match *seg {
             "super" => {
-                path.pop().ok_or_else(|| anyhow!("type {ty} escapes the crate"))?;
+                path.pop()
+                    .ok_or_else(|| anyhow!("type {ty} escapes the crate"))?;
             }
             "crate" => path.clear(),
             s => path.push(s.to_owned()),
         }
     }
-    ensure!(name.chars().all(|c| c.is_ascii_alphanumeric()), "unexpected type {ty}");
+    ensure!(
+        name.chars().all(|c| c.is_ascii_alphanumeric()),
+        "unexpected type {ty}"
+    );
     Ok(format!("{}.{name}", package_of(&path)))
 }
 
@@ -623,10 +731,11 @@ fn parse_openapi_crate(dir: &Path) -> Result<HashMap<String, OpenapiDef>> {
                 let json = &l[1..l[1..].find('"').map(|e| e + 1).unwrap_or(1)];
                 def.json_names.push(json.to_owned());
             }
-            if let Some(rest) = l.strip_prefix("const ") {
-                if let Some((k, v)) = rest.split_once(": &'static str = ") {
-                    consts.insert(k, v.trim_end_matches(';').trim_matches('"').to_owned());
-                }
+            if let Some((k, v)) = l
+                .strip_prefix("const ")
+                .and_then(|rest| rest.split_once(": &'static str = "))
+            {
+                consts.insert(k, v.trim_end_matches(';').trim_matches('"').to_owned());
             }
             if let Some(s) = l.strip_prefix("type Scope = crate::") {
                 scope = match s.trim_end_matches(';') {
@@ -658,7 +767,10 @@ fn parse_openapi_crate(dir: &Path) -> Result<HashMap<String, OpenapiDef>> {
 // reconciliation and output
 
 fn normalise(name: &str) -> String {
-    name.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect()
+    name.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 /// Snake case as prost (through `heck`) derives field names from proto names: a word
@@ -703,7 +815,12 @@ fn prost_snake(name: &str) -> String {
             }
         }
     }
-    words.iter().filter(|w| !w.is_empty()).map(|w| w.to_lowercase()).collect::<Vec<_>>().join("_")
+    words
+        .iter()
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect::<Vec<_>>()
+        .join("_")
 }
 
 fn lower_camel(snake: &str) -> String {
@@ -737,11 +854,14 @@ fn generate(src: &Sources) -> Result<Generated> {
 
     // Rename pb messages to the openapi spelling where they differ only in case
     // (`JsonSchemaProps` ⇔ `JSONSchemaProps`).
-    let def_by_lower: HashMap<String, &String> =
-        defs.keys().map(|k| (k.replace('-', "_").to_ascii_lowercase(), k)).collect();
+    let def_by_lower: HashMap<String, &String> = defs
+        .keys()
+        .map(|k| (k.replace('-', "_").to_ascii_lowercase(), k))
+        .collect();
     let mut renames: HashMap<String, String> = HashMap::new();
     for m in &messages {
-        if let Some(def_name) = def_by_lower.get(&m.full_name.replace('-', "_").to_ascii_lowercase())
+        if let Some(def_name) =
+            def_by_lower.get(&m.full_name.replace('-', "_").to_ascii_lowercase())
             && **def_name != m.full_name
         {
             renames.insert(m.full_name.clone(), (*def_name).clone());
@@ -760,14 +880,23 @@ fn generate(src: &Sources) -> Result<Generated> {
         }
     }
     messages.sort_by(|a, b| a.full_name.cmp(&b.full_name));
-    let index: HashMap<&str, usize> =
-        messages.iter().enumerate().map(|(i, m)| (m.full_name.as_str(), i)).collect();
-    ensure!(index.len() == messages.len(), "duplicate message names in k8s-pb");
+    let index: HashMap<&str, usize> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.full_name.as_str(), i))
+        .collect();
+    ensure!(
+        index.len() == messages.len(),
+        "duplicate message names in k8s-pb"
+    );
 
     // Specials are named in the openapi spelling; messages k8s-openapi no longer has
     // (v1beta1 apiextensions) keep prost's spelling, so compare case-insensitively.
-    let by_lower: HashMap<String, usize> =
-        messages.iter().enumerate().map(|(i, m)| (m.full_name.to_ascii_lowercase(), i)).collect();
+    let by_lower: HashMap<String, usize> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.full_name.to_ascii_lowercase(), i))
+        .collect();
     let mut specials: Vec<Option<&str>> = vec![None; messages.len()];
     for (name, kind) in SPECIALS {
         let i = by_lower
@@ -782,7 +911,11 @@ fn generate(src: &Sources) -> Result<Generated> {
             && m.fields[0].card == Card::Repeated
             && m.fields[0].ty == Scalar::String;
         if is_string_list {
-            ensure!(specials[i].is_none(), "{} is both special and a string list", m.full_name);
+            ensure!(
+                specials[i].is_none(),
+                "{} is both special and a string list",
+                m.full_name
+            );
             specials[i] = Some("stringlist");
         }
     }
@@ -832,11 +965,21 @@ fn generate(src: &Sources) -> Result<Generated> {
     let guessed = namer.guessed;
 
     // Kind table: openapi Resource impls, their list kinds, and the meta kinds.
-        type KindTable = BTreeMap<(String, String), (usize, String, char)>;
-    fn add_kind(kinds: &mut KindTable, api_version: &str, kind: &str, msg: usize, plural: &str, scope: char) -> Result<()> {
+    type KindTable = BTreeMap<(String, String), (usize, String, char)>;
+    fn add_kind(
+        kinds: &mut KindTable,
+        api_version: &str,
+        kind: &str,
+        msg: usize,
+        plural: &str,
+        scope: char,
+    ) -> Result<()> {
         let key = (api_version.to_owned(), kind.to_owned());
         if let Some(prev) = kinds.get(&key) {
-            ensure!(prev.0 == msg, "kind {api_version} {kind} maps to two messages");
+            ensure!(
+                prev.0 == msg,
+                "kind {api_version} {kind} maps to two messages"
+            );
             return Ok(());
         }
         kinds.insert(key, (msg, plural.to_owned(), scope));
@@ -846,28 +989,49 @@ fn generate(src: &Sources) -> Result<Generated> {
     let mut def_names: Vec<&String> = defs.keys().collect();
     def_names.sort();
     for name in def_names {
-        let Some(res) = &defs[name].resource else { continue };
+        let Some(res) = &defs[name].resource else {
+            continue;
+        };
         if res.api_version.starts_with('<') {
             continue; // the generic `List<T>`
         }
         let Some(&msg) = index.get(name.as_str()) else {
-            writeln!(report, "skipped-kind {} {} ({name} not in k8s-pb)", res.api_version, res.kind)?;
+            writeln!(
+                report,
+                "skipped-kind {} {} ({name} not in k8s-pb)",
+                res.api_version, res.kind
+            )?;
             continue;
         };
         if res.kind == "Status" || name.contains(".apimachinery.") {
             continue; // META_KINDS decide the apiVersions of apimachinery kinds
         }
-        add_kind(&mut kinds, &res.api_version, &res.kind, msg, &res.plural, res.scope)?;
+        add_kind(
+            &mut kinds,
+            &res.api_version,
+            &res.kind,
+            msg,
+            &res.plural,
+            res.scope,
+        )?;
         if let Some(list_kind) = &res.list_kind {
             let list_name = format!("{}.{list_kind}", messages[msg].package);
             match index.get(list_name.as_str()) {
-                Some(&list_msg) => add_kind(&mut kinds, &res.api_version, list_kind, list_msg, "-", '-')?,
-                None => writeln!(report, "skipped-kind {} {list_kind} (no message {list_name})", res.api_version)?,
+                Some(&list_msg) => {
+                    add_kind(&mut kinds, &res.api_version, list_kind, list_msg, "-", '-')?
+                }
+                None => writeln!(
+                    report,
+                    "skipped-kind {} {list_kind} (no message {list_name})",
+                    res.api_version
+                )?,
             }
         }
     }
     for (api_version, kind, name) in META_KINDS {
-        let msg = *index.get(name).ok_or_else(|| anyhow!("meta kind message {name} not in k8s-pb"))?;
+        let msg = *index
+            .get(name)
+            .ok_or_else(|| anyhow!("meta kind message {name} not in k8s-pb"))?;
         add_kind(&mut kinds, api_version, kind, msg, "-", '-')?;
     }
     // API versions k8s-openapi no longer ships (apps/v1beta2, policy/v1beta1, ...) and the
@@ -879,12 +1043,21 @@ fn generate(src: &Sources) -> Result<Generated> {
         .collect();
     for (name, def) in &defs {
         let Some(res) = &def.resource else { continue };
-        let Some(group_package) = name.rsplit_once('.').and_then(|(p, _)| p.rsplit_once('.')).map(|(g, _)| g)
+        let Some(group_package) = name
+            .rsplit_once('.')
+            .and_then(|(p, _)| p.rsplit_once('.'))
+            .map(|(g, _)| g)
         else {
             continue;
         };
-        let group = res.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-        package_group.entry(group_package.to_owned()).or_insert_with(|| group.to_owned());
+        let group = res
+            .api_version
+            .rsplit_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("");
+        package_group
+            .entry(group_package.to_owned())
+            .or_insert_with(|| group.to_owned());
     }
     // A message no other message refers to is a top-level type: a kind (reviews,
     // options, Scale, Eviction, lists), or at worst an unused helper that nothing asks for.
@@ -907,12 +1080,22 @@ fn generate(src: &Sources) -> Result<Generated> {
         if m.package.starts_with("io.k8s.apimachinery.") {
             continue; // META_KINDS decide the apiVersions of apimachinery kinds
         }
-        let Some((group_package, version)) = m.package.rsplit_once('.') else { continue };
-        let Some(group) = package_group.get(group_package) else {
-            writeln!(report, "no-group {} (package {group_package} has no known API group)", m.full_name)?;
+        let Some((group_package, version)) = m.package.rsplit_once('.') else {
             continue;
         };
-        let api_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+        let Some(group) = package_group.get(group_package) else {
+            writeln!(
+                report,
+                "no-group {} (package {group_package} has no known API group)",
+                m.full_name
+            )?;
+            continue;
+        };
+        let api_version = if group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{group}/{version}")
+        };
         let kind = m.full_name.rsplit('.').next().unwrap_or_default();
         if kinds.contains_key(&(api_version.clone(), kind.to_owned())) {
             continue;
@@ -927,16 +1110,32 @@ fn generate(src: &Sources) -> Result<Generated> {
             .unwrap_or_else(|| ("-".to_owned(), '-'));
         add_kind(&mut kinds, &api_version, kind, msg, &plural, scope)?;
         if let Some(list_msg) = list_msg {
-            add_kind(&mut kinds, &api_version, &format!("{kind}List"), list_msg, "-", '-')?;
+            add_kind(
+                &mut kinds,
+                &api_version,
+                &format!("{kind}List"),
+                list_msg,
+                "-",
+                '-',
+            )?;
         }
         derived += 1;
     }
-    writeln!(report, "derived {derived} kinds of API versions k8s-openapi does not describe")?;
+    writeln!(
+        report,
+        "derived {derived} kinds of API versions k8s-openapi does not describe"
+    )?;
     for ((api_version, kind), (msg, plural, scope)) in &kinds {
         let plural = if plural.is_empty() { "-" } else { plural };
         writeln!(text, "K {api_version} {kind} @{msg} {plural} {scope}")?;
     }
-    Ok(Generated { text, report, messages: messages.len(), kinds: kinds.len(), guessed })
+    Ok(Generated {
+        text,
+        report,
+        messages: messages.len(),
+        kinds: kinds.len(),
+        guessed,
+    })
 }
 
 /// The JSON naming of one message's fields.
@@ -1003,7 +1202,10 @@ impl<'a> Namer<'a> {
 
     fn check_overrides(&self) -> Result<()> {
         for key in self.overrides.keys() {
-            ensure!(self.used_overrides.contains(*key), "override {key} matches no field");
+            ensure!(
+                self.used_overrides.contains(*key),
+                "override {key} matches no field"
+            );
         }
         Ok(())
     }
@@ -1021,12 +1223,18 @@ impl<'a> Namer<'a> {
         // Rank: same group first, then most shared field names, then name (for determinism).
         let mut best: Option<((bool, usize), &'a str, &'a OpenapiDef)> = None;
         for (name, def) in self.defs {
-            let Some((def_package, def_type)) = name.rsplit_once('.') else { continue };
+            let Some((def_package, def_type)) = name.rsplit_once('.') else {
+                continue;
+            };
             if !def_type.eq_ignore_ascii_case(type_name) {
                 continue;
             }
             let same_group = def_package.rsplit_once('.').map(|(g, _)| g) == Some(group);
-            let shared = def.json_names.iter().filter(|j| fields.contains(&normalise(j))).count();
+            let shared = def
+                .json_names
+                .iter()
+                .filter(|j| fields.contains(&normalise(j)))
+                .count();
             let rank = (same_group, shared);
             if best.is_none_or(|(r, n, _)| rank > r || (rank == r && name.as_str() > n)) {
                 best = Some((rank, name.as_str(), def));
@@ -1052,8 +1260,11 @@ impl<'a> Namer<'a> {
             }
         }
         let mut names: Vec<Option<String>> = vec![None; m.fields.len()];
-        let mut unmatched: BTreeSet<String> =
-            known.keys().filter(|k| *k != "apiversion" && *k != "kind").cloned().collect();
+        let mut unmatched: BTreeSet<String> = known
+            .keys()
+            .filter(|k| *k != "apiversion" && *k != "kind")
+            .cloned()
+            .collect();
         for (f, name) in m.fields.iter().zip(names.iter_mut()) {
             let norm = normalise(&f.rust_name);
             let key = format!("{}.{}", m.full_name, f.rust_name);
@@ -1101,7 +1312,10 @@ impl<'a> Namer<'a> {
                     Some(s) if s.len() == 1 => {
                         let j = s.iter().next().copied().unwrap_or_default();
                         if !special && source.is_some() {
-                            writeln!(self.report, "borrowed {key} -> {j} (spelling used elsewhere)")?;
+                            writeln!(
+                                self.report,
+                                "borrowed {key} -> {j} (spelling used elsewhere)"
+                            )?;
                         }
                         j.to_owned()
                     }
@@ -1109,7 +1323,10 @@ impl<'a> Namer<'a> {
                         let guess = lower_camel(&f.rust_name);
                         if !special {
                             self.guessed += 1;
-                            writeln!(self.report, "guessed  {key} -> {guess} (spellings {spellings:?})")?;
+                            writeln!(
+                                self.report,
+                                "guessed  {key} -> {guess} (spellings {spellings:?})"
+                            )?;
                         }
                         guess
                     }

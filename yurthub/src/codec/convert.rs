@@ -22,8 +22,8 @@ use super::CodecError;
 use super::gotime;
 use super::schema::{Card, Message, MsgId, Schema, Special, Ty};
 use super::wire::{
-    self, Fields, WT_FIXED32, WT_FIXED64, WireField, WireValue, begin_len, end_len, put_key, put_len_field,
-    put_varint_field,
+    self, Fields, WT_FIXED32, WT_FIXED64, WireField, WireValue, begin_len, end_len, put_key,
+    put_len_field, put_varint_field,
 };
 
 /// Guards against hostile nesting (RawExtension can embed objects recursively).
@@ -42,14 +42,25 @@ impl<'s> Encoder<'s> {
     }
 
     /// Appends the fields of message `id` taken from JSON object `obj`.
-    pub(crate) fn message(&self, id: MsgId, obj: &Map<String, Value>, out: &mut Vec<u8>, depth: usize) -> Result<(), CodecError> {
+    pub(crate) fn message(
+        &self,
+        id: MsgId,
+        obj: &Map<String, Value>,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<(), CodecError> {
         if depth > MAX_DEPTH {
-            return Err(CodecError::InvalidValue { path: String::new(), reason: "nesting too deep".to_owned() });
+            return Err(CodecError::InvalidValue {
+                path: String::new(),
+                reason: "nesting too deep".to_owned(),
+            });
         }
         let msg = self.schema.message(id);
         for field in &msg.fields {
             if field.is_inline() {
-                let Ty::Message(child) = field.ty else { continue };
+                let Ty::Message(child) = field.ty else {
+                    continue;
+                };
                 let start = begin_len(out, field.tag);
                 self.message(child, obj, out, depth + 1)?;
                 if out.len() == start {
@@ -59,7 +70,9 @@ impl<'s> Encoder<'s> {
                 }
                 continue;
             }
-            let Some(value) = obj.get(field.json) else { continue };
+            let Some(value) = obj.get(field.json) else {
+                continue;
+            };
             if value.is_null() {
                 continue;
             }
@@ -69,16 +82,27 @@ impl<'s> Encoder<'s> {
         Ok(())
     }
 
-    fn field(&self, tag: u32, card: Card, ty: Ty, value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), CodecError> {
+    fn field(
+        &self,
+        tag: u32,
+        card: Card,
+        ty: Ty,
+        value: &Value,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<(), CodecError> {
         match card {
             Card::Single => self.value(tag, ty, value, out, depth),
             Card::Repeated => {
                 let items = value.as_array().ok_or_else(|| shape("an array"))?;
                 for (i, item) in items.iter().enumerate() {
                     if item.is_null() && !matches!(ty, Ty::Message(_)) {
-                        return Err(shape("a non-null array element").within(&format_args!("[{i}]")));
+                        return Err(
+                            shape("a non-null array element").within(&format_args!("[{i}]"))
+                        );
                     }
-                    self.value(tag, ty, item, out, depth).map_err(|e| e.within(&format_args!("[{i}]")))?;
+                    self.value(tag, ty, item, out, depth)
+                        .map_err(|e| e.within(&format_args!("[{i}]")))?;
                 }
                 Ok(())
             }
@@ -94,7 +118,8 @@ impl<'s> Encoder<'s> {
                         // Go writes the zero value (an empty message for a zero time).
                         zero_value(2, ty, out);
                     } else {
-                        self.value(2, ty, v, out, depth).map_err(|e| e.within(&format_args!("[{key:?}]")))?;
+                        self.value(2, ty, v, out, depth)
+                            .map_err(|e| e.within(&format_args!("[{key:?}]")))?;
                     }
                     end_len(out, start);
                 }
@@ -103,10 +128,25 @@ impl<'s> Encoder<'s> {
         }
     }
 
-    fn value(&self, tag: u32, ty: Ty, value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), CodecError> {
+    fn value(
+        &self,
+        tag: u32,
+        ty: Ty,
+        value: &Value,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<(), CodecError> {
         match ty {
-            Ty::String => put_len_field(out, tag, value.as_str().ok_or_else(|| shape("a string"))?.as_bytes()),
-            Ty::Bool => put_varint_field(out, tag, u64::from(value.as_bool().ok_or_else(|| shape("a boolean"))?)),
+            Ty::String => put_len_field(
+                out,
+                tag,
+                value.as_str().ok_or_else(|| shape("a string"))?.as_bytes(),
+            ),
+            Ty::Bool => put_varint_field(
+                out,
+                tag,
+                u64::from(value.as_bool().ok_or_else(|| shape("a boolean"))?),
+            ),
             Ty::I32 => {
                 let v = integer(value)?;
                 let v = i32::try_from(v).map_err(|_| invalid(format!("{v} overflows int32")))?;
@@ -121,11 +161,18 @@ impl<'s> Encoder<'s> {
             Ty::U64 => put_varint_field(out, tag, unsigned(value)?),
             Ty::F64 => {
                 put_key(out, tag, WT_FIXED64);
-                out.extend_from_slice(&value.as_f64().ok_or_else(|| shape("a number"))?.to_le_bytes());
+                out.extend_from_slice(
+                    &value
+                        .as_f64()
+                        .ok_or_else(|| shape("a number"))?
+                        .to_le_bytes(),
+                );
             }
             Ty::F32 => {
                 put_key(out, tag, WT_FIXED32);
-                out.extend_from_slice(&(value.as_f64().ok_or_else(|| shape("a number"))? as f32).to_le_bytes());
+                out.extend_from_slice(
+                    &(value.as_f64().ok_or_else(|| shape("a number"))? as f32).to_le_bytes(),
+                );
             }
             Ty::Bytes => {
                 let text = value.as_str().ok_or_else(|| shape("a base64 string"))?;
@@ -141,7 +188,13 @@ impl<'s> Encoder<'s> {
     }
 
     /// The body of a message-typed value, honouring the special JSON forms.
-    fn message_value(&self, id: MsgId, value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), CodecError> {
+    fn message_value(
+        &self,
+        id: MsgId,
+        value: &Value,
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Result<(), CodecError> {
         let msg = self.schema.message(id);
         match msg.special {
             Special::None => {
@@ -149,18 +202,25 @@ impl<'s> Encoder<'s> {
                 self.message(id, obj, out, depth)
             }
             Special::Time | Special::MicroTime => {
-                let text = value.as_str().ok_or_else(|| shape("an RFC 3339 timestamp string"))?;
-                let (seconds, nanos) =
-                    gotime::parse_rfc3339(text).ok_or_else(|| invalid(format!("{text:?} is not an RFC 3339 timestamp")))?;
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| shape("an RFC 3339 timestamp string"))?;
+                let (seconds, nanos) = gotime::parse_rfc3339(text)
+                    .ok_or_else(|| invalid(format!("{text:?} is not an RFC 3339 timestamp")))?;
                 // Time keeps whole seconds, MicroTime microseconds (as Go's encoders do).
-                let nanos = if msg.special == Special::Time { 0 } else { nanos - nanos % 1000 };
+                let nanos = if msg.special == Special::Time {
+                    0
+                } else {
+                    nanos - nanos % 1000
+                };
                 put_varint_field(out, 1, seconds as u64);
                 put_varint_field(out, 2, i64::from(nanos) as u64);
                 Ok(())
             }
             Special::Duration => {
                 let text = value.as_str().ok_or_else(|| shape("a duration string"))?;
-                let nanos = gotime::parse_duration(text).ok_or_else(|| invalid(format!("{text:?} is not a Go duration")))?;
+                let nanos = gotime::parse_duration(text)
+                    .ok_or_else(|| invalid(format!("{text:?} is not a Go duration")))?;
                 put_varint_field(out, 1, nanos as u64);
                 Ok(())
             }
@@ -172,7 +232,8 @@ impl<'s> Encoder<'s> {
                 match value {
                     Value::Number(_) => {
                         let v = integer(value)?;
-                        let v = i32::try_from(v).map_err(|_| invalid(format!("{v} overflows int32")))?;
+                        let v = i32::try_from(v)
+                            .map_err(|_| invalid(format!("{v} overflows int32")))?;
                         put_varint_field(out, 1, 0);
                         put_varint_field(out, 2, i64::from(v) as u64);
                         put_len_field(out, 3, b"");
@@ -196,9 +257,17 @@ impl<'s> Encoder<'s> {
                 Ok(())
             }
             Special::StringList => {
-                let items = value.as_array().ok_or_else(|| shape("an array of strings"))?;
+                let items = value
+                    .as_array()
+                    .ok_or_else(|| shape("an array of strings"))?;
                 for item in items {
-                    put_len_field(out, 1, item.as_str().ok_or_else(|| shape("an array of strings"))?.as_bytes());
+                    put_len_field(
+                        out,
+                        1,
+                        item.as_str()
+                            .ok_or_else(|| shape("an array of strings"))?
+                            .as_bytes(),
+                    );
                 }
                 Ok(())
             }
@@ -234,7 +303,13 @@ impl<'s> Encoder<'s> {
                     Value::Object(_) => self.value(1, Ty::Message(schema_id), value, out, depth),
                     Value::Array(items) => {
                         for item in items {
-                            put_len_field(out, 2, item.as_str().ok_or_else(|| shape("an array of strings"))?.as_bytes());
+                            put_len_field(
+                                out,
+                                2,
+                                item.as_str()
+                                    .ok_or_else(|| shape("an array of strings"))?
+                                    .as_bytes(),
+                            );
                         }
                         Ok(())
                     }
@@ -247,7 +322,10 @@ impl<'s> Encoder<'s> {
     fn nested_type(&self, msg: &Message, tag: u32) -> Result<MsgId, CodecError> {
         match msg.field(tag).map(|f| f.ty) {
             Some(Ty::Message(id)) => Ok(id),
-            _ => Err(CodecError::Schema { line: 0, reason: format!("{} lacks message field {tag}", msg.name) }),
+            _ => Err(CodecError::Schema {
+                line: 0,
+                reason: format!("{} lacks message field {tag}", msg.name),
+            }),
         }
     }
 }
@@ -269,11 +347,17 @@ fn zero_value(tag: u32, ty: Ty, out: &mut Vec<u8>) {
 }
 
 fn shape(expected: &'static str) -> CodecError {
-    CodecError::JsonShape { path: String::new(), expected }
+    CodecError::JsonShape {
+        path: String::new(),
+        expected,
+    }
 }
 
 fn invalid(reason: String) -> CodecError {
-    CodecError::InvalidValue { path: String::new(), reason }
+    CodecError::InvalidValue {
+        path: String::new(),
+        reason,
+    }
 }
 
 fn integer(value: &Value) -> Result<i64, CodecError> {
@@ -287,14 +371,21 @@ fn integer(value: &Value) -> Result<i64, CodecError> {
 }
 
 fn unsigned(value: &Value) -> Result<u64, CodecError> {
-    value.as_u64().ok_or_else(|| shape("a non-negative integer"))
+    value
+        .as_u64()
+        .ok_or_else(|| shape("a non-negative integer"))
 }
 
 fn decode_base64(text: &str) -> Result<Vec<u8>, CodecError> {
     // Go's decoder skips line breaks inside base64 text.
-    let cleaned: std::borrow::Cow<'_, str> =
-        if text.contains(['\r', '\n']) { text.replace(['\r', '\n'], "").into() } else { text.into() };
-    BASE64.decode(cleaned.as_bytes()).map_err(|e| invalid(format!("invalid base64: {e}")))
+    let cleaned: std::borrow::Cow<'_, str> = if text.contains(['\r', '\n']) {
+        text.replace(['\r', '\n'], "").into()
+    } else {
+        text.into()
+    };
+    BASE64
+        .decode(cleaned.as_bytes())
+        .map_err(|e| invalid(format!("invalid base64: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,7 +401,13 @@ impl<'s> Decoder<'s> {
     }
 
     /// Decodes message `id` into a JSON object.
-    pub(crate) fn message(&self, id: MsgId, bytes: &[u8], base: usize, depth: usize) -> Result<Map<String, Value>, CodecError> {
+    pub(crate) fn message(
+        &self,
+        id: MsgId,
+        bytes: &[u8],
+        base: usize,
+        depth: usize,
+    ) -> Result<Map<String, Value>, CodecError> {
         let mut obj = Map::new();
         self.message_into(id, bytes, base, depth, &mut obj)?;
         Ok(obj)
@@ -331,11 +428,17 @@ impl<'s> Decoder<'s> {
         for wf in Fields::at(bytes, base) {
             let wf = wf?;
             let Some(field) = msg.field(wf.tag) else {
-                tracing::trace!(message = msg.name, tag = wf.tag, "skipping unknown protobuf field");
+                tracing::trace!(
+                    message = msg.name,
+                    tag = wf.tag,
+                    "skipping unknown protobuf field"
+                );
                 continue;
             };
             if field.is_inline() {
-                let Ty::Message(child) = field.ty else { continue };
+                let Ty::Message(child) = field.ty else {
+                    continue;
+                };
                 self.message_into(child, wf.bytes()?, wf.offset, depth + 1, obj)?;
                 continue;
             }
@@ -345,7 +448,9 @@ impl<'s> Decoder<'s> {
                     obj.insert(field.json.to_owned(), v);
                 }
                 Card::Repeated => {
-                    let slot = obj.entry(field.json.to_owned()).or_insert_with(|| Value::Array(Vec::new()));
+                    let slot = obj
+                        .entry(field.json.to_owned())
+                        .or_insert_with(|| Value::Array(Vec::new()));
                     let Value::Array(items) = slot else { continue };
                     if let (WireValue::Len(packed), true) = (wf.value, is_packable(field.ty)) {
                         unpack(field.ty, packed, wf.offset, items)?;
@@ -368,7 +473,9 @@ impl<'s> Decoder<'s> {
                         Some(v) => v,
                         None => self.zero(field.ty),
                     };
-                    let slot = obj.entry(field.json.to_owned()).or_insert_with(|| Value::Object(Map::new()));
+                    let slot = obj
+                        .entry(field.json.to_owned())
+                        .or_insert_with(|| Value::Object(Map::new()));
                     if let Value::Object(m) = slot {
                         m.insert(key, value);
                     }
@@ -392,7 +499,9 @@ impl<'s> Decoder<'s> {
     fn value(&self, ty: Ty, wf: &WireField<'_>, depth: usize) -> Result<Value, CodecError> {
         let wrong = || CodecError::protobuf(wf.offset, "wire type does not match the schema");
         Ok(match (ty, wf.value) {
-            (Ty::String, WireValue::Len(b)) => Value::String(String::from_utf8_lossy(b).into_owned()),
+            (Ty::String, WireValue::Len(b)) => {
+                Value::String(String::from_utf8_lossy(b).into_owned())
+            }
             (Ty::Bytes, WireValue::Len(b)) => Value::String(BASE64.encode(b)),
             (Ty::Bool, WireValue::Varint(v)) => Value::Bool(v != 0),
             (Ty::I32, WireValue::Varint(v)) => Value::Number((v as i64 as i32).into()),
@@ -401,22 +510,40 @@ impl<'s> Decoder<'s> {
             (Ty::U64, WireValue::Varint(v)) => Value::Number(v.into()),
             (Ty::F64, WireValue::Fixed64(v)) => float(f64::from_bits(v), wf.offset)?,
             (Ty::F32, WireValue::Fixed32(v)) => float(f64::from(f32::from_bits(v)), wf.offset)?,
-            (Ty::Message(id), WireValue::Len(b)) => self.message_value(id, b, wf.offset, depth + 1)?,
+            (Ty::Message(id), WireValue::Len(b)) => {
+                self.message_value(id, b, wf.offset, depth + 1)?
+            }
             _ => return Err(wrong()),
         })
     }
 
-    fn message_value(&self, id: MsgId, bytes: &[u8], base: usize, depth: usize) -> Result<Value, CodecError> {
+    fn message_value(
+        &self,
+        id: MsgId,
+        bytes: &[u8],
+        base: usize,
+        depth: usize,
+    ) -> Result<Value, CodecError> {
         let msg = self.schema.message(id);
         if msg.special == Special::None {
             return Ok(Value::Object(self.message(id, bytes, base, depth)?));
         }
         let fields: Vec<WireField<'_>> = Fields::at(bytes, base).collect::<Result<_, _>>()?;
         let varint = |tag: u32| -> Result<Option<u64>, CodecError> {
-            fields.iter().rev().find(|f| f.tag == tag).map(|f| f.varint()).transpose()
+            fields
+                .iter()
+                .rev()
+                .find(|f| f.tag == tag)
+                .map(|f| f.varint())
+                .transpose()
         };
         let len = |tag: u32| -> Result<Option<&[u8]>, CodecError> {
-            fields.iter().rev().find(|f| f.tag == tag).map(|f| f.bytes()).transpose()
+            fields
+                .iter()
+                .rev()
+                .find(|f| f.tag == tag)
+                .map(|f| f.bytes())
+                .transpose()
         };
         Ok(match msg.special {
             Special::None => Value::Null,
@@ -434,9 +561,13 @@ impl<'s> Decoder<'s> {
                 } else {
                     gotime::format_micro_time(seconds, nanos)
                 };
-                Value::String(text.ok_or_else(|| CodecError::protobuf(base, "timestamp out of range"))?)
+                Value::String(
+                    text.ok_or_else(|| CodecError::protobuf(base, "timestamp out of range"))?,
+                )
             }
-            Special::Duration => Value::String(gotime::format_duration(varint(1)?.unwrap_or(0) as i64)),
+            Special::Duration => {
+                Value::String(gotime::format_duration(varint(1)?.unwrap_or(0) as i64))
+            }
             Special::RawJson | Special::RawExtension => match len(1)? {
                 None | Some([]) => Value::Null,
                 Some(raw) if wire::is_enveloped(raw) && msg.special == Special::RawExtension => {
@@ -460,7 +591,10 @@ impl<'s> Decoder<'s> {
                 fields
                     .iter()
                     .filter(|f| f.tag == 1)
-                    .map(|f| f.bytes().map(|b| Value::String(String::from_utf8_lossy(b).into_owned())))
+                    .map(|f| {
+                        f.bytes()
+                            .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
+                    })
                     .collect::<Result<_, _>>()?,
             ),
             Special::SchemaOrBool => match fields.iter().rev().find(|f| f.tag == 2) {
@@ -471,7 +605,11 @@ impl<'s> Decoder<'s> {
                 let schema_id = self.nested_type(msg, 1)?;
                 let many: Vec<&WireField<'_>> = fields.iter().filter(|f| f.tag == 2).collect();
                 if !many.is_empty() {
-                    Value::Array(many.iter().map(|f| self.value(Ty::Message(schema_id), f, depth)).collect::<Result<_, _>>()?)
+                    Value::Array(
+                        many.iter()
+                            .map(|f| self.value(Ty::Message(schema_id), f, depth))
+                            .collect::<Result<_, _>>()?,
+                    )
                 } else if let Some(f) = fields.iter().rev().find(|f| f.tag == 1) {
                     self.value(Ty::Message(schema_id), f, depth)?
                 } else {
@@ -484,7 +622,10 @@ impl<'s> Decoder<'s> {
                     Value::Array(
                         strings
                             .iter()
-                            .map(|f| f.bytes().map(|b| Value::String(String::from_utf8_lossy(b).into_owned())))
+                            .map(|f| {
+                                f.bytes()
+                                    .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
+                            })
                             .collect::<Result<_, _>>()?,
                     )
                 } else if let Some(f) = fields.iter().rev().find(|f| f.tag == 1) {
@@ -499,13 +640,19 @@ impl<'s> Decoder<'s> {
     fn nested_type(&self, msg: &Message, tag: u32) -> Result<MsgId, CodecError> {
         match msg.field(tag).map(|f| f.ty) {
             Some(Ty::Message(id)) => Ok(id),
-            _ => Err(CodecError::Schema { line: 0, reason: format!("{} lacks message field {tag}", msg.name) }),
+            _ => Err(CodecError::Schema {
+                line: 0,
+                reason: format!("{} lacks message field {tag}", msg.name),
+            }),
         }
     }
 }
 
 fn is_packable(ty: Ty) -> bool {
-    matches!(ty, Ty::Bool | Ty::I32 | Ty::I64 | Ty::U32 | Ty::U64 | Ty::F32 | Ty::F64)
+    matches!(
+        ty,
+        Ty::Bool | Ty::I32 | Ty::I64 | Ty::U32 | Ty::U64 | Ty::F32 | Ty::F64
+    )
 }
 
 fn unpack(ty: Ty, packed: &[u8], base: usize, items: &mut Vec<Value>) -> Result<(), CodecError> {
@@ -530,10 +677,15 @@ fn unpack(ty: Ty, packed: &[u8], base: usize, items: &mut Vec<Value>) -> Result<
                 WireValue::Fixed32(u32::from_le_bytes(b))
             }
             _ => WireValue::Varint(
-                wire::read_varint(packed, &mut pos).ok_or_else(|| CodecError::protobuf(at, "truncated packed varint"))?,
+                wire::read_varint(packed, &mut pos)
+                    .ok_or_else(|| CodecError::protobuf(at, "truncated packed varint"))?,
             ),
         };
-        let wf = WireField { tag: 0, value, offset: at };
+        let wf = WireField {
+            tag: 0,
+            value,
+            offset: at,
+        };
         items.push(match (ty, wf.value) {
             (Ty::Bool, WireValue::Varint(v)) => Value::Bool(v != 0),
             (Ty::I32, WireValue::Varint(v)) => Value::Number((v as i64 as i32).into()),
@@ -553,24 +705,39 @@ fn float(f: f64, offset: usize) -> Result<Value, CodecError> {
     if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
         return Ok(Value::Number((f as i64).into()));
     }
-    Number::from_f64(f).map(Value::Number).ok_or_else(|| CodecError::protobuf(offset, "NaN or infinite float"))
+    Number::from_f64(f)
+        .map(Value::Number)
+        .ok_or_else(|| CodecError::protobuf(offset, "NaN or infinite float"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Whole objects
 
 /// Decodes an enveloped protobuf object into JSON with `apiVersion` and `kind` set.
-pub(crate) fn enveloped_to_json(schema: &Schema, body: &[u8], depth: usize) -> Result<Value, CodecError> {
+pub(crate) fn enveloped_to_json(
+    schema: &Schema,
+    body: &[u8],
+    depth: usize,
+) -> Result<Value, CodecError> {
     let env = wire::parse_envelope(body)?;
     let id = schema.message_for(env.api_version, env.kind)?;
     let mut obj = Decoder::new(schema).message(id, env.raw, env.raw_offset, depth)?;
-    obj.insert("apiVersion".to_owned(), Value::String(env.api_version.to_owned()));
+    obj.insert(
+        "apiVersion".to_owned(),
+        Value::String(env.api_version.to_owned()),
+    );
     obj.insert("kind".to_owned(), Value::String(env.kind.to_owned()));
     Ok(Value::Object(obj))
 }
 
 /// Encodes a JSON object as the message of `api_version`/`kind`, without envelope.
-pub(crate) fn json_to_raw(schema: &Schema, api_version: &str, kind: &str, obj: &Value, out: &mut Vec<u8>) -> Result<(), CodecError> {
+pub(crate) fn json_to_raw(
+    schema: &Schema,
+    api_version: &str,
+    kind: &str,
+    obj: &Value,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
     let id = schema.message_for(api_version, kind)?;
     let map = obj.as_object().ok_or_else(|| shape("an object"))?;
     Encoder::new(schema).message(id, map, out, 0)

@@ -16,7 +16,10 @@ pub enum CodecError {
     #[error("{kind:?} is not a list kind")]
     NotAList { kind: String },
     #[error("json value at {path} cannot be encoded as {expected}")]
-    JsonShape { path: String, expected: &'static str },
+    JsonShape {
+        path: String,
+        expected: &'static str,
+    },
     #[error("value at {path} is invalid: {reason}")]
     InvalidValue { path: String, reason: String },
     #[error("watch event type {0:?} is not one of ADDED, MODIFIED, DELETED, BOOKMARK, ERROR")]

@@ -113,13 +113,17 @@ pub(crate) fn parse_duration(s: &str) -> Option<i64> {
     let mut total: f64 = 0.0;
     let mut exact: i128 = 0;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let num = &rest[..num_end];
         if num.is_empty() || num == "." {
             return None;
         }
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_end];
         rest = &rest[unit_end..];
         let scale: i128 = match unit {
@@ -176,11 +180,26 @@ mod tests {
 
     #[test]
     fn times_round_trip_and_drop_sub_second_precision_like_go() {
-        assert_eq!(format_time(1_714_557_600).as_deref(), Some("2024-05-01T10:00:00Z"));
-        assert_eq!(parse_rfc3339("2024-05-01T12:00:00+02:00"), Some((1_714_557_600, 0)));
-        assert_eq!(parse_rfc3339("2024-05-01T10:00:00.25Z"), Some((1_714_557_600, 250_000_000)));
-        assert_eq!(format_micro_time(1_714_557_600, 250_000_999).as_deref(), Some("2024-05-01T10:00:00.250000Z"));
-        assert_eq!(format_time(GO_ZERO_SECONDS).as_deref(), Some("0001-01-01T00:00:00Z"));
+        assert_eq!(
+            format_time(1_714_557_600).as_deref(),
+            Some("2024-05-01T10:00:00Z")
+        );
+        assert_eq!(
+            parse_rfc3339("2024-05-01T12:00:00+02:00"),
+            Some((1_714_557_600, 0))
+        );
+        assert_eq!(
+            parse_rfc3339("2024-05-01T10:00:00.25Z"),
+            Some((1_714_557_600, 250_000_000))
+        );
+        assert_eq!(
+            format_micro_time(1_714_557_600, 250_000_999).as_deref(),
+            Some("2024-05-01T10:00:00.250000Z")
+        );
+        assert_eq!(
+            format_time(GO_ZERO_SECONDS).as_deref(),
+            Some("0001-01-01T00:00:00Z")
+        );
         assert!(parse_rfc3339("yesterday").is_none());
     }
 }

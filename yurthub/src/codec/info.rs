@@ -60,7 +60,10 @@ impl ObjectInfo<'_> {
     }
 
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Detaches the strings from the body.
@@ -74,7 +77,11 @@ impl ObjectInfo<'_> {
             namespace: own(self.namespace),
             uid: own(self.uid),
             resource_version: own(self.resource_version),
-            labels: self.labels.into_iter().map(|(k, v)| (own(k), own(v))).collect(),
+            labels: self
+                .labels
+                .into_iter()
+                .map(|(k, v)| (own(k), own(v)))
+                .collect(),
             deleting: self.deleting,
             node_name: own(self.node_name),
         }
@@ -97,7 +104,11 @@ pub fn object_info(format: Format, body: &[u8]) -> Result<ObjectInfo<'_>, CodecE
 
 /// Reads the metadata of a list item returned by [`split_list`]: JSON, or a bare
 /// protobuf message (no envelope) of kind `item_kind`.
-pub fn item_info<'a>(format: Format, item: &'a [u8], item_kind: &str) -> Result<ObjectInfo<'a>, CodecError> {
+pub fn item_info<'a>(
+    format: Format,
+    item: &'a [u8],
+    item_kind: &str,
+) -> Result<ObjectInfo<'a>, CodecError> {
     match format {
         Format::Json => json_object_info(item),
         Format::Protobuf if wire::is_enveloped(item) => object_info(Format::Protobuf, item),
@@ -105,7 +116,11 @@ pub fn item_info<'a>(format: Format, item: &'a [u8], item_kind: &str) -> Result<
     }
 }
 
-fn pb_message_info<'a>(raw: &'a [u8], base: usize, kind: &str) -> Result<ObjectInfo<'a>, CodecError> {
+fn pb_message_info<'a>(
+    raw: &'a [u8],
+    base: usize,
+    kind: &str,
+) -> Result<ObjectInfo<'a>, CodecError> {
     let mut info = ObjectInfo::default();
     let is_pod = kind == "Pod";
     // Status and lists carry ListMeta at field 1, not ObjectMeta.
@@ -128,7 +143,10 @@ fn pb_message_info<'a>(raw: &'a [u8], base: usize, kind: &str) -> Result<ObjectI
     Ok(info)
 }
 
-fn read_pb_object_meta<'a>(field: &wire::WireField<'a>, info: &mut ObjectInfo<'a>) -> Result<(), CodecError> {
+fn read_pb_object_meta<'a>(
+    field: &wire::WireField<'a>,
+    info: &mut ObjectInfo<'a>,
+) -> Result<(), CodecError> {
     for f in field.message()? {
         let f = f?;
         match f.tag {
@@ -170,7 +188,9 @@ fn json_object_info(body: &[u8]) -> Result<ObjectInfo<'_>, CodecError> {
                     "generateName" => info.generate_name = s.opt_string()?.unwrap_or_default(),
                     "namespace" => info.namespace = s.opt_string()?.unwrap_or_default(),
                     "uid" => info.uid = s.opt_string()?.unwrap_or_default(),
-                    "resourceVersion" => info.resource_version = s.opt_string()?.unwrap_or_default(),
+                    "resourceVersion" => {
+                        info.resource_version = s.opt_string()?.unwrap_or_default()
+                    }
                     "deletionTimestamp" => info.deleting = s.opt_string()?.is_some(),
                     "labels" => s.object(|s, key| {
                         let value = s.opt_string()?.unwrap_or_default();
@@ -237,7 +257,9 @@ pub fn split_list(format: Format, body: &[u8]) -> Result<ListParts<'_>, CodecErr
     // `List` (v1) holds RawExtensions, which this does not unwrap; the apiserver never
     // answers a list request with it.
     if parts.kind.len() <= "List".len() || !parts.kind.ends_with("List") {
-        return Err(CodecError::NotAList { kind: parts.kind.into_owned() });
+        return Err(CodecError::NotAList {
+            kind: parts.kind.into_owned(),
+        });
     }
     Ok(parts)
 }
@@ -260,9 +282,13 @@ fn split_pb_list(body: &[u8]) -> Result<ListParts<'_>, CodecError> {
                 for f in field.message()? {
                     let f = f?;
                     match f.tag {
-                        tags::LIST_RESOURCE_VERSION => parts.meta.resource_version = Cow::Borrowed(f.str()?),
+                        tags::LIST_RESOURCE_VERSION => {
+                            parts.meta.resource_version = Cow::Borrowed(f.str()?)
+                        }
                         tags::LIST_CONTINUE => parts.meta.continue_token = Cow::Borrowed(f.str()?),
-                        tags::LIST_REMAINING => parts.meta.remaining_item_count = Some(f.varint()? as i64),
+                        tags::LIST_REMAINING => {
+                            parts.meta.remaining_item_count = Some(f.varint()? as i64)
+                        }
                         _ => {}
                     }
                 }
@@ -291,7 +317,9 @@ fn split_json_list(body: &[u8]) -> Result<ListParts<'_>, CodecError> {
             "kind" => parts.kind = s.opt_string()?.unwrap_or_default(),
             "metadata" => s.object(|s, key| {
                 match key.as_ref() {
-                    "resourceVersion" => parts.meta.resource_version = s.opt_string()?.unwrap_or_default(),
+                    "resourceVersion" => {
+                        parts.meta.resource_version = s.opt_string()?.unwrap_or_default()
+                    }
                     "continue" => parts.meta.continue_token = s.opt_string()?.unwrap_or_default(),
                     "remainingItemCount" => parts.meta.remaining_item_count = s.opt_i64()?,
                     _ => {
@@ -333,7 +361,12 @@ pub fn build_list(
     }
 }
 
-fn build_json_list(api_version: &str, list_kind: &str, meta: &ListMeta<'_>, items: &[&[u8]]) -> Result<Vec<u8>, CodecError> {
+fn build_json_list(
+    api_version: &str,
+    list_kind: &str,
+    meta: &ListMeta<'_>,
+    items: &[&[u8]],
+) -> Result<Vec<u8>, CodecError> {
     let size: usize = items.iter().map(|i| i.len() + 1).sum::<usize>() + 128;
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(b"{\"kind\":");
@@ -376,17 +409,36 @@ fn build_json_list(api_version: &str, list_kind: &str, meta: &ListMeta<'_>, item
     Ok(out)
 }
 
-fn build_pb_list(api_version: &str, list_kind: &str, meta: &ListMeta<'_>, items: &[&[u8]]) -> Result<Vec<u8>, CodecError> {
+fn build_pb_list(
+    api_version: &str,
+    list_kind: &str,
+    meta: &ListMeta<'_>,
+    items: &[&[u8]],
+) -> Result<Vec<u8>, CodecError> {
     let raws: Vec<&[u8]> = items
         .iter()
-        .map(|item| if wire::is_enveloped(item) { wire::parse_envelope(item).map(|e| e.raw) } else { Ok(*item) })
+        .map(|item| {
+            if wire::is_enveloped(item) {
+                wire::parse_envelope(item).map(|e| e.raw)
+            } else {
+                Ok(*item)
+            }
+        })
         .collect::<Result<_, _>>()?;
-    let size: usize = raws.iter().map(|r| wire::len_field_size(tags::LIST_ITEMS, r.len())).sum::<usize>() + 64;
+    let size: usize = raws
+        .iter()
+        .map(|r| wire::len_field_size(tags::LIST_ITEMS, r.len()))
+        .sum::<usize>()
+        + 64;
     let mut out = Vec::with_capacity(size + api_version.len() + list_kind.len());
     wire::write_envelope(&mut out, api_version, list_kind, |out| {
         let start = begin_len(out, tags::LIST_META);
         if !meta.resource_version.is_empty() {
-            put_len_field(out, tags::LIST_RESOURCE_VERSION, meta.resource_version.as_bytes());
+            put_len_field(
+                out,
+                tags::LIST_RESOURCE_VERSION,
+                meta.resource_version.as_bytes(),
+            );
         }
         if !meta.continue_token.is_empty() {
             put_len_field(out, tags::LIST_CONTINUE, meta.continue_token.as_bytes());
@@ -407,10 +459,18 @@ fn build_pb_list(api_version: &str, list_kind: &str, meta: &ListMeta<'_>, items:
 /// asks for), in the same format: only `metadata` is kept. `api_version` is the target
 /// group version, `meta.k8s.io/v1` or `meta.k8s.io/v1beta1`. Protobuf input may be
 /// enveloped or a bare list item; protobuf output is enveloped.
-pub fn partial_object_metadata(format: Format, body: &[u8], api_version: &str) -> Result<Vec<u8>, CodecError> {
+pub fn partial_object_metadata(
+    format: Format,
+    body: &[u8],
+    api_version: &str,
+) -> Result<Vec<u8>, CodecError> {
     match format {
         Format::Protobuf => {
-            let raw = if wire::is_enveloped(body) { wire::parse_envelope(body)?.raw } else { body };
+            let raw = if wire::is_enveloped(body) {
+                wire::parse_envelope(body)?.raw
+            } else {
+                body
+            };
             let mut meta: &[u8] = &[];
             for f in Fields::new(raw) {
                 let f = f?;
@@ -450,7 +510,11 @@ pub fn partial_object_metadata(format: Format, body: &[u8], api_version: &str) -
 /// A JSON object body with `apiVersion` and `kind` set, as the cache stores objects
 /// (§5.4). List items come without them; this splices them in after the opening brace
 /// when absent, without re-encoding the object.
-pub fn json_with_type_meta(item: &[u8], api_version: &str, kind: &str) -> Result<Vec<u8>, CodecError> {
+pub fn json_with_type_meta(
+    item: &[u8],
+    api_version: &str,
+    kind: &str,
+) -> Result<Vec<u8>, CodecError> {
     let mut has_api_version = false;
     let mut has_kind = false;
     let mut s = Scanner::new(item);
@@ -469,7 +533,9 @@ pub fn json_with_type_meta(item: &[u8], api_version: &str, kind: &str) -> Result
         return Ok(item.to_vec());
     }
     let trimmed = item.trim_ascii();
-    let body = trimmed.get(1..).ok_or_else(|| CodecError::json(0, "empty object"))?;
+    let body = trimmed
+        .get(1..)
+        .ok_or_else(|| CodecError::json(0, "empty object"))?;
     let mut out = Vec::with_capacity(item.len() + api_version.len() + kind.len() + 32);
     out.push(b'{');
     if !has_kind {

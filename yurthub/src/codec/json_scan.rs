@@ -71,14 +71,19 @@ impl<'a> Scanner<'a> {
                 Some(_) => self.pos += 1,
             }
         }
-        let raw = self.buf.get(start..self.pos).ok_or_else(|| self.err("unterminated string"))?;
+        let raw = self
+            .buf
+            .get(start..self.pos)
+            .ok_or_else(|| self.err("unterminated string"))?;
         self.pos += 1;
         if !escaped {
             return std::str::from_utf8(raw)
                 .map(Cow::Borrowed)
                 .map_err(|_| CodecError::json(start, "string is not UTF-8"));
         }
-        unescape(raw).map(Cow::Owned).ok_or_else(|| CodecError::json(start, "invalid string escape"))
+        unescape(raw)
+            .map(Cow::Owned)
+            .ok_or_else(|| CodecError::json(start, "invalid string escape"))
     }
 
     /// Reads a string, or `null` as `None`.
@@ -106,8 +111,11 @@ impl<'a> Scanner<'a> {
             return Ok(None);
         }
         let r = self.value()?;
-        let text = std::str::from_utf8(&self.buf[r.clone()]).map_err(|_| CodecError::json(r.start, "bad number"))?;
-        text.parse::<i64>().map(Some).map_err(|_| CodecError::json(r.start, "expected an integer"))
+        let text = std::str::from_utf8(&self.buf[r.clone()])
+            .map_err(|_| CodecError::json(r.start, "bad number"))?;
+        text.parse::<i64>()
+            .map(Some)
+            .map_err(|_| CodecError::json(r.start, "expected an integer"))
     }
 
     /// Skips one value and returns its byte range.
@@ -200,7 +208,10 @@ impl<'a> Scanner<'a> {
 
     /// Walks an array, calling `on_item` for each element (which it must consume).
     /// `null` is accepted as an empty array.
-    pub(crate) fn array(&mut self, mut on_item: impl FnMut(&mut Self) -> Result<(), CodecError>) -> Result<(), CodecError> {
+    pub(crate) fn array(
+        &mut self,
+        mut on_item: impl FnMut(&mut Self) -> Result<(), CodecError>,
+    ) -> Result<(), CodecError> {
         if self.peek() == Some(b'n') {
             return self.literal(b"null");
         }
@@ -297,7 +308,12 @@ impl JsonFramer {
                         self.depth = 1;
                         continue;
                     }
-                    _ => return Err(CodecError::json(self.scanned - 1, "watch event is not a json object")),
+                    _ => {
+                        return Err(CodecError::json(
+                            self.scanned - 1,
+                            "watch event is not a json object",
+                        ));
+                    }
                 }
             }
             if self.in_string {
@@ -353,7 +369,10 @@ mod tests {
         let mut seen = Vec::new();
         s.object(|s, key| {
             let r = s.value()?;
-            seen.push((key.into_owned(), String::from_utf8_lossy(&text[r]).into_owned()));
+            seen.push((
+                key.into_owned(),
+                String::from_utf8_lossy(&text[r]).into_owned(),
+            ));
             Ok(())
         })
         .expect("walks");
@@ -371,9 +390,15 @@ mod tests {
 
     #[test]
     fn malformed_json_reports_offsets() {
-        let err = Scanner::new(br#"{"a" 1}"#).object(|s, _| s.value().map(|_| ())).expect_err("no colon");
+        let err = Scanner::new(br#"{"a" 1}"#)
+            .object(|s, _| s.value().map(|_| ()))
+            .expect_err("no colon");
         assert!(err.to_string().contains("byte 5"), "{err}");
-        assert!(Scanner::new(br#"{"a": [1, 2"#).object(|s, _| s.value().map(|_| ())).is_err());
+        assert!(
+            Scanner::new(br#"{"a": [1, 2"#)
+                .object(|s, _| s.value().map(|_| ()))
+                .is_err()
+        );
     }
 
     #[test]
@@ -389,7 +414,13 @@ mod tests {
                 frames.push(String::from_utf8(buf.drain(..end).collect()).expect("utf8"));
             }
         }
-        assert_eq!(frames, [" {\"type\":\"ADDED\",\"object\":{\"s\":\"}{\\\"\"}}", "\n{\"x\":[]}"]);
+        assert_eq!(
+            frames,
+            [
+                " {\"type\":\"ADDED\",\"object\":{\"s\":\"}{\\\"\"}}",
+                "\n{\"x\":[]}"
+            ]
+        );
         assert!(framer.idle());
         assert!(JsonFramer::default().scan(b"[1]").is_err());
     }

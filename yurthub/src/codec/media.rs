@@ -26,7 +26,11 @@ pub struct AcceptClause<'a> {
 
 impl AcceptClause<'_> {
     pub fn param(&self, key: &str) -> Option<&str> {
-        self.params.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.params
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -44,9 +48,16 @@ pub fn parse_accept(header: &str) -> Vec<AcceptClause<'_>> {
             (Some(sub), None) => sub.trim_matches(' '),
             _ => continue,
         };
-        let mut clause = AcceptClause { type_, subtype, q: 1.0, params: Vec::new() };
+        let mut clause = AcceptClause {
+            type_,
+            subtype,
+            q: 1.0,
+            params: Vec::new(),
+        };
         for param in pieces {
-            let Some((k, v)) = param.split_once('=') else { continue };
+            let Some((k, v)) = param.split_once('=') else {
+                continue;
+            };
             let k = k.trim_matches(' ');
             if k == "q" {
                 // Go: strconv.ParseFloat(sp[1], 32) on the untrimmed value; errors give 0.
@@ -101,7 +112,11 @@ pub struct GroupVersionKind {
 
 impl GroupVersionKind {
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 }
 
@@ -128,7 +143,12 @@ pub struct MediaTypeOptions {
 pub trait EndpointRestrictions {
     /// Whether the endpoint can answer in `type_/subtype` converted to `target`
     /// (`None`: no conversion asked).
-    fn allows_media_type_transform(&self, type_: &str, subtype: &str, target: Option<&GroupVersionKind>) -> bool;
+    fn allows_media_type_transform(
+        &self,
+        type_: &str,
+        subtype: &str,
+        target: Option<&GroupVersionKind>,
+    ) -> bool;
     fn allows_server_version(&self, _version: &str) -> bool {
         false
     }
@@ -142,7 +162,12 @@ pub trait EndpointRestrictions {
 pub struct DefaultRestrictions;
 
 impl EndpointRestrictions for DefaultRestrictions {
-    fn allows_media_type_transform(&self, _: &str, _: &str, target: Option<&GroupVersionKind>) -> bool {
+    fn allows_media_type_transform(
+        &self,
+        _: &str,
+        _: &str,
+        target: Option<&GroupVersionKind>,
+    ) -> bool {
         target.is_none()
     }
 }
@@ -154,13 +179,19 @@ impl EndpointRestrictions for DefaultRestrictions {
 pub struct HubRestrictions;
 
 impl EndpointRestrictions for HubRestrictions {
-    fn allows_media_type_transform(&self, _: &str, _: &str, target: Option<&GroupVersionKind>) -> bool {
+    fn allows_media_type_transform(
+        &self,
+        _: &str,
+        _: &str,
+        target: Option<&GroupVersionKind>,
+    ) -> bool {
         match target {
             None => true,
             Some(gvk) => {
                 gvk.group == "meta.k8s.io"
                     && (gvk.version == "v1" || gvk.version == "v1beta1")
-                    && (gvk.kind == "PartialObjectMetadata" || gvk.kind == "PartialObjectMetadataList")
+                    && (gvk.kind == "PartialObjectMetadata"
+                        || gvk.kind == "PartialObjectMetadataList")
             }
         }
     }
@@ -175,13 +206,20 @@ pub struct ApiserverRestrictions {
 }
 
 impl EndpointRestrictions for ApiserverRestrictions {
-    fn allows_media_type_transform(&self, type_: &str, subtype: &str, target: Option<&GroupVersionKind>) -> bool {
+    fn allows_media_type_transform(
+        &self,
+        type_: &str,
+        subtype: &str,
+        target: Option<&GroupVersionKind>,
+    ) -> bool {
         let Some(gvk) = target else { return true };
         if gvk.group != "meta.k8s.io" || (gvk.version != "v1" && gvk.version != "v1beta1") {
             return false;
         }
         match gvk.kind.as_str() {
-            "Table" => self.table && type_ == "application" && (subtype == "json" || subtype == "yaml"),
+            "Table" => {
+                self.table && type_ == "application" && (subtype == "json" || subtype == "yaml")
+            }
             "PartialObjectMetadata" | "PartialObjectMetadataList" => true,
             _ => false,
         }
@@ -197,22 +235,31 @@ pub struct Negotiated {
 
 /// Picks the response format for an Accept header among `offered` (in server
 /// preference order). `None` means 406 Not Acceptable.
-pub fn negotiate(accept: Option<&str>, offered: &[Format], restrictions: &dyn EndpointRestrictions) -> Option<Negotiated> {
+pub fn negotiate(
+    accept: Option<&str>,
+    offered: &[Format],
+    restrictions: &dyn EndpointRestrictions,
+) -> Option<Negotiated> {
     let header = accept.unwrap_or("");
     if header.is_empty() {
-        return offered.first().map(|f| Negotiated { format: *f, options: MediaTypeOptions::default() });
+        return offered.first().map(|f| Negotiated {
+            format: *f,
+            options: MediaTypeOptions::default(),
+        });
     }
     for clause in parse_accept(header) {
         for format in offered {
             let (t, s) = format.type_subtype();
-            let matches = (clause.type_ == t && clause.subtype == s)
-                || (clause.type_ == t && clause.subtype == "*")
+            let matches = (clause.type_ == t && (clause.subtype == s || clause.subtype == "*"))
                 || (clause.type_ == "*" && clause.subtype == "*");
             if !matches {
                 continue;
             }
             if let Some(options) = accept_options(&clause, t, s, restrictions) {
-                return Some(Negotiated { format: *format, options });
+                return Some(Negotiated {
+                    format: *format,
+                    options,
+                });
             }
         }
     }
@@ -220,7 +267,11 @@ pub fn negotiate(accept: Option<&str>, offered: &[Format], restrictions: &dyn En
 }
 
 /// Negotiation for a watch: as [`negotiate`]; both formats have a stream encoding.
-pub fn negotiate_stream(accept: Option<&str>, offered: &[Format], restrictions: &dyn EndpointRestrictions) -> Option<Negotiated> {
+pub fn negotiate_stream(
+    accept: Option<&str>,
+    offered: &[Format],
+    restrictions: &dyn EndpointRestrictions,
+) -> Option<Negotiated> {
     negotiate(accept, offered, restrictions)
 }
 
@@ -287,32 +338,74 @@ mod tests {
     #[test]
     fn kubelet_gets_protobuf_for_builtins_and_json_for_crds() {
         let kubelet = "application/vnd.kubernetes.protobuf,application/json";
-        assert_eq!(pick(kubelet, BOTH, &HubRestrictions), Some(Format::Protobuf));
-        assert_eq!(pick(kubelet, &[Format::Json], &HubRestrictions), Some(Format::Json));
+        assert_eq!(
+            pick(kubelet, BOTH, &HubRestrictions),
+            Some(Format::Protobuf)
+        );
+        assert_eq!(
+            pick(kubelet, &[Format::Json], &HubRestrictions),
+            Some(Format::Json)
+        );
         // a watch with the stream parameter
         let watch = "application/vnd.kubernetes.protobuf;stream=watch,application/json";
         let n = negotiate_stream(Some(watch), BOTH, &HubRestrictions).expect("negotiates");
-        assert_eq!((n.format, n.options.stream.as_deref()), (Format::Protobuf, Some("watch")));
+        assert_eq!(
+            (n.format, n.options.stream.as_deref()),
+            (Format::Protobuf, Some("watch"))
+        );
     }
 
     #[test]
     fn wildcards_and_empty_headers_pick_the_first_offer() {
         assert_eq!(pick("*/*", BOTH, &HubRestrictions), Some(Format::Json));
-        assert_eq!(pick("application/*", BOTH, &HubRestrictions), Some(Format::Json));
+        assert_eq!(
+            pick("application/*", BOTH, &HubRestrictions),
+            Some(Format::Json)
+        );
         assert_eq!(pick("*", BOTH, &HubRestrictions), Some(Format::Json));
-        assert_eq!(negotiate(None, BOTH, &HubRestrictions).map(|n| n.format), Some(Format::Json));
-        assert_eq!(negotiate(Some(""), &[Format::Protobuf], &HubRestrictions).map(|n| n.format), Some(Format::Protobuf));
+        assert_eq!(
+            negotiate(None, BOTH, &HubRestrictions).map(|n| n.format),
+            Some(Format::Json)
+        );
+        assert_eq!(
+            negotiate(Some(""), &[Format::Protobuf], &HubRestrictions).map(|n| n.format),
+            Some(Format::Protobuf)
+        );
         assert_eq!(pick("text/html", BOTH, &HubRestrictions), None);
         assert_eq!(pick("application/yaml", BOTH, &HubRestrictions), None);
     }
 
     #[test]
     fn q_values_reorder_clauses() {
-        assert_eq!(pick("application/json;q=0.5,application/vnd.kubernetes.protobuf", BOTH, &HubRestrictions), Some(Format::Protobuf));
-        assert_eq!(pick("application/vnd.kubernetes.protobuf;q=0.1,application/json;q=0.9", BOTH, &HubRestrictions), Some(Format::Json));
+        assert_eq!(
+            pick(
+                "application/json;q=0.5,application/vnd.kubernetes.protobuf",
+                BOTH,
+                &HubRestrictions
+            ),
+            Some(Format::Protobuf)
+        );
+        assert_eq!(
+            pick(
+                "application/vnd.kubernetes.protobuf;q=0.1,application/json;q=0.9",
+                BOTH,
+                &HubRestrictions
+            ),
+            Some(Format::Json)
+        );
         // unparsable q counts as 0 but is still acceptable (Go does not drop q=0)
-        assert_eq!(pick("application/json;q=bogus", BOTH, &HubRestrictions), Some(Format::Json));
-        assert_eq!(pick("*/*;q=0.8,application/vnd.kubernetes.protobuf", BOTH, &HubRestrictions), Some(Format::Protobuf));
+        assert_eq!(
+            pick("application/json;q=bogus", BOTH, &HubRestrictions),
+            Some(Format::Json)
+        );
+        assert_eq!(
+            pick(
+                "*/*;q=0.8,application/vnd.kubernetes.protobuf",
+                BOTH,
+                &HubRestrictions
+            ),
+            Some(Format::Protobuf)
+        );
     }
 
     #[test]
@@ -320,12 +413,19 @@ mod tests {
         let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
         let hub = negotiate(Some(kubectl), BOTH, &HubRestrictions).expect("json");
         assert_eq!((hub.format, hub.options.convert), (Format::Json, None));
-        let api = negotiate(Some(kubectl), BOTH, &ApiserverRestrictions { table: true }).expect("table");
+        let api =
+            negotiate(Some(kubectl), BOTH, &ApiserverRestrictions { table: true }).expect("table");
         let convert = api.options.convert.expect("converts");
-        assert_eq!((convert.kind.as_str(), convert.api_version()), ("Table", "meta.k8s.io/v1".to_owned()));
+        assert_eq!(
+            (convert.kind.as_str(), convert.api_version()),
+            ("Table", "meta.k8s.io/v1".to_owned())
+        );
         // Table is never offered in protobuf
         let pb_table = "application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io";
-        assert_eq!(pick(pb_table, BOTH, &ApiserverRestrictions { table: true }), None);
+        assert_eq!(
+            pick(pb_table, BOTH, &ApiserverRestrictions { table: true }),
+            None
+        );
     }
 
     #[test]
@@ -334,36 +434,79 @@ mod tests {
         let n = negotiate(Some(accept), BOTH, &HubRestrictions).expect("negotiates");
         assert_eq!(n.format, Format::Protobuf);
         let convert = n.options.convert.expect("transform");
-        assert_eq!((convert.group.as_str(), convert.version.as_str(), convert.kind.as_str()), ("meta.k8s.io", "v1", "PartialObjectMetadataList"));
+        assert_eq!(
+            (
+                convert.group.as_str(),
+                convert.version.as_str(),
+                convert.kind.as_str()
+            ),
+            ("meta.k8s.io", "v1", "PartialObjectMetadataList")
+        );
         // the default restrictions refuse any transform, so the plain clause wins
         let plain = negotiate(Some(accept), BOTH, &DefaultRestrictions).expect("plain json");
         assert_eq!((plain.format, plain.options.convert), (Format::Json, None));
         // an unknown group is refused
-        assert_eq!(pick("application/json;as=PartialObjectMetadata;g=example.com;v=v1", BOTH, &HubRestrictions), None);
+        assert_eq!(
+            pick(
+                "application/json;as=PartialObjectMetadata;g=example.com;v=v1",
+                BOTH,
+                &HubRestrictions
+            ),
+            None
+        );
     }
 
     #[test]
     fn stream_and_server_version_parameters_are_checked() {
-        assert_eq!(pick("application/json;stream=other", BOTH, &HubRestrictions), None);
+        assert_eq!(
+            pick("application/json;stream=other", BOTH, &HubRestrictions),
+            None
+        );
         assert_eq!(pick("application/json;sv=v1", BOTH, &HubRestrictions), None);
-        let n = negotiate(Some("application/json;pretty=1;foo=bar"), BOTH, &HubRestrictions).expect("json");
+        let n = negotiate(
+            Some("application/json;pretty=1;foo=bar"),
+            BOTH,
+            &HubRestrictions,
+        )
+        .expect("json");
         assert!(n.options.pretty);
         assert_eq!(n.options.unrecognized, ["foo"]);
     }
 
     #[test]
     fn accept_parsing_matches_goautoneg() {
-        let clauses = parse_accept("text/*;q=0.3, text/html;q=0.7, text/html;level=1, */*;q=0.5, bogus");
-        let order: Vec<String> = clauses.iter().map(|c| format!("{}/{};{}", c.type_, c.subtype, c.q)).collect();
-        assert_eq!(order, ["text/html;1", "text/html;0.699999988079071", "*/*;0.5", "text/*;0.30000001192092896"]);
+        let clauses =
+            parse_accept("text/*;q=0.3, text/html;q=0.7, text/html;level=1, */*;q=0.5, bogus");
+        let order: Vec<String> = clauses
+            .iter()
+            .map(|c| format!("{}/{};{}", c.type_, c.subtype, c.q))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "text/html;1",
+                "text/html;0.699999988079071",
+                "*/*;0.5",
+                "text/*;0.30000001192092896"
+            ]
+        );
         assert_eq!(clauses[0].param("level"), Some("1"));
     }
 
     #[test]
     fn content_types_map_to_formats() {
-        assert_eq!(format_for_content_type("application/json"), Some(Format::Json));
-        assert_eq!(format_for_content_type("application/json; charset=utf-8"), Some(Format::Json));
-        assert_eq!(format_for_content_type("Application/Vnd.Kubernetes.Protobuf;stream=watch"), Some(Format::Protobuf));
+        assert_eq!(
+            format_for_content_type("application/json"),
+            Some(Format::Json)
+        );
+        assert_eq!(
+            format_for_content_type("application/json; charset=utf-8"),
+            Some(Format::Json)
+        );
+        assert_eq!(
+            format_for_content_type("Application/Vnd.Kubernetes.Protobuf;stream=watch"),
+            Some(Format::Protobuf)
+        );
         assert_eq!(format_for_content_type("application/yaml"), None);
         assert_eq!(format_for_content_type(""), None);
     }

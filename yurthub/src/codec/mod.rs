@@ -36,12 +36,13 @@ use serde_json::Value;
 
 pub use error::CodecError;
 pub use info::{
-    ListMeta, ListParts, ObjectInfo, build_list, item_info, json_with_type_meta, object_info, partial_object_metadata,
-    split_list,
+    ListMeta, ListParts, ObjectInfo, build_list, item_info, json_with_type_meta, object_info,
+    partial_object_metadata, split_list,
 };
 pub use media::{
-    AcceptClause, ApiserverRestrictions, DefaultRestrictions, EndpointRestrictions, GroupVersionKind, HubRestrictions,
-    MediaTypeOptions, Negotiated, format_for_content_type, negotiate, negotiate_stream, parse_accept,
+    AcceptClause, ApiserverRestrictions, DefaultRestrictions, EndpointRestrictions,
+    GroupVersionKind, HubRestrictions, MediaTypeOptions, Negotiated, format_for_content_type,
+    negotiate, negotiate_stream, parse_accept,
 };
 pub use schema::{KindInfo, Scope, builtin_kind, builtin_kinds, kind_for_resource, schema_source};
 pub use watch::{EventType, WatchDecoder, WatchEvent, decode_watch_body, encode_watch_event};
@@ -64,7 +65,11 @@ impl Format {
 
     /// The formats on offer for a kind: both for built-in kinds, JSON otherwise.
     pub fn offered_for(api_version: &str, kind: &str) -> &'static [Format] {
-        if builtin_kind(api_version, kind).is_some() { Format::BUILTIN } else { Format::JSON_ONLY }
+        if builtin_kind(api_version, kind).is_some() {
+            Format::BUILTIN
+        } else {
+            Format::JSON_ONLY
+        }
     }
 
     /// The Content-Type of an object or list body.
@@ -93,20 +98,35 @@ impl Format {
 
     /// The format of a body by its first bytes: the protobuf magic, or JSON.
     pub fn sniff(body: &[u8]) -> Format {
-        if is_enveloped(body) { Format::Protobuf } else { Format::Json }
+        if is_enveloped(body) {
+            Format::Protobuf
+        } else {
+            Format::Json
+        }
     }
 
     /// Encodes a JSON object as a body of this format. JSON output has `apiVersion` and
     /// `kind` set to the given values; protobuf output is enveloped.
-    pub fn encode_object(self, api_version: &str, kind: &str, object: &Value) -> Result<Vec<u8>, CodecError> {
+    pub fn encode_object(
+        self,
+        api_version: &str,
+        kind: &str,
+        object: &Value,
+    ) -> Result<Vec<u8>, CodecError> {
         match self {
             Format::Protobuf => to_protobuf(api_version, kind, object),
             Format::Json => {
                 let Value::Object(map) = object else {
-                    return Err(CodecError::JsonShape { path: String::new(), expected: "an object" });
+                    return Err(CodecError::JsonShape {
+                        path: String::new(),
+                        expected: "an object",
+                    });
                 };
                 let mut map = map.clone();
-                map.insert("apiVersion".to_owned(), Value::String(api_version.to_owned()));
+                map.insert(
+                    "apiVersion".to_owned(),
+                    Value::String(api_version.to_owned()),
+                );
                 map.insert("kind".to_owned(), Value::String(kind.to_owned()));
                 Ok(serde_json::to_vec(&map)?)
             }
@@ -126,7 +146,12 @@ impl Format {
 /// (the apiserver test double serves both through it).
 pub trait ObjectCodec: Send + Sync {
     fn format(&self) -> Format;
-    fn encode_object(&self, api_version: &str, kind: &str, object: &Value) -> Result<Vec<u8>, CodecError>;
+    fn encode_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        object: &Value,
+    ) -> Result<Vec<u8>, CodecError>;
     fn decode_object(&self, body: &[u8]) -> Result<Value, CodecError>;
 }
 
@@ -135,7 +160,12 @@ impl ObjectCodec for Format {
         *self
     }
 
-    fn encode_object(&self, api_version: &str, kind: &str, object: &Value) -> Result<Vec<u8>, CodecError> {
+    fn encode_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        object: &Value,
+    ) -> Result<Vec<u8>, CodecError> {
         Format::encode_object(*self, api_version, kind, object)
     }
 
@@ -155,20 +185,28 @@ pub fn to_json(body: &[u8]) -> Result<Value, CodecError> {
 pub fn message_to_json(api_version: &str, kind: &str, message: &[u8]) -> Result<Value, CodecError> {
     let schema = Schema::get()?;
     let id = schema.message_for(api_version, kind)?;
-    Ok(Value::Object(convert::Decoder::new(schema).message(id, message, 0, 0)?))
+    Ok(Value::Object(
+        convert::Decoder::new(schema).message(id, message, 0, 0)?,
+    ))
 }
 
 /// Converts a Kubernetes JSON object into an enveloped protobuf body of the given kind.
 pub fn to_protobuf(api_version: &str, kind: &str, object: &Value) -> Result<Vec<u8>, CodecError> {
     let schema = Schema::get()?;
     let mut out = Vec::with_capacity(256);
-    wire::write_envelope(&mut out, api_version, kind, |out| convert::json_to_raw(schema, api_version, kind, object, out))?;
+    wire::write_envelope(&mut out, api_version, kind, |out| {
+        convert::json_to_raw(schema, api_version, kind, object, out)
+    })?;
     Ok(out)
 }
 
 /// Converts a Kubernetes JSON object into the bare protobuf message of the given kind
 /// (no envelope), e.g. to build a protobuf list from JSON items.
-pub fn json_to_message(api_version: &str, kind: &str, object: &Value) -> Result<Vec<u8>, CodecError> {
+pub fn json_to_message(
+    api_version: &str,
+    kind: &str,
+    object: &Value,
+) -> Result<Vec<u8>, CodecError> {
     let schema = Schema::get()?;
     let mut out = Vec::with_capacity(256);
     convert::json_to_raw(schema, api_version, kind, object, &mut out)?;
@@ -187,8 +225,14 @@ pub fn convert_body(from: Format, to: Format, body: &[u8]) -> Result<Vec<u8>, Co
 }
 
 fn type_meta(value: &Value) -> Result<(String, String), CodecError> {
-    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if api_version.is_empty() || kind.is_empty() {
         return Err(CodecError::MissingTypeMeta);
     }
@@ -205,19 +249,32 @@ pub fn decode_as<T: DeserializeOwned>(format: Format, body: &[u8]) -> Result<T, 
 }
 
 /// Encodes a serde value (a k8s-openapi object) as a body of the given format.
-pub fn encode_as<T: Serialize>(format: Format, api_version: &str, kind: &str, value: &T) -> Result<Vec<u8>, CodecError> {
+pub fn encode_as<T: Serialize>(
+    format: Format,
+    api_version: &str,
+    kind: &str,
+    value: &T,
+) -> Result<Vec<u8>, CodecError> {
     format.encode_object(api_version, kind, &serde_json::to_value(value)?)
 }
 
 /// [`encode_as`] for a k8s-openapi resource, taking apiVersion and kind from its type.
-pub fn encode_resource<T: k8s_openapi::Resource + Serialize>(format: Format, value: &T) -> Result<Vec<u8>, CodecError> {
+pub fn encode_resource<T: k8s_openapi::Resource + Serialize>(
+    format: Format,
+    value: &T,
+) -> Result<Vec<u8>, CodecError> {
     encode_as(format, T::API_VERSION, T::KIND, value)
 }
 
 /// Decodes an enveloped protobuf body into a k8s-pb (prost) type.
 pub fn decode_prost<M: prost::Message + Default>(body: &[u8]) -> Result<M, CodecError> {
     let env = parse_envelope(body)?;
-    M::decode(env.raw).map_err(|_| CodecError::protobuf(env.raw_offset, "message does not decode as the requested type"))
+    M::decode(env.raw).map_err(|_| {
+        CodecError::protobuf(
+            env.raw_offset,
+            "message does not decode as the requested type",
+        )
+    })
 }
 
 /// Encodes a k8s-pb (prost) value as an enveloped protobuf body.

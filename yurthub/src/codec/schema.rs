@@ -92,7 +92,10 @@ pub(crate) struct Message {
 
 impl Message {
     pub(crate) fn field(&self, tag: u32) -> Option<&Field> {
-        self.fields.binary_search_by_key(&tag, |f| f.tag).ok().map(|i| &self.fields[i])
+        self.fields
+            .binary_search_by_key(&tag, |f| f.tag)
+            .ok()
+            .map(|i| &self.fields[i])
     }
 }
 
@@ -120,12 +123,18 @@ pub struct KindInfo {
 impl KindInfo {
     /// The group part of the apiVersion ("" for the core group).
     pub fn group(&self) -> &'static str {
-        self.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("")
+        self.api_version
+            .rsplit_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("")
     }
 
     /// The version part of the apiVersion.
     pub fn version(&self) -> &'static str {
-        self.api_version.rsplit_once('/').map(|(_, v)| v).unwrap_or(self.api_version)
+        self.api_version
+            .rsplit_once('/')
+            .map(|(_, v)| v)
+            .unwrap_or(self.api_version)
     }
 }
 
@@ -143,13 +152,34 @@ pub(crate) struct Schema {
 /// carry them under any apiVersion.
 const META_ANY_VERSION: &[(&str, &str)] = &[
     ("Status", "io.k8s.apimachinery.pkg.apis.meta.v1.Status"),
-    ("WatchEvent", "io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent"),
-    ("DeleteOptions", "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"),
-    ("ListOptions", "io.k8s.apimachinery.pkg.apis.meta.v1.ListOptions"),
-    ("GetOptions", "io.k8s.apimachinery.pkg.apis.meta.v1.GetOptions"),
-    ("CreateOptions", "io.k8s.apimachinery.pkg.apis.meta.v1.CreateOptions"),
-    ("UpdateOptions", "io.k8s.apimachinery.pkg.apis.meta.v1.UpdateOptions"),
-    ("PatchOptions", "io.k8s.apimachinery.pkg.apis.meta.v1.PatchOptions"),
+    (
+        "WatchEvent",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent",
+    ),
+    (
+        "DeleteOptions",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions",
+    ),
+    (
+        "ListOptions",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ListOptions",
+    ),
+    (
+        "GetOptions",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.GetOptions",
+    ),
+    (
+        "CreateOptions",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.CreateOptions",
+    ),
+    (
+        "UpdateOptions",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.UpdateOptions",
+    ),
+    (
+        "PatchOptions",
+        "io.k8s.apimachinery.pkg.apis.meta.v1.PatchOptions",
+    ),
 ];
 
 pub(crate) const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
@@ -161,7 +191,10 @@ impl Schema {
         SCHEMA
             .get_or_init(|| Schema::parse(TABLE))
             .as_ref()
-            .map_err(|(line, reason)| CodecError::Schema { line: *line, reason: reason.clone() })
+            .map_err(|(line, reason)| CodecError::Schema {
+                line: *line,
+                reason: reason.clone(),
+            })
     }
 
     fn parse(text: &'static str) -> Result<Schema, (usize, String)> {
@@ -195,10 +228,15 @@ impl Schema {
                         Some(":schemaorstringarray") => Special::SchemaOrStringArray,
                         Some(_) => return Err(err("unknown special")),
                     };
-                    messages.push(Message { name, special, fields: Vec::new() });
+                    messages.push(Message {
+                        name,
+                        special,
+                        fields: Vec::new(),
+                    });
                 }
                 Some("F") => {
-                    let (Some(tag), Some(json), Some(ty)) = (parts.next(), parts.next(), parts.next())
+                    let (Some(tag), Some(json), Some(ty)) =
+                        (parts.next(), parts.next(), parts.next())
                     else {
                         return Err(err("short field line"));
                     };
@@ -227,11 +265,18 @@ impl Schema {
                         ),
                     };
                     let json = if json == "~" { "" } else { json };
-                    let msg = messages.last_mut().ok_or_else(|| err("field before any message"))?;
+                    let msg = messages
+                        .last_mut()
+                        .ok_or_else(|| err("field before any message"))?;
                     if msg.fields.last().is_some_and(|f| f.tag >= tag) {
                         return Err(err("fields out of tag order"));
                     }
-                    msg.fields.push(Field { tag, json, card, ty });
+                    msg.fields.push(Field {
+                        tag,
+                        json,
+                        card,
+                        ty,
+                    });
                 }
                 Some("K") => kind_lines.push((lineno, line)),
                 Some("") | None => {}
@@ -243,12 +288,18 @@ impl Schema {
                 if let Ty::Message(t) = f.ty
                     && t >= messages.len()
                 {
-                    return Err((0, format!("field {} of message {i} refers to message {t}", f.tag)));
+                    return Err((
+                        0,
+                        format!("field {} of message {i} refers to message {t}", f.tag),
+                    ));
                 }
             }
         }
-        let by_name: HashMap<&'static str, MsgId> =
-            messages.iter().enumerate().map(|(i, m)| (m.name, i)).collect();
+        let by_name: HashMap<&'static str, MsgId> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name, i))
+            .collect();
 
         let mut kinds = HashMap::new();
         let mut resources = HashMap::new();
@@ -271,7 +322,13 @@ impl Schema {
                 _ => return Err(err("bad scope")),
             };
             let plural = (plural != "-").then_some(plural);
-            let info = KindInfo { api_version, kind, plural, scope, message };
+            let info = KindInfo {
+                api_version,
+                kind,
+                plural,
+                scope,
+                message,
+            };
             kinds.insert((api_version, kind), info);
             if let Some(p) = plural
                 && scope != Scope::Subresource
@@ -287,7 +344,13 @@ impl Schema {
         if !by_name.contains_key(OBJECT_META) {
             return Err((0, "ObjectMeta missing".to_owned()));
         }
-        Ok(Schema { messages, kinds, resources, by_name, source })
+        Ok(Schema {
+            messages,
+            kinds,
+            resources,
+            by_name,
+            source,
+        })
     }
 
     pub(crate) fn message(&self, id: MsgId) -> &Message {
@@ -316,10 +379,12 @@ impl Schema {
     }
 
     pub(crate) fn message_for(&self, api_version: &str, kind: &str) -> Result<MsgId, CodecError> {
-        self.kind(api_version, kind).map(|k| k.message).ok_or_else(|| CodecError::UnknownKind {
-            api_version: api_version.to_owned(),
-            kind: kind.to_owned(),
-        })
+        self.kind(api_version, kind)
+            .map(|k| k.message)
+            .ok_or_else(|| CodecError::UnknownKind {
+                api_version: api_version.to_owned(),
+                kind: kind.to_owned(),
+            })
     }
 
     pub(crate) fn resource(&self, group: &str, version: &str, resource: &str) -> Option<KindInfo> {
@@ -343,7 +408,9 @@ pub fn kind_for_resource(group: &str, version: &str, resource: &str) -> Option<K
 
 /// Every built-in kind in the table.
 pub fn builtin_kinds() -> Vec<KindInfo> {
-    Schema::get().map(|s| s.kinds().copied().collect()).unwrap_or_default()
+    Schema::get()
+        .map(|s| s.kinds().copied().collect())
+        .unwrap_or_default()
 }
 
 /// Which crate versions the embedded table was generated from.
@@ -358,7 +425,11 @@ mod tests {
     #[test]
     fn embedded_table_parses_and_has_the_kinds_the_hub_serves() {
         let schema = Schema::get().expect("embedded schema parses");
-        assert!(schema.messages.len() > 1000, "only {} messages", schema.messages.len());
+        assert!(
+            schema.messages.len() > 1000,
+            "only {} messages",
+            schema.messages.len()
+        );
         for (api_version, kind) in [
             ("v1", "Pod"),
             ("v1", "PodList"),
@@ -386,9 +457,15 @@ mod tests {
             ("meta.k8s.io/v1", "PartialObjectMetadataList"),
             ("meta.k8s.io/v1beta1", "PartialObjectMetadataList"),
         ] {
-            assert!(schema.kind(api_version, kind).is_some(), "missing kind {api_version} {kind}");
+            assert!(
+                schema.kind(api_version, kind).is_some(),
+                "missing kind {api_version} {kind}"
+            );
         }
-        assert!(schema.kind("v1", "Table").is_none(), "Table has no protobuf encoding");
+        assert!(
+            schema.kind("v1", "Table").is_none(),
+            "Table has no protobuf encoding"
+        );
         assert!(schema_source().expect("source").contains("k8s-pb"));
     }
 
@@ -413,35 +490,83 @@ mod tests {
             (14, "finalizers"),
             (17, "managedFields"),
         ] {
-            assert_eq!(meta.field(tag).map(|f| f.json), Some(json), "ObjectMeta field {tag}");
+            assert_eq!(
+                meta.field(tag).map(|f| f.json),
+                Some(json),
+                "ObjectMeta field {tag}"
+            );
         }
         assert_eq!(meta.field(11).map(|f| f.card), Some(Card::Map));
-        let list_meta = schema
-            .message(schema.message_by_name("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta").expect("ListMeta"));
-        for (tag, json) in [(1, "selfLink"), (2, "resourceVersion"), (3, "continue"), (4, "remainingItemCount")] {
-            assert_eq!(list_meta.field(tag).map(|f| f.json), Some(json), "ListMeta field {tag}");
+        let list_meta = schema.message(
+            schema
+                .message_by_name("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta")
+                .expect("ListMeta"),
+        );
+        for (tag, json) in [
+            (1, "selfLink"),
+            (2, "resourceVersion"),
+            (3, "continue"),
+            (4, "remainingItemCount"),
+        ] {
+            assert_eq!(
+                list_meta.field(tag).map(|f| f.json),
+                Some(json),
+                "ListMeta field {tag}"
+            );
         }
         let pod = schema.message(schema.message_for("v1", "Pod").expect("Pod"));
-        assert_eq!(pod.field(1).map(|f| f.ty), Some(Ty::Message(schema.by_name[OBJECT_META])));
-        let Some(Ty::Message(spec)) = pod.field(2).map(|f| f.ty) else { panic!("Pod.spec is not a message") };
-        assert_eq!(schema.message(spec).field(10).map(|f| f.json), Some("nodeName"));
+        assert_eq!(
+            pod.field(1).map(|f| f.ty),
+            Some(Ty::Message(schema.by_name[OBJECT_META]))
+        );
+        let Some(Ty::Message(spec)) = pod.field(2).map(|f| f.ty) else {
+            panic!("Pod.spec is not a message")
+        };
+        assert_eq!(
+            schema.message(spec).field(10).map(|f| f.json),
+            Some("nodeName")
+        );
     }
 
     #[test]
     fn json_names_that_differ_from_prost_names_are_reconciled() {
         let schema = Schema::get().expect("schema");
         let field = |msg: &str, tag: u32| {
-            let m = schema.message(schema.message_by_name(msg).unwrap_or_else(|| panic!("no {msg}")));
-            m.field(tag).unwrap_or_else(|| panic!("no field {tag} in {msg}")).json
+            let m = schema.message(
+                schema
+                    .message_by_name(msg)
+                    .unwrap_or_else(|| panic!("no {msg}")),
+            );
+            m.field(tag)
+                .unwrap_or_else(|| panic!("no field {tag} in {msg}"))
+                .json
         };
-        assert_eq!(field("io.k8s.api.core.v1.AWSElasticBlockStoreVolumeSource", 1), "volumeID");
-        assert_eq!(field("io.k8s.apimachinery.pkg.apis.meta.v1.APIGroup", 4), "serverAddressByClientCIDRs");
-        assert_eq!(field("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps", 3), "$ref");
         assert_eq!(
-            field("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps", 38),
+            field("io.k8s.api.core.v1.AWSElasticBlockStoreVolumeSource", 1),
+            "volumeID"
+        );
+        assert_eq!(
+            field("io.k8s.apimachinery.pkg.apis.meta.v1.APIGroup", 4),
+            "serverAddressByClientCIDRs"
+        );
+        assert_eq!(
+            field(
+                "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps",
+                3
+            ),
+            "$ref"
+        );
+        assert_eq!(
+            field(
+                "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps",
+                38
+            ),
             "x-kubernetes-preserve-unknown-fields"
         );
-        assert_eq!(field("io.k8s.api.core.v1.PodLogOptions", 9), "insecureSkipTLSVerifyBackend");
+        assert_eq!(
+            field("io.k8s.api.core.v1.PodLogOptions", 9),
+            "insecureSkipTLSVerifyBackend"
+        );
         // Go embedded structs are inline in JSON.
         assert_eq!(field("io.k8s.api.core.v1.Volume", 2), "");
         assert_eq!(field("io.k8s.api.core.v1.ConfigMapKeySelector", 1), "");
@@ -451,12 +576,18 @@ mod tests {
     #[test]
     fn resources_map_to_kinds() {
         let pods = kind_for_resource("", "v1", "pods").expect("pods");
-        assert_eq!((pods.api_version, pods.kind, pods.scope), ("v1", "Pod", Scope::Namespaced));
+        assert_eq!(
+            (pods.api_version, pods.kind, pods.scope),
+            ("v1", "Pod", Scope::Namespaced)
+        );
         let leases = kind_for_resource("coordination.k8s.io", "v1", "leases").expect("leases");
         assert_eq!(leases.kind, "Lease");
         let nodes = kind_for_resource("", "v1", "nodes").expect("nodes");
         assert_eq!(nodes.scope, Scope::Cluster);
-        assert!(kind_for_resource("", "v1", "token").is_none(), "subresources are not resources");
+        assert!(
+            kind_for_resource("", "v1", "token").is_none(),
+            "subresources are not resources"
+        );
     }
 
     #[test]
@@ -465,7 +596,9 @@ mod tests {
         // table would make JSON names and field numbers drift.
         let lock = include_str!("../../../Cargo.lock");
         let version_of = |name: &str| {
-            let at = lock.find(&format!("name = \"{name}\"\nversion = \"")).unwrap_or_else(|| panic!("{name} not in Cargo.lock"));
+            let at = lock
+                .find(&format!("name = \"{name}\"\nversion = \""))
+                .unwrap_or_else(|| panic!("{name} not in Cargo.lock"));
             let rest = &lock[at..];
             let v = rest.split('"').nth(3).expect("version");
             v.to_owned()
@@ -474,7 +607,8 @@ mod tests {
         for name in ["k8s-pb", "k8s-openapi"] {
             let v = version_of(name);
             assert!(
-                source.contains(&format!("{name} {v} ")) || source.contains(&format!("{name} {v}\n")),
+                source.contains(&format!("{name} {v} "))
+                    || source.contains(&format!("{name} {v}\n")),
                 "table generated from other crate versions than Cargo.lock's {name} {v}: {source}; run `cargo xtask gen-proto-schema`"
             );
         }

@@ -96,7 +96,12 @@ impl WatchDecoder {
     }
 
     pub fn with_max_frame(format: Format, max_frame: usize) -> Self {
-        WatchDecoder { format, buf: BytesMut::new(), max_frame, framer: JsonFramer::default() }
+        WatchDecoder {
+            format,
+            buf: BytesMut::new(),
+            max_frame,
+            framer: JsonFramer::default(),
+        }
     }
 
     /// Appends received bytes.
@@ -125,7 +130,9 @@ impl WatchDecoder {
             Format::Protobuf => !self.buf.is_empty(),
         };
         if pending {
-            return Err(CodecError::TruncatedStream { buffered: self.buf.len() });
+            return Err(CodecError::TruncatedStream {
+                buffered: self.buf.len(),
+            });
         }
         Ok(())
     }
@@ -137,30 +144,49 @@ impl WatchDecoder {
                 self.buf.clear();
                 self.framer = JsonFramer::default();
             } else if self.buf.len() > self.max_frame {
-                return Err(CodecError::FrameTooLarge { len: self.buf.len(), max: self.max_frame });
+                return Err(CodecError::FrameTooLarge {
+                    len: self.buf.len(),
+                    max: self.max_frame,
+                });
             }
             return Ok(None);
         };
         if end > self.max_frame {
-            return Err(CodecError::FrameTooLarge { len: end, max: self.max_frame });
+            return Err(CodecError::FrameTooLarge {
+                len: end,
+                max: self.max_frame,
+            });
         }
         let frame = self.buf.split_to(end).freeze();
         let (event_type, object) = parse_json_event(&frame)?;
-        Ok(Some(WatchEvent { event_type, frame, object }))
+        Ok(Some(WatchEvent {
+            event_type,
+            frame,
+            object,
+        }))
     }
 
     fn next_protobuf(&mut self) -> Result<Option<WatchEvent>, CodecError> {
-        let Some(header) = self.buf.get(..4) else { return Ok(None) };
+        let Some(header) = self.buf.get(..4) else {
+            return Ok(None);
+        };
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         if len > self.max_frame {
-            return Err(CodecError::FrameTooLarge { len, max: self.max_frame });
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: self.max_frame,
+            });
         }
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
         let frame = self.buf.split_to(4 + len).freeze();
         let (event_type, object) = parse_pb_event(&frame[4..], 4)?;
-        Ok(Some(WatchEvent { event_type, frame, object }))
+        Ok(Some(WatchEvent {
+            event_type,
+            frame,
+            object,
+        }))
     }
 }
 
@@ -202,19 +228,27 @@ fn parse_pb_event(msg: &[u8], base: usize) -> Result<(EventType, Range<usize>), 
             _ => {}
         }
     }
-    let event_type = event_type.ok_or_else(|| CodecError::protobuf(base, "watch event has no type"))?;
+    let event_type =
+        event_type.ok_or_else(|| CodecError::protobuf(base, "watch event has no type"))?;
     let object = object.ok_or_else(|| CodecError::protobuf(base, "watch event has no object"))?;
     Ok((event_type, object))
 }
 
 /// Encodes one watch event frame. `object` must be in `format`: a JSON object, or an
 /// enveloped protobuf object (what [`super::Format::encode_object`] produces).
-pub fn encode_watch_event(format: Format, event_type: EventType, object: &[u8]) -> Result<Vec<u8>, CodecError> {
+pub fn encode_watch_event(
+    format: Format,
+    event_type: EventType,
+    object: &[u8],
+) -> Result<Vec<u8>, CodecError> {
     match format {
         Format::Json => {
             let object = object.trim_ascii();
             if !object.starts_with(b"{") {
-                return Err(CodecError::json(0, "watch event object is not a json object"));
+                return Err(CodecError::json(
+                    0,
+                    "watch event object is not a json object",
+                ));
             }
             let mut out = Vec::with_capacity(object.len() + 32);
             out.extend_from_slice(b"{\"type\":\"");
@@ -234,7 +268,10 @@ pub fn encode_watch_event(format: Format, event_type: EventType, object: &[u8]) 
             let start = begin_len(&mut out, 2);
             put_len_field(&mut out, 1, object);
             end_len(&mut out, start);
-            let len = u32::try_from(out.len() - 4).map_err(|_| CodecError::FrameTooLarge { len: out.len(), max: u32::MAX as usize })?;
+            let len = u32::try_from(out.len() - 4).map_err(|_| CodecError::FrameTooLarge {
+                len: out.len(),
+                max: u32::MAX as usize,
+            })?;
             out[..4].copy_from_slice(&len.to_be_bytes());
             Ok(out)
         }

@@ -40,7 +40,10 @@ impl<'a> WireField<'a> {
     pub(crate) fn bytes(&self) -> Result<&'a [u8], CodecError> {
         match self.value {
             WireValue::Len(b) => Ok(b),
-            _ => Err(CodecError::protobuf(self.offset, "expected a length-delimited field")),
+            _ => Err(CodecError::protobuf(
+                self.offset,
+                "expected a length-delimited field",
+            )),
         }
     }
 
@@ -73,7 +76,11 @@ pub(crate) struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Fields { buf, pos: 0, base: 0 }
+        Fields {
+            buf,
+            pos: 0,
+            base: 0,
+        }
     }
 
     /// `base` is the offset of `buf` inside the outermost buffer, for error messages
@@ -98,7 +105,9 @@ impl<'a> Fields<'a> {
             ),
             WT_FIXED64 => {
                 let b = self.take(8, value_at)?;
-                WireValue::Fixed64(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                WireValue::Fixed64(u64::from_le_bytes([
+                    b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+                ]))
             }
             WT_LEN => {
                 let len = read_varint(self.buf, &mut self.pos)
@@ -107,7 +116,11 @@ impl<'a> Fields<'a> {
                     .map_err(|_| CodecError::protobuf(value_at, "length overflows"))?;
                 let start = self.base + self.pos;
                 let b = self.take(len, value_at)?;
-                return Ok(WireField { tag, value: WireValue::Len(b), offset: start });
+                return Ok(WireField {
+                    tag,
+                    value: WireValue::Len(b),
+                    offset: start,
+                });
             }
             WT_FIXED32 => {
                 let b = self.take(4, value_at)?;
@@ -115,7 +128,11 @@ impl<'a> Fields<'a> {
             }
             _ => return Err(CodecError::protobuf(key_at, "unsupported wire type")),
         };
-        Ok(WireField { tag, value, offset: value_at })
+        Ok(WireField {
+            tag,
+            value,
+            offset: value_at,
+        })
     }
 
     fn take(&mut self, len: usize, at: usize) -> Result<&'a [u8], CodecError> {
@@ -245,7 +262,10 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<'_>, CodecError> {
         return Err(CodecError::MissingMagic);
     }
     if body.len() == MAGIC.len() {
-        return Err(CodecError::protobuf(MAGIC.len(), "empty body after the envelope magic"));
+        return Err(CodecError::protobuf(
+            MAGIC.len(),
+            "empty body after the envelope magic",
+        ));
     }
     let mut env = Envelope {
         api_version: "",
@@ -324,7 +344,17 @@ mod tests {
 
     #[test]
     fn varints_round_trip_at_every_length() {
-        for v in [0u64, 1, 127, 128, 300, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u32::MAX as u64,
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_varint(&mut out, v);
             assert_eq!(out.len(), varint_len(v), "length of {v}");
@@ -332,7 +362,11 @@ mod tests {
             assert_eq!(read_varint(&out, &mut pos), Some(v));
             assert_eq!(pos, out.len());
         }
-        assert_eq!(read_varint(&[0x80, 0x80], &mut 0), None, "truncated varint must fail");
+        assert_eq!(
+            read_varint(&[0x80, 0x80], &mut 0),
+            None,
+            "truncated varint must fail"
+        );
     }
 
     #[test]
@@ -342,7 +376,9 @@ mod tests {
             let start = begin_len(&mut out, 7);
             out.extend(std::iter::repeat_n(0x55, body_len));
             end_len(&mut out, start);
-            let fields: Vec<_> = Fields::new(&out[1..]).collect::<Result<_, _>>().expect("parses");
+            let fields: Vec<_> = Fields::new(&out[1..])
+                .collect::<Result<_, _>>()
+                .expect("parses");
             assert_eq!(fields.len(), 1);
             assert_eq!(fields[0].tag, 7);
             assert_eq!(fields[0].bytes().expect("len").len(), body_len);
@@ -354,14 +390,19 @@ mod tests {
         let body = envelope("v1", "Pod", &[0x0a, 0x00]);
         let expected: Vec<u8> = [
             &MAGIC[..],
-            &[0x0a, 0x09, 0x0a, 0x02, b'v', b'1', 0x12, 0x03, b'P', b'o', b'd'],
+            &[
+                0x0a, 0x09, 0x0a, 0x02, b'v', b'1', 0x12, 0x03, b'P', b'o', b'd',
+            ],
             &[0x12, 0x02, 0x0a, 0x00],
             &[0x1a, 0x00, 0x22, 0x00],
         ]
         .concat();
         assert_eq!(body, expected);
         let env = parse_envelope(&body).expect("parses");
-        assert_eq!((env.api_version, env.kind, env.raw), ("v1", "Pod", &[0x0a, 0x00][..]));
+        assert_eq!(
+            (env.api_version, env.kind, env.raw),
+            ("v1", "Pod", &[0x0a, 0x00][..])
+        );
         assert_eq!(&body[env.raw_offset..env.raw_offset + 2], env.raw);
 
         let mut streamed = Vec::new();
@@ -375,7 +416,10 @@ mod tests {
 
     #[test]
     fn malformed_input_is_rejected_with_offsets() {
-        assert!(matches!(parse_envelope(b"{}"), Err(CodecError::MissingMagic)));
+        assert!(matches!(
+            parse_envelope(b"{}"),
+            Err(CodecError::MissingMagic)
+        ));
         assert!(parse_envelope(&MAGIC).is_err());
         // length says 5 bytes but only 1 follows
         let bad = [&MAGIC[..], &[0x12, 0x05, 0x00]].concat();

@@ -6,7 +6,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use k8s_openapi::api::{apps, authentication, authorization, certificates, coordination, core, discovery, events};
+use k8s_openapi::api::{
+    apps, authentication, authorization, certificates, coordination, core, discovery, events,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 
@@ -20,15 +22,29 @@ pub(crate) struct Fixture {
 /// Parses `literal` as `T` and serialises it back; panics if anything was lost, so a
 /// key the API does not have cannot hide in a fixture.
 fn typed<T: DeserializeOwned + Serialize + k8s_openapi::Resource>(literal: Value) -> Fixture {
-    let object: T = serde_json::from_value(literal.clone())
-        .unwrap_or_else(|e| panic!("fixture {} does not parse as {}: {e}", literal["metadata"]["name"], T::KIND));
+    let object: T = serde_json::from_value(literal.clone()).unwrap_or_else(|e| {
+        panic!(
+            "fixture {} does not parse as {}: {e}",
+            literal["metadata"]["name"],
+            T::KIND
+        )
+    });
     let mut json = serde_json::to_value(&object).expect("serialises");
     json["apiVersion"] = Value::String(T::API_VERSION.to_owned());
     json["kind"] = Value::String(T::KIND.to_owned());
     let mut diffs = Vec::new();
     super::golden::json_diff("", &json, &literal, &mut diffs);
-    assert!(diffs.is_empty(), "fixture {} of kind {} changed through k8s-openapi: {diffs:?}", literal["metadata"]["name"], T::KIND);
-    Fixture { api_version: T::API_VERSION, kind: T::KIND, json }
+    assert!(
+        diffs.is_empty(),
+        "fixture {} of kind {} changed through k8s-openapi: {diffs:?}",
+        literal["metadata"]["name"],
+        T::KIND
+    );
+    Fixture {
+        api_version: T::API_VERSION,
+        kind: T::KIND,
+        json,
+    }
 }
 
 fn object_meta(name: &str, namespace: Option<&str>) -> Value {

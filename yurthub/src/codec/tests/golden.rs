@@ -43,7 +43,11 @@ pub(crate) fn json_diff(path: &str, ours: &Value, go: &Value, out: &mut Vec<Stri
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 80 { format!("{}...", &s[..80]) } else { s }
+    if s.len() > 80 {
+        format!("{}...", &s[..80])
+    } else {
+        s
+    }
 }
 
 /// Fields newer than the k8s-pb release the schema comes from: Go fills them in the
@@ -57,7 +61,8 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
 #[ignore = "needs K8S_API_TESTDATA pointing at kubernetes/api testdata/v1.NN.0"]
 fn go_fixtures_convert_both_ways() {
     let dir = PathBuf::from(
-        std::env::var("K8S_API_TESTDATA").expect("set K8S_API_TESTDATA to a kubernetes/api testdata/v1.NN.0 directory"),
+        std::env::var("K8S_API_TESTDATA")
+            .expect("set K8S_API_TESTDATA to a kubernetes/api testdata/v1.NN.0 directory"),
     );
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
@@ -65,7 +70,12 @@ fn go_fixtures_convert_both_ways() {
         .filter(|p| p.extension().is_some_and(|e| e == "pb") && p.with_extension("json").exists())
         .collect();
     entries.sort();
-    assert!(entries.len() > 100, "only {} fixtures in {}", entries.len(), dir.display());
+    assert!(
+        entries.len() > 100,
+        "only {} fixtures in {}",
+        entries.len(),
+        dir.display()
+    );
 
     let mut unknown = Vec::new();
     let mut untyped = Vec::new();
@@ -73,11 +83,21 @@ fn go_fixtures_convert_both_ways() {
     let mut pb_mismatch = Vec::new();
     let mut checked = 0;
     for pb_path in &entries {
-        let name = pb_path.file_stem().and_then(|s| s.to_str()).expect("name").to_owned();
+        let name = pb_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("name")
+            .to_owned();
         let pb = std::fs::read(pb_path).expect("read pb");
-        let go_json: Value =
-            serde_json::from_slice(&std::fs::read(pb_path.with_extension("json")).expect("read json")).expect("json");
-        if crate::codec::parse_envelope(&pb).expect("envelope").kind.is_empty() {
+        let go_json: Value = serde_json::from_slice(
+            &std::fs::read(pb_path.with_extension("json")).expect("read json"),
+        )
+        .expect("json");
+        if crate::codec::parse_envelope(&pb)
+            .expect("envelope")
+            .kind
+            .is_empty()
+        {
             // Go's test encoded this one without a kind (core.v1.WatchEvent); nothing
             // on the wire looks like that.
             untyped.push(name);
@@ -94,27 +114,45 @@ fn go_fixtures_convert_both_ways() {
         checked += 1;
         let mut diffs = Vec::new();
         json_diff("", &ours, &go_json, &mut diffs);
-        diffs.retain(|d| !KNOWN_GAPS.iter().any(|(fixture, path)| name == *fixture && d.starts_with(path)));
+        diffs.retain(|d| {
+            !KNOWN_GAPS
+                .iter()
+                .any(|(fixture, path)| name == *fixture && d.starts_with(path))
+        });
         if !diffs.is_empty() {
             json_mismatch.insert(name.clone(), diffs);
         }
         let api_version = go_json["apiVersion"].as_str().expect("apiVersion");
         let kind = go_json["kind"].as_str().expect("kind");
-        let ours_pb = to_protobuf(api_version, kind, &go_json).unwrap_or_else(|e| panic!("{name}: json → protobuf failed: {e}"));
+        let ours_pb = to_protobuf(api_version, kind, &go_json)
+            .unwrap_or_else(|e| panic!("{name}: json → protobuf failed: {e}"));
         if ours_pb != pb && !KNOWN_GAPS.iter().any(|(fixture, _)| name == *fixture) {
             // Equal after a round trip through our decoder means only encoding choices
             // differ (e.g. Go writing an empty message for a zero time).
-            let back = Format::Protobuf.decode_object(&ours_pb).expect("decode ours");
+            let back = Format::Protobuf
+                .decode_object(&ours_pb)
+                .expect("decode ours");
             let mut d = Vec::new();
             json_diff("", &back, &ours, &mut d);
-            pb_mismatch.push(format!("{name}: {} vs {} bytes; semantic diffs: {d:?}", ours_pb.len(), pb.len()));
+            pb_mismatch.push(format!(
+                "{name}: {} vs {} bytes; semantic diffs: {d:?}",
+                ours_pb.len(),
+                pb.len()
+            ));
         }
     }
     let report = format!(
         "checked {checked}, no schema for {unknown:?}, no kind in envelope {untyped:?}\njson mismatches:\n{}\nprotobuf byte mismatches:\n{}",
-        json_mismatch.iter().map(|(k, v)| format!("  {k}: {v:?}")).collect::<Vec<_>>().join("\n"),
+        json_mismatch
+            .iter()
+            .map(|(k, v)| format!("  {k}: {v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
         pb_mismatch.join("\n"),
     );
     println!("{report}");
-    assert!(json_mismatch.is_empty() && pb_mismatch.is_empty(), "{report}");
+    assert!(
+        json_mismatch.is_empty() && pb_mismatch.is_empty(),
+        "{report}"
+    );
 }
