@@ -1301,6 +1301,11 @@ impl<'a> Namer<'a> {
         let mut flat = BTreeSet::new();
         for (k, f) in m.fields.iter().enumerate() {
             if inline[k] {
+                writeln!(
+                    self.report,
+                    "inline   {}.{} (Go embedded struct)",
+                    m.full_name, f.rust_name
+                )?;
                 let Scalar::Message(t) = &f.ty else { continue };
                 flat.extend(self.naming(self.index[t.as_str()])?.flat.iter().cloned());
                 continue;
@@ -1350,5 +1355,80 @@ impl<'a> Namer<'a> {
         self.visiting[i] = false;
         self.done[i] = Some(Naming { names, flat });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snake_case_follows_prost() {
+        assert_eq!(
+            prost_snake("serverAddressByClientCIDRs"),
+            "server_address_by_client_cid_rs"
+        );
+        assert_eq!(
+            prost_snake("insecureSkipTLSVerifyBackend"),
+            "insecure_skip_tls_verify_backend"
+        );
+        assert_eq!(prost_snake("subResource"), "sub_resource");
+        assert_eq!(prost_snake("ipv4Address"), "ipv4_address");
+        assert_eq!(
+            prost_snake("x-kubernetes-list-type"),
+            "x_kubernetes_list_type"
+        );
+        assert_eq!(lower_camel("request_sub_resource"), "requestSubResource");
+        assert_eq!(normalise("$ref"), normalise("ref"));
+    }
+
+    #[test]
+    fn prost_attributes_and_types_parse() {
+        assert_eq!(
+            split_attr(r#"btree_map = "string, message", tag = "10""#),
+            [r#"btree_map = "string, message""#, r#"tag = "10""#]
+        );
+        let module: Vec<String> = ["api", "core", "v1"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let f = parse_pb_field(
+            r#"btree_map = "string, message", tag = "10""#,
+            "pub allocated_resources: ::prost::alloc::collections::BTreeMap<::prost::alloc::string::String,super::super::super::apimachinery::pkg::api::resource::Quantity,>,",
+            &module,
+        )
+        .expect("parses");
+        assert_eq!((f.tag, f.card), (10, Card::Map));
+        assert_eq!(
+            f.ty,
+            Scalar::Message("io.k8s.apimachinery.pkg.api.resource.Quantity".to_owned())
+        );
+        let f = parse_pb_field(
+            r#"message, optional, boxed, tag = "28""#,
+            "pub not: ::core::option::Option<::prost::alloc::boxed::Box<JsonSchemaProps>>,",
+            &[
+                "apiextensions_apiserver".to_owned(),
+                "pkg".to_owned(),
+                "apis".to_owned(),
+                "apiextensions".to_owned(),
+                "v1".to_owned(),
+            ],
+        )
+        .expect("parses");
+        assert_eq!(
+            f.ty,
+            Scalar::Message(
+                "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JsonSchemaProps"
+                    .to_owned()
+            )
+        );
+        let f = parse_pb_field(
+            r#"int64, repeated, packed = "false", tag = "3""#,
+            "pub values: ::prost::alloc::vec::Vec<i64>,",
+            &module,
+        )
+        .expect("parses");
+        assert_eq!((f.card, f.ty), (Card::Repeated, Scalar::I64));
+        assert!(parse_pb_field(r#"enumeration = "X", tag = "1""#, "pub e: i32,", &module).is_err());
     }
 }
