@@ -13,6 +13,7 @@
 pub mod app;
 pub mod cache;
 pub mod certificates;
+pub mod codec;
 pub mod cli;
 pub mod config;
 pub mod entry;

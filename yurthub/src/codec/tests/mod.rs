@@ -1,0 +1,7 @@
+//! Cross-module tests of the codec: round trips over realistic objects, checks of the
+//! protobuf output against the independent k8s-pb (prost) types, lists and watch.
+mod fixtures;
+mod golden;
+mod lists;
+mod roundtrip;
+mod watch;
