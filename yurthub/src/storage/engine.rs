@@ -4,9 +4,11 @@
 //!
 //! redb latches the first I/O error of a handle (every later call returns
 //! `PreviousIo`, reads included) until the file is closed and reopened. The
-//! writer therefore reopens right after a failed batch; readers that hit the
-//! latch wait for that reopen and retry once. A reopen replays redb's crash
-//! recovery, so it lands on the last durable commit.
+//! writer therefore reopens right after a failed batch, and a reader that
+//! hits the latch (or damage, or a panic inside the engine) reopens and
+//! retries once. A reopen replays redb's crash recovery, so it lands on the
+//! last durable commit, and verifies every checksum, so a damaged file is
+//! moved aside instead of being served.
 
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -14,8 +16,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::SystemTime;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -130,10 +132,9 @@ pub(crate) struct Engine {
     pub path: PathBuf,
     options: EngineOptions,
     db: RwLock<Option<Database>>,
-    /// Bumped on every reopen attempt; readers that hit redb's I/O latch
-    /// wait on it.
+    /// Bumped on every reopen attempt, so that a failure seen by several
+    /// threads reopens the file once.
     generation: Mutex<u64>,
-    reopened: Condvar,
     pub counters: Counters,
 }
 
@@ -163,7 +164,6 @@ impl Engine {
                 options,
                 db: RwLock::new(Some(db)),
                 generation: Mutex::new(0),
-                reopened: Condvar::new(),
                 counters,
             },
             recovery,
@@ -181,60 +181,75 @@ impl Engine {
     }
 
     /// Runs a read transaction. Never waits for the writer (MVCC), except
-    /// across the rare reopen after an I/O failure.
+    /// across the rare reopen after an I/O failure or a damaged page.
+    ///
+    /// An engine I/O error, a corruption report or a panic inside the engine
+    /// reopens the file (which verifies every checksum and moves a damaged
+    /// file aside) and retries once.
     pub fn read<T>(
         &self,
         f: impl Fn(&ReadTransaction) -> Result<T, ReadError>,
     ) -> Result<T, Error> {
         let mut retried = false;
         loop {
-            let seen = *self
-                .generation
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let seen = self.generation();
             let result = self.with_db(|db| {
                 let Some(db) = db else {
-                    return Err(None);
+                    return Err(ReadFailure::Unavailable);
                 };
-                let txn = db
-                    .begin_read()
-                    .map_err(|e| Some(ReadError::Engine(e.into())))?;
-                f(&txn).map_err(Some)
+                let txn = db.begin_read().map_err(|e| ReadFailure::Engine(e.into()))?;
+                match panic::catch_unwind(AssertUnwindSafe(|| f(&txn))) {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(ReadError::Engine(e))) => Err(ReadFailure::Engine(e)),
+                    Ok(Err(ReadError::Store(e))) => Err(ReadFailure::Store(e)),
+                    Err(p) => Err(ReadFailure::Panicked(panic_message(p.as_ref()))),
+                }
             });
-            match result {
+            let reason = match result {
                 Ok(v) => return Ok(v),
-                Err(None) => {
+                Err(ReadFailure::Unavailable) => {
                     return Err(Error::Unavailable {
                         path: self.path.clone(),
                         reason: "the store could not be reopened after an i/o error".into(),
                     });
                 }
-                Err(Some(ReadError::Engine(e))) if needs_reopen(&e) && !retried => {
-                    retried = true;
-                    self.wait_for_reopen(seen, Duration::from_secs(5));
+                Err(ReadFailure::Store(e)) => return Err(e),
+                Err(ReadFailure::Engine(e)) if retried || !needs_reopen(&e) => {
+                    return Err(runtime_error(&self.path, e));
                 }
-                Err(Some(ReadError::Engine(e))) => return Err(runtime_error(&self.path, e)),
-                Err(Some(ReadError::Store(e))) => return Err(e),
-            }
+                Err(ReadFailure::Panicked(msg)) if retried => {
+                    return Err(Error::Engine {
+                        path: self.path.clone(),
+                        detail: format!("a read panicked twice: {msg}"),
+                    });
+                }
+                Err(ReadFailure::Engine(e)) => e.to_string(),
+                Err(ReadFailure::Panicked(msg)) => format!("a read panicked: {msg}"),
+            };
+            retried = true;
+            let _ = self.reopen_if(seen, &reason);
         }
     }
 
-    fn wait_for_reopen(&self, seen: u64, timeout: Duration) {
-        let guard = self
+    /// Incremented by every reopen, under the write lock of the handle.
+    pub fn generation(&self) -> u64 {
+        *self
             .generation
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let _ = self
-            .reopened
-            .wait_timeout_while(guard, timeout, |g| *g == seen)
-            .unwrap_or_else(PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Closes and reopens the file after an I/O failure latched the handle.
-    /// Waits for in-flight reads to finish first (the file lock is per open
-    /// file, so the old handle must be gone before the new one opens).
-    pub fn reopen(&self) -> Result<Option<Recovery>, Error> {
+    /// Closes and reopens the file unless someone already did since
+    /// generation `seen`: after an I/O failure latched the handle, or when
+    /// the file looks damaged. The reopen replays crash recovery, verifies
+    /// every checksum and moves a damaged file aside. It waits for in-flight
+    /// reads and the writer's batch to finish first (the file lock is per
+    /// open file, so the old handle must be gone before the new one opens).
+    pub fn reopen_if(&self, seen: u64, reason: &str) -> Result<Option<Recovery>, Error> {
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if self.generation() != seen {
+            return Ok(None);
+        }
         if let Some(old) = guard.take() {
             // A latched handle cannot write its clean-shutdown mark; the
             // reopen below runs redb's crash recovery instead.
@@ -252,21 +267,20 @@ impl Engine {
                         .corrupted_recovered
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                tracing::warn!(path = %self.path.display(), "cache store reopened after an i/o error");
+                tracing::warn!(path = %self.path.display(), reason, "cache store reopened");
                 Ok(recovery)
             }
             Err(e) => {
                 self.counters.unavailable.store(true, Ordering::Relaxed);
-                tracing::error!(path = %self.path.display(), error = %e, "cache store could not be reopened; reads and writes fail until it can");
+                tracing::error!(path = %self.path.display(), reason, error = %e, "cache store could not be reopened; reads and writes fail until it can");
                 Err(e)
             }
         };
-        drop(guard);
         *self
             .generation
             .lock()
             .unwrap_or_else(PoisonError::into_inner) += 1;
-        self.reopened.notify_all();
+        drop(guard);
         outcome
     }
 
@@ -287,9 +301,22 @@ impl Engine {
     }
 }
 
-/// Whether a redb error means the handle is latched and must be reopened.
+/// Whether a redb error means the handle must be reopened: an I/O error
+/// latched it, or the engine found damage (the reopen's integrity check
+/// then moves the file aside).
 pub(crate) fn needs_reopen(e: &redb::Error) -> bool {
-    matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+    matches!(
+        e,
+        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::Corrupted(_)
+    )
+}
+
+/// How a read attempt failed.
+enum ReadFailure {
+    Unavailable,
+    Engine(redb::Error),
+    Store(Error),
+    Panicked(String),
 }
 
 pub(crate) fn is_disk_full(e: &io::Error) -> bool {

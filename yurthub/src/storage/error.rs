@@ -63,7 +63,7 @@ pub enum Error {
     #[error("cache store writer for {path} has stopped")]
     WriterStopped { path: PathBuf },
 
-    /// A caller-supplied predicate panicked while the batch was applied.
+    /// A caller-supplied scope predicate panicked; the operation was refused.
     #[error("a scope predicate panicked while writing cache store {path}")]
     PredicatePanicked { path: PathBuf },
 

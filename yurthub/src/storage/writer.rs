@@ -305,6 +305,7 @@ impl Writer {
             replies.push((m.reply, m.permit));
         }
 
+        let generation = engine.generation();
         match self.apply_batch(ops) {
             Ok((results, committed)) => {
                 if committed {
@@ -338,6 +339,7 @@ impl Writer {
             Err(e) => {
                 let reopen = e.needs_reopen();
                 let err = e.into_error(&self.engine.path);
+                let reason = err.to_string();
                 if err.is_disk_full() {
                     counters.disk_full.store(true, Ordering::Relaxed);
                 }
@@ -350,7 +352,7 @@ impl Writer {
                 }
                 if reopen {
                     self.last_reopen = Some(Instant::now());
-                    let _ = self.engine.reopen();
+                    let _ = self.engine.reopen_if(generation, &reason);
                 }
             }
         }
@@ -364,7 +366,10 @@ impl Writer {
             return false;
         }
         self.last_reopen = Some(Instant::now());
-        self.engine.reopen().is_ok()
+        let generation = self.engine.generation();
+        self.engine
+            .reopen_if(generation, "the store is closed after a failed reopen")
+            .is_ok()
     }
 
     /// Splits off the operations that would grow the file when the
@@ -461,24 +466,31 @@ enum BatchError {
 }
 
 impl BatchError {
+    /// Engine failures and engine panics reopen the file (verifying it);
+    /// caller predicates never get here (see `Cx::replace`).
     fn needs_reopen(&self) -> bool {
         match self {
             BatchError::Engine(e) => engine::needs_reopen(e),
-            BatchError::Panicked => false,
+            BatchError::Panicked => true,
         }
     }
 
     fn into_error(self, path: &std::path::Path) -> Error {
         match self {
             BatchError::Engine(e) => engine::runtime_error(path, e),
-            BatchError::Panicked => Error::PredicatePanicked {
+            BatchError::Panicked => Error::Engine {
                 path: path.to_path_buf(),
+                detail: "the engine panicked while applying a batch; the file is being verified"
+                    .into(),
             },
         }
     }
 }
 
 type BytesTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+
+/// An encoded object: key and value as stored.
+type Entry = (Vec<u8>, Vec<u8>);
 
 /// What a batch leaves behind once applied.
 struct BatchState {
@@ -879,11 +891,7 @@ impl<'t, 'e> Cx<'t, 'e> {
 
     // === lists ===
 
-    fn encode_items(
-        &self,
-        scope: &ScopeKey,
-        items: &[Object],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, OpError> {
+    fn encode_items(&self, scope: &ScopeKey, items: &[Object]) -> Result<Vec<Entry>, OpError> {
         items
             .iter()
             .map(|o| {
@@ -905,7 +913,7 @@ impl<'t, 'e> Cx<'t, 'e> {
         &mut self,
         scope: &ScopeKey,
         in_scope: &Predicate,
-        items: Vec<(Vec<u8>, Vec<u8>)>,
+        items: Vec<Entry>,
         list_rv: &ResourceVersion,
     ) -> Result<(), OpError> {
         let prefix = codec::scope_object_prefix(scope)?;
@@ -943,7 +951,13 @@ impl<'t, 'e> Cx<'t, 'e> {
                     removed.push(k.to_vec());
                     continue;
                 };
-                if in_scope(&decoded.meta) {
+                let belongs = panic::catch_unwind(AssertUnwindSafe(|| in_scope(&decoded.meta)))
+                    .map_err(|_| {
+                        OpError::Soft(Error::PredicatePanicked {
+                            path: self.engine.path.clone(),
+                        })
+                    })?;
+                if belongs {
                     old_bytes += entry_len(k, v);
                     removed.push(k.to_vec());
                 }
