@@ -1772,6 +1772,88 @@ async fn the_size_cap_evicts_oldest_events_first_then_refuses() {
     .expect("fits after a delete");
 }
 
+#[tokio::test]
+async fn a_lost_watch_event_withdraws_the_scope_progress_until_a_relist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_with(
+        dir.path(),
+        Options {
+            max_bytes: Some(64 * 1024),
+            ..Options::default()
+        },
+    );
+    let r = pods("kubelet");
+    let scope = r.scope(None, "");
+    let ev = |name: &str, rv, size| {
+        WatchEvent::Modified(obj_with(Some("d"), name, rv, &[], &[], "w".repeat(size)))
+    };
+    within("e1", store.apply_watch_event(&scope, ev("a", 10, 100)))
+        .await
+        .expect("small event");
+    assert_eq!(
+        store
+            .watch_progress(&scope)
+            .expect("p")
+            .expect("set")
+            .resource_version
+            .as_str(),
+        "10"
+    );
+
+    // Event 11 cannot be cached (over the cap, no events to evict).
+    let lost = within(
+        "e2",
+        store.apply_watch_event(&scope, ev("b", 11, 100 * 1024)),
+    )
+    .await;
+    assert!(
+        matches!(lost, Err(Error::CapacityExceeded { .. })),
+        "{lost:?}"
+    );
+    assert!(
+        store.watch_progress(&scope).expect("p").is_none(),
+        "progress withdrawn: resuming at 10 or later would skip event 11"
+    );
+    assert_eq!(store.stats().stale_watch_scopes, 1);
+
+    // Later events are still cached, but cannot move the progress past the hole.
+    within("e3", store.apply_watch_event(&scope, ev("a", 12, 100)))
+        .await
+        .expect("later event");
+    assert_eq!(rv_of(&store, &r, Some("d"), "a").as_deref(), Some("12"));
+    assert!(store.watch_progress(&scope).expect("p").is_none());
+    // Another scope is unaffected.
+    let other = r.scope(Some("x"), "");
+    within(
+        "other",
+        store.apply_watch_event(&other, WatchEvent::Bookmark("5".into())),
+    )
+    .await
+    .expect("other scope");
+    assert!(store.watch_progress(&other).expect("p").is_some());
+
+    // A relist closes the hole.
+    within(
+        "relist",
+        store.replace_scope(&scope, |_| true, vec![obj(Some("d"), "a", 13)], 13),
+    )
+    .await
+    .expect("relist");
+    assert_eq!(store.stats().stale_watch_scopes, 0);
+    within("e4", store.apply_watch_event(&scope, ev("a", 14, 100)))
+        .await
+        .expect("event after relist");
+    assert_eq!(
+        store
+            .watch_progress(&scope)
+            .expect("p")
+            .expect("set")
+            .resource_version
+            .as_str(),
+        "14"
+    );
+}
+
 // === OpenYurt import ===
 
 fn write_file(path: &Path, content: &str) {

@@ -112,6 +112,7 @@ pub(crate) struct Counters {
     pub evicted_events: AtomicU64,
     pub capacity_refusals: AtomicU64,
     pub reopens: AtomicU64,
+    pub stale_watch_scopes: AtomicU64,
     pub disk_full: AtomicBool,
     pub unavailable: AtomicBool,
     pub last_write_error: Mutex<Option<String>>,

@@ -54,6 +54,12 @@
 //! * A list replace also records the scope's list marker (so an empty list
 //!   differs from "never listed") and sets the scope's watch progress to the
 //!   list RV, in the same transaction.
+//! * A watch event that cannot be cached (disk full, size cap, failed
+//!   batch) makes its scope stale: the scope's watch progress is withdrawn
+//!   and not advanced by later events, so a reconnect relists instead of
+//!   resuming past the lost event. A list replace or an explicit
+//!   `set_watch_progress`/`clear_watch_progress` ends it
+//!   ([`Stats::stale_watch_scopes`]).
 //! * Paginated lists are staged on disk ([`Store::begin_staged`]) and replace
 //!   the scope only when committed; stagings left over by a previous process
 //!   are dropped at open.
@@ -487,6 +493,7 @@ impl Store {
             evicted_events: c.evicted_events.load(Ordering::Relaxed),
             capacity_refusals: c.capacity_refusals.load(Ordering::Relaxed),
             reopens: c.reopens.load(Ordering::Relaxed),
+            stale_watch_scopes: c.stale_watch_scopes.load(Ordering::Relaxed),
             unavailable: c.unavailable.load(Ordering::Relaxed),
         }
     }

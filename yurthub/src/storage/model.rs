@@ -369,8 +369,11 @@ pub struct Stats {
     pub evicted_events: u64,
     /// Writes refused because `max_bytes` would be exceeded.
     pub capacity_refusals: u64,
-    /// Times the engine was reopened after an I/O failure.
+    /// Times the engine was reopened after an I/O failure or damage.
     pub reopens: u64,
+    /// Watch scopes that lost an event (refused or failed write): their
+    /// progress is withdrawn until they are relisted.
+    pub stale_watch_scopes: u64,
     /// The store is currently unable to serve (reopen after an I/O error failed).
     pub unavailable: bool,
 }

@@ -130,6 +130,14 @@ impl Op {
         }
     }
 
+    /// The watch scope whose progress this operation moves, encoded.
+    fn watch_scope_key(&self) -> Option<Vec<u8>> {
+        match self {
+            Op::WatchEvent { scope, .. } => codec::scope_key(scope).ok(),
+            _ => None,
+        }
+    }
+
     /// Bytes held in memory while queued, for the batch byte bound.
     fn queued_bytes(&self) -> usize {
         match self {
@@ -194,6 +202,7 @@ pub(crate) fn spawn(
                 engine,
                 config,
                 last_reopen: None,
+                stale: HashSet::new(),
             }
             .run(rx)
         })
@@ -203,6 +212,10 @@ struct Writer {
     engine: Arc<Engine>,
     config: WriterConfig,
     last_reopen: Option<Instant>,
+    /// Watch scopes that lost an event (refused or failed). Their progress
+    /// is withdrawn and no longer advanced, so a reconnect cannot resume past
+    /// the hole; a relist (replace) or an explicit progress reset clears it.
+    stale: HashSet<Vec<u8>>,
 }
 
 /// What a single operation's application can end in.
@@ -274,6 +287,8 @@ impl Writer {
         self.engine.close();
     }
 
+    /// Counters are updated before replies go out, so a caller that saw
+    /// its write complete also sees its effect in `Store::stats`.
     fn process(&mut self, batch: Vec<Msg>) {
         let engine = self.engine.clone();
         let counters = &engine.counters;
@@ -300,14 +315,19 @@ impl Writer {
 
         let mut ops = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
+        let mut watch_scopes = Vec::new();
         for m in batch {
+            watch_scopes.extend(m.op.watch_scope_key());
             ops.push(m.op);
             replies.push((m.reply, m.permit));
         }
 
         let generation = engine.generation();
-        match self.apply_batch(ops) {
-            Ok((results, committed)) => {
+        let outcome = self.apply_batch(ops, self.stale.clone());
+        match outcome {
+            Ok((results, committed, stale)) => {
+                self.stale = stale;
+                self.publish_stale();
                 if committed {
                     counters.commits.fetch_add(1, Ordering::Relaxed);
                     counters.disk_full.store(false, Ordering::Relaxed);
@@ -340,6 +360,8 @@ impl Writer {
                 let reopen = e.needs_reopen();
                 let err = e.into_error(&self.engine.path);
                 let reason = err.to_string();
+                self.stale.extend(watch_scopes);
+                self.publish_stale();
                 if err.is_disk_full() {
                     counters.disk_full.store(true, Ordering::Relaxed);
                 }
@@ -356,6 +378,13 @@ impl Writer {
                 }
             }
         }
+    }
+
+    fn publish_stale(&self) {
+        self.engine
+            .counters
+            .stale_watch_scopes
+            .store(self.stale.len() as u64, Ordering::Relaxed);
     }
 
     fn try_reopen(&mut self) -> bool {
@@ -404,8 +433,11 @@ impl Writer {
         (kept, Some((refused, err)))
     }
 
-    fn fail_all(&self, batch: Vec<Msg>, err: &Error) {
+    fn fail_all(&mut self, batch: Vec<Msg>, err: &Error) {
         self.engine.counters.record_error(batch.len() as u64, err);
+        self.stale
+            .extend(batch.iter().filter_map(|m| m.op.watch_scope_key()));
+        self.publish_stale();
         for m in batch {
             if let Some(reply) = m.reply {
                 let _ = reply.send(Err(err.clone()));
@@ -416,7 +448,15 @@ impl Writer {
     /// Applies the operations in one write transaction and commits it when
     /// anything changed. Returns each operation's result and whether a
     /// commit happened.
-    fn apply_batch(&self, ops: Vec<Op>) -> Result<(Vec<Result<Outcome, Error>>, bool), BatchError> {
+    #[expect(
+        clippy::type_complexity,
+        reason = "private plumbing between two functions"
+    )]
+    fn apply_batch(
+        &self,
+        ops: Vec<Op>,
+        stale: HashSet<Vec<u8>>,
+    ) -> Result<(Vec<Result<Outcome, Error>>, bool, HashSet<Vec<u8>>), BatchError> {
         let engine = &self.engine;
         engine.with_db(|db| {
             let Some(db) = db else {
@@ -427,7 +467,7 @@ impl Writer {
                 .map_err(|e| BatchError::Engine(e.into()))?;
             let start_payload = engine.counters.payload.load(Ordering::Relaxed);
             let (results, state) = {
-                let mut cx = Cx::open(&txn, start_payload, &self.config, engine)
+                let mut cx = Cx::open(&txn, start_payload, &self.config, engine, stale)
                     .map_err(BatchError::Engine)?;
                 let mut results = Vec::with_capacity(ops.len());
                 for op in ops {
@@ -439,11 +479,11 @@ impl Writer {
                         Err(_) => return Err(BatchError::Panicked),
                     }
                 }
-                (results, cx.state())
+                (results, cx.into_state())
             };
             if !state.dirty {
                 txn.abort().map_err(|e| BatchError::Engine(e.into()))?;
-                return Ok((results, false));
+                return Ok((results, false, state.stale));
             }
             txn.commit().map_err(|e| BatchError::Engine(e.into()))?;
             engine.counters.payload.store(state.payload, Ordering::Relaxed);
@@ -454,7 +494,7 @@ impl Writer {
                     .fetch_add(state.evicted, Ordering::Relaxed);
                 tracing::warn!(path = %engine.path.display(), evicted = state.evicted, cap = ?self.config.max_bytes, "cache store at its size cap: evicted the oldest cached events");
             }
-            Ok((results, true))
+            Ok((results, true, state.stale))
         })
     }
 }
@@ -497,6 +537,7 @@ struct BatchState {
     payload: u64,
     evicted: u64,
     dirty: bool,
+    stale: HashSet<Vec<u8>>,
 }
 
 /// The tables of one write transaction plus the batch's bookkeeping.
@@ -515,6 +556,8 @@ struct Cx<'t, 'e> {
     now: SystemTime,
     cap: Option<u64>,
     engine: &'e Engine,
+    /// See `Writer::stale`; this batch's working copy.
+    stale: HashSet<Vec<u8>>,
 }
 
 fn entry_len(k: &[u8], v: &[u8]) -> u64 {
@@ -580,8 +623,9 @@ impl<'t, 'e> Cx<'t, 'e> {
         payload: u64,
         config: &WriterConfig,
         engine: &'e Engine,
+        stale: HashSet<Vec<u8>>,
     ) -> Result<Self, redb::Error> {
-        Ok(Self {
+        let mut cx = Self {
             objects: txn.open_table(engine::OBJECTS)?,
             markers: txn.open_table(engine::MARKERS)?,
             progress: txn.open_table(engine::PROGRESS)?,
@@ -596,14 +640,23 @@ impl<'t, 'e> Cx<'t, 'e> {
             now: SystemTime::now(),
             cap: config.max_bytes,
             engine,
-        })
+            stale,
+        };
+        // Withdraw the progress of scopes that lost an event. Normally empty.
+        for k in &cx.stale {
+            if remove_plain(&mut cx.progress, &mut cx.payload, k)? {
+                cx.dirty = true;
+            }
+        }
+        Ok(cx)
     }
 
-    fn state(&self) -> BatchState {
+    fn into_state(self) -> BatchState {
         BatchState {
             payload: self.payload,
             evicted: self.evicted,
             dirty: self.dirty,
+            stale: self.stale,
         }
     }
 
@@ -657,6 +710,7 @@ impl<'t, 'e> Cx<'t, 'e> {
             Op::WatchEvent { scope, event } => self.watch_event(&scope, &event),
             Op::SetProgress { scope, rv } => {
                 let k = codec::scope_key(&scope)?;
+                self.stale.remove(&k);
                 match rv {
                     Some(rv) => {
                         let v = codec::encode_progress(&rv, self.now);
@@ -847,9 +901,38 @@ impl<'t, 'e> Cx<'t, 'e> {
         Ok(Outcome::Applied(Applied::Stored))
     }
 
+    /// Applies a watch event and moves the scope's progress with it. An
+    /// event that cannot be applied makes the scope stale (see
+    /// `Writer::stale`) instead of leaving a hole behind later progress.
     fn watch_event(&mut self, scope: &ScopeKey, event: &WatchEvent) -> OpResult {
         let pk = codec::scope_key(scope)?;
-        let applied = match event {
+        let applied = match self.watch_event_object(scope, event) {
+            Ok(applied) => applied,
+            Err(e) => {
+                if self.stale.insert(pk.clone()) {
+                    tracing::warn!(path = %self.engine.path.display(), scope = %scope, "a watch event could not be cached; the scope's watch progress is withdrawn until it is relisted");
+                }
+                remove_plain(&mut self.progress, &mut self.payload, &pk)?;
+                self.dirty = true;
+                return Err(e);
+            }
+        };
+        if self.stale.contains(&pk) {
+            remove_plain(&mut self.progress, &mut self.payload, &pk)?;
+        } else {
+            let pv = codec::encode_progress(event.resource_version(), self.now);
+            put_plain(&mut self.progress, &mut self.payload, &pk, &pv)?;
+        }
+        self.dirty = true;
+        Ok(Outcome::Applied(applied))
+    }
+
+    fn watch_event_object(
+        &mut self,
+        scope: &ScopeKey,
+        event: &WatchEvent,
+    ) -> Result<Applied, OpError> {
+        Ok(match event {
             WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                 match self.put_if_not_older(&scope.resource, Some(scope), o)? {
                     Outcome::Applied(a) => a,
@@ -882,11 +965,7 @@ impl<'t, 'e> Cx<'t, 'e> {
                 }
             }
             WatchEvent::Bookmark(_) => Applied::ProgressOnly,
-        };
-        let pv = codec::encode_progress(event.resource_version(), self.now);
-        put_plain(&mut self.progress, &mut self.payload, &pk, &pv)?;
-        self.dirty = true;
-        Ok(Outcome::Applied(applied))
+        })
     }
 
     // === lists ===
@@ -986,6 +1065,8 @@ impl<'t, 'e> Cx<'t, 'e> {
         put_plain(&mut self.markers, &mut self.payload, &sk, &marker)?;
         let progress = codec::encode_progress(list_rv, self.now);
         put_plain(&mut self.progress, &mut self.payload, &sk, &progress)?;
+        // A relist closes any hole a lost watch event left.
+        self.stale.remove(&sk);
         self.dirty = true;
         Ok(())
     }
