@@ -93,6 +93,9 @@ pub use model::{
 use engine::{Engine, EngineOptions};
 use writer::{Msg, Op, Outcome, WriterConfig};
 
+/// Queue accounting unit (bytes per permit).
+const QUEUE_UNIT: usize = 1024;
+
 /// How the store is opened.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -106,8 +109,9 @@ pub struct Options {
     pub max_batch_ops: usize,
     /// Upper bound of queued body bytes per transaction.
     pub max_batch_bytes: usize,
-    /// Operations that may wait in the queue before writers are slowed down.
-    pub queue_capacity: usize,
+    /// Body bytes that may wait in the write queue before submitters are
+    /// slowed down: bounds the memory a slow disk can make the queue hold.
+    pub queue_bytes: usize,
     /// redb page cache size.
     pub cache_bytes: usize,
     /// Free space to leave on the filesystem; growing writes that would eat
@@ -125,7 +129,7 @@ impl Default for Options {
             batch_window: Duration::from_millis(2),
             max_batch_ops: 2048,
             max_batch_bytes: 16 << 20,
-            queue_capacity: 8192,
+            queue_bytes: 8 << 20,
             cache_bytes: 4 << 20,
             disk_reserve: Some(16 << 20),
             keep_corrupt_files: 2,
@@ -149,7 +153,9 @@ pub struct Store {
 struct Inner {
     engine: Arc<Engine>,
     tx: Option<mpsc::Sender<Msg>>,
+    /// One permit per KiB of queued body bytes (at least one per operation).
     queue: Arc<Semaphore>,
+    queue_permits: u32,
     writer: Option<JoinHandle<()>>,
     next_staging: AtomicU64,
     max_bytes: Option<u64>,
@@ -227,6 +233,8 @@ impl Store {
         };
         let writer =
             writer::spawn(engine.clone(), config, rx).map_err(|e| Error::io(&engine.path, e))?;
+        let queue_permits =
+            u32::try_from((options.queue_bytes / QUEUE_UNIT).max(1)).unwrap_or(u32::MAX >> 3);
         let (bytes, _) = engine.file_usage();
         tracing::info!(path = %engine.path.display(), bytes_on_disk = bytes, recovered = recovery.is_some(), "cache store open");
         Ok(Opened {
@@ -234,7 +242,8 @@ impl Store {
                 inner: Arc::new(Inner {
                     engine,
                     tx: Some(tx),
-                    queue: Arc::new(Semaphore::new(options.queue_capacity.max(1))),
+                    queue: Arc::new(Semaphore::new(queue_permits as usize)),
+                    queue_permits,
                     writer: Some(writer),
                     next_staging: AtomicU64::new(1),
                     max_bytes: options.max_bytes,
@@ -699,11 +708,15 @@ impl Store {
     }
 
     async fn enqueue(&self, op: Op) -> Result<oneshot::Receiver<Result<Outcome, Error>>, Error> {
+        // An operation bigger than the whole queue takes all of it.
+        let cost = u32::try_from(1 + op.queued_bytes() / QUEUE_UNIT)
+            .unwrap_or(u32::MAX)
+            .min(self.inner.queue_permits);
         let permit = self
             .inner
             .queue
             .clone()
-            .acquire_owned()
+            .acquire_many_owned(cost)
             .await
             .map_err(|_| self.stopped())?;
         let (reply, rx) = oneshot::channel();

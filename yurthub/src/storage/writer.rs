@@ -139,7 +139,7 @@ impl Op {
     }
 
     /// Bytes held in memory while queued, for the batch byte bound.
-    fn queued_bytes(&self) -> usize {
+    pub(crate) fn queued_bytes(&self) -> usize {
         match self {
             Op::Put { object, .. } => object.body.len(),
             Op::Replace { items, .. } | Op::StagePage { items, .. } => {
@@ -689,11 +689,11 @@ impl<'t, 'e> Cx<'t, 'e> {
                 items,
                 list_rv,
             } => {
-                let encoded = self.encode_items(&scope, &items)?;
+                let encoded = self.encode_items(&scope, items)?;
                 self.replace(&scope, &in_scope, encoded, &list_rv)?;
                 Ok(Outcome::Done)
             }
-            Op::StagePage { id, scope, items } => self.stage_page(id, &scope, &items),
+            Op::StagePage { id, scope, items } => self.stage_page(id, &scope, items),
             Op::CommitStaged {
                 id,
                 scope,
@@ -970,9 +970,11 @@ impl<'t, 'e> Cx<'t, 'e> {
 
     // === lists ===
 
-    fn encode_items(&self, scope: &ScopeKey, items: &[Object]) -> Result<Vec<Entry>, OpError> {
+    /// Encodes a list's items, consuming them so that each body can be
+    /// freed as soon as its stored copy exists.
+    fn encode_items(&self, scope: &ScopeKey, items: Vec<Object>) -> Result<Vec<Entry>, OpError> {
         items
-            .iter()
+            .into_iter()
             .map(|o| {
                 check_in_scope(scope, &o.meta)?;
                 let k = codec::object_key_parts(
@@ -1071,7 +1073,7 @@ impl<'t, 'e> Cx<'t, 'e> {
         Ok(())
     }
 
-    fn stage_page(&mut self, id: u64, scope: &ScopeKey, items: &[Object]) -> OpResult {
+    fn stage_page(&mut self, id: u64, scope: &ScopeKey, items: Vec<Object>) -> OpResult {
         let encoded = self.encode_items(scope, items)?;
         let growth: u64 = encoded.iter().map(|(k, v)| entry_len(k, v) + 8).sum();
         self.make_room(growth)?;
