@@ -17,7 +17,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -136,8 +136,13 @@ pub(crate) struct Engine {
     /// Bumped on every reopen attempt, so that a failure seen by several
     /// threads reopens the file once.
     generation: Mutex<u64>,
+    /// When the last reopen failed: attempts are spaced by `REOPEN_BACKOFF`.
+    failed_reopen: Mutex<Option<Instant>>,
     pub counters: Counters,
 }
+
+/// Minimum pause between reopen attempts while the file cannot be opened.
+const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Why an open failed, which decides between moving the file aside and
 /// giving up (a file we cannot judge must never be thrown away).
@@ -165,6 +170,7 @@ impl Engine {
                 options,
                 db: RwLock::new(Some(db)),
                 generation: Mutex::new(0),
+                failed_reopen: Mutex::new(None),
                 counters,
             },
             recovery,
@@ -208,12 +214,13 @@ impl Engine {
             });
             let reason = match result {
                 Ok(v) => return Ok(v),
-                Err(ReadFailure::Unavailable) => {
+                Err(ReadFailure::Unavailable) if retried => {
                     return Err(Error::Unavailable {
                         path: self.path.clone(),
                         reason: "the store could not be reopened after an i/o error".into(),
                     });
                 }
+                Err(ReadFailure::Unavailable) => "an earlier reopen failed".to_owned(),
                 Err(ReadFailure::Store(e)) => return Err(e),
                 Err(ReadFailure::Engine(e)) if retried || !needs_reopen(&e) => {
                     return Err(runtime_error(&self.path, e));
@@ -246,10 +253,21 @@ impl Engine {
     /// every checksum and moves a damaged file aside. It waits for in-flight
     /// reads and the writer's batch to finish first (the file lock is per
     /// open file, so the old handle must be gone before the new one opens).
+    /// After a failed reopen, further attempts wait `REOPEN_BACKOFF`.
     pub fn reopen_if(&self, seen: u64, reason: &str) -> Result<Option<Recovery>, Error> {
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
         if self.generation() != seen {
             return Ok(None);
+        }
+        let mut failed = self
+            .failed_reopen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() && failed.is_some_and(|at| at.elapsed() < REOPEN_BACKOFF) {
+            return Err(Error::Unavailable {
+                path: self.path.clone(),
+                reason: "waiting before the next reopen attempt".into(),
+            });
         }
         if let Some(old) = guard.take() {
             // A latched handle cannot write its clean-shutdown mark; the
@@ -260,6 +278,7 @@ impl Engine {
         let outcome = match result {
             Ok((db, payload, recovery)) => {
                 *guard = Some(db);
+                *failed = None;
                 self.counters.payload.store(payload, Ordering::Relaxed);
                 self.counters.reopens.fetch_add(1, Ordering::Relaxed);
                 self.counters.unavailable.store(false, Ordering::Relaxed);
@@ -272,6 +291,7 @@ impl Engine {
                 Ok(recovery)
             }
             Err(e) => {
+                *failed = Some(Instant::now());
                 self.counters.unavailable.store(true, Ordering::Relaxed);
                 tracing::error!(path = %self.path.display(), reason, error = %e, "cache store could not be reopened; reads and writes fail until it can");
                 Err(e)
@@ -281,6 +301,7 @@ impl Engine {
             .generation
             .lock()
             .unwrap_or_else(PoisonError::into_inner) += 1;
+        drop(failed);
         drop(guard);
         outcome
     }

@@ -187,8 +187,6 @@ const COMMIT_SLACK: u64 = 1 << 20;
 /// After an eviction the store aims this far below the cap (per mille), so
 /// that a store sitting at its cap does not evict on every write.
 const LOW_WATER_PER_MILLE: u64 = 900;
-/// Minimum pause between reopen attempts while the file cannot be opened.
-const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) fn spawn(
     engine: Arc<Engine>,
@@ -201,7 +199,6 @@ pub(crate) fn spawn(
             Writer {
                 engine,
                 config,
-                last_reopen: None,
                 stale: HashSet::new(),
             }
             .run(rx)
@@ -211,7 +208,6 @@ pub(crate) fn spawn(
 struct Writer {
     engine: Arc<Engine>,
     config: WriterConfig,
-    last_reopen: Option<Instant>,
     /// Watch scopes that lost an event (refused or failed). Their progress
     /// is withdrawn and no longer advanced, so a reconnect cannot resume past
     /// the hole; a relist (replace) or an explicit progress reset clears it.
@@ -373,7 +369,6 @@ impl Writer {
                     }
                 }
                 if reopen {
-                    self.last_reopen = Some(Instant::now());
                     let _ = self.engine.reopen_if(generation, &reason);
                 }
             }
@@ -387,14 +382,7 @@ impl Writer {
             .store(self.stale.len() as u64, Ordering::Relaxed);
     }
 
-    fn try_reopen(&mut self) -> bool {
-        if self
-            .last_reopen
-            .is_some_and(|at| at.elapsed() < REOPEN_BACKOFF)
-        {
-            return false;
-        }
-        self.last_reopen = Some(Instant::now());
+    fn try_reopen(&self) -> bool {
         let generation = self.engine.generation();
         self.engine
             .reopen_if(generation, "the store is closed after a failed reopen")
