@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod redirect;
 pub mod redirector;
 pub mod remote;
+pub mod storage;
 pub mod telemetry;
 
 pub use app::App;
