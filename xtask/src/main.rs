@@ -8,6 +8,7 @@
 mod build_ebpf;
 mod cmd;
 mod lint;
+mod proto_schema;
 mod setup;
 mod test;
 
@@ -34,6 +35,9 @@ enum Command {
     Test(test::Args),
     /// rustfmt check, clippy -D warnings on the workspace and on the eBPF crate.
     Lint,
+    /// Regenerate (or --check) the JSON/protobuf schema table of the codec
+    /// from the k8s-pb and k8s-openapi sources.
+    GenProtoSchema(proto_schema::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::BuildEbpf => build_ebpf::run(),
         Command::Test(args) => test::run(&args),
         Command::Lint => lint::run(),
+        Command::GenProtoSchema(args) => proto_schema::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
