@@ -1207,6 +1207,68 @@ async fn direct_object_api() {
     assert!(api.get("v1", "Pod", "default", "d").is_none());
 }
 
+#[tokio::test]
+async fn legacy_watch_path_deletecollection_and_namespace_cascade() {
+    let api = server().await;
+    let http = Http::admin(&api);
+    http.post("/api/v1/namespaces", &json!({"metadata": {"name": "gone"}}))
+        .await;
+    let base = "/api/v1/namespaces/gone/configmaps";
+    let created = http.post(base, &cm("one", json!({"del": "yes"}))).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(
+        created
+            .headers
+            .get(header::CACHE_CONTROL)
+            .map(|v| v.as_bytes()),
+        Some(&b"no-cache, private"[..])
+    );
+    assert!(created.headers.contains_key("audit-id"));
+    http.post(base, &cm("two", json!({}))).await;
+    let from = rv(&created.json());
+    let mut w = http
+        .watch(&format!(
+            "/api/v1/watch/namespaces/gone/configmaps?resourceVersion={from}"
+        ))
+        .await;
+    let dc = http
+        .send(
+            Method::DELETE,
+            &format!("{base}?labelSelector=del%3Dyes"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(dc.status, StatusCode::OK);
+    assert_eq!(dc.json()["kind"], "ConfigMapList");
+    assert_eq!(dc.json()["items"][0]["metadata"]["name"], "one");
+    assert_eq!(w.next_change().await["type"], "ADDED", "two");
+    let deleted = w.next_change().await;
+    assert_eq!(
+        (
+            deleted["type"].as_str(),
+            deleted["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("DELETED"), Some("one"))
+    );
+
+    let ns = http
+        .send(Method::DELETE, "/api/v1/namespaces/gone", &[], None)
+        .await
+        .json();
+    assert_eq!(ns["kind"], "Namespace");
+    assert_eq!(ns["status"]["phase"], "Terminating");
+    assert_eq!(
+        http.get(base).await.json()["items"],
+        json!([]),
+        "contents removed"
+    );
+    assert_eq!(
+        http.get("/api/v1/namespaces/gone").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
 // ---- real clients -------------------------------------------------------
 
 async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {

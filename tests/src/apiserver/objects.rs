@@ -40,7 +40,8 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-fn new_uid() -> String {
+/// A random UUID (v4), as metadata.uid and Audit-Id use.
+pub fn new_uid() -> String {
     let b: [u8; 16] = rand::random();
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
