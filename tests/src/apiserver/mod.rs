@@ -374,6 +374,18 @@ impl ApiServer {
             .unwrap_or(0)
     }
 
+    /// Waits until `n` watches on `resource` are open; false on timeout.
+    pub async fn wait_for_open_watches(&self, resource: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.open_watches(resource) != n {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// Watch requests received in total (including rejected ones).
     pub fn watch_requests(&self) -> usize {
         self.shared.watch_requests.load(Ordering::SeqCst)

@@ -132,14 +132,11 @@ async fn handle(
             ))
         }
         "watch" => {
-            watch::serve(
-                shared.clone(),
-                req,
-                rt.clone(),
-                rp.namespace.clone(),
-                neg.clone(),
-            )
-            .await
+            let scope = watch::Scope {
+                namespace: rp.namespace.clone(),
+                name: rp.name.clone(),
+            };
+            watch::serve(shared.clone(), req, rt.clone(), scope, neg.clone()).await
         }
         "create" => {
             let body = decode_body(shared, &mut req, rt).await?;

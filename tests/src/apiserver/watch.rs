@@ -108,11 +108,18 @@ enum Start {
     Error(ApiError),
 }
 
+/// What a watch covers: a namespace (or all) and, for the legacy
+/// single-object watch (`.../pods/NAME?watch=true`), one name.
+pub struct Scope {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
 pub async fn serve(
     shared: Arc<Shared>,
     req: ApiRequest,
     rt: Arc<ResourceType>,
-    namespace: Option<String>,
+    scope: Scope,
     neg: Negotiated,
 ) -> Result<Response<Body>, ApiError> {
     shared.watch_requests.fetch_add(1, Ordering::SeqCst);
@@ -169,7 +176,7 @@ pub async fn serve(
     let stream = Stream {
         shared,
         rt,
-        namespace,
+        scope,
         params,
         neg,
         tx,
@@ -230,7 +237,7 @@ impl HttpBody for ChannelBody {
 struct Stream {
     shared: Arc<Shared>,
     rt: Arc<ResourceType>,
-    namespace: Option<String>,
+    scope: Scope,
     params: WatchParams,
     neg: Negotiated,
     tx: mpsc::Sender<Bytes>,
@@ -254,7 +261,7 @@ impl Stream {
             Start::State { rv, end_bookmark } => {
                 let items = match self.shared.store.list_at(
                     &self.rt.storage_key(),
-                    self.namespace.as_deref(),
+                    self.scope.namespace.as_deref(),
                     rv,
                     None,
                 ) {
@@ -263,8 +270,8 @@ impl Stream {
                         return self.error(&too_old(requested, oldest)).await;
                     }
                 };
-                for (_, obj) in items {
-                    if self.params.selectors.matches(&obj) {
+                for (key, obj) in items {
+                    if self.in_scope(&key.name) && self.params.selectors.matches(&obj) {
                         self.send("ADDED", &obj).await?;
                     }
                 }
@@ -320,14 +327,21 @@ impl Stream {
         }
     }
 
+    fn in_scope(&self, name: &str) -> bool {
+        self.scope.name.as_deref().is_none_or(|n| n == name)
+    }
+
     /// The event this watcher sees for a stored event, if any.
     fn filter(&self, event: &StoredEvent) -> Option<(&'static str, Value)> {
         if event.key.gr != self.rt.storage_key() {
             return None;
         }
-        if let Some(ns) = &self.namespace
+        if let Some(ns) = &self.scope.namespace
             && &event.key.namespace != ns
         {
+            return None;
+        }
+        if !self.in_scope(&event.key.name) {
             return None;
         }
         let sel = &self.params.selectors;
