@@ -1269,6 +1269,164 @@ async fn legacy_watch_path_deletecollection_and_namespace_cascade() {
     );
 }
 
+#[tokio::test]
+async fn bootstrap_token_csr_is_approved_and_signed() {
+    let api = server().await;
+    let token = api
+        .create_bootstrap_token(
+            "abcdef",
+            "0123456789abcdef",
+            &["system:bootstrappers:openyurt:yurthub"],
+        )
+        .expect("bootstrap token");
+    let boot = Http::new(&api, Some(&token), None, false);
+    // kube-public/cluster-info carries the token's detached JWS.
+    let info = Http::admin(&api)
+        .get("/api/v1/namespaces/kube-public/configmaps/cluster-info")
+        .await
+        .json();
+    assert!(
+        info["data"]["kubeconfig"]
+            .as_str()
+            .expect("kubeconfig")
+            .contains("certificate-authority-data")
+    );
+    let jws = info["data"]["jws-kubeconfig-abcdef"].as_str().expect("jws");
+    assert!(jws.contains(".."), "detached JWS: {jws}");
+
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "openyurt:yurthub");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:n1");
+    let csr_pem = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    use base64::Engine as _;
+    let request = base64::engine::general_purpose::STANDARD.encode(csr_pem);
+    let created = boot
+        .post(
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            &json!({
+                "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                "metadata": {"generateName": "csr-"},
+                "spec": {"request": request, "signerName": "kubernetes.io/kube-apiserver-client",
+                         "usages": ["digital signature", "key encipherment", "client auth"],
+                         "username": "forged"}
+            }),
+        )
+        .await;
+    assert_eq!(
+        created.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let csr = created.json();
+    assert_eq!(
+        csr["spec"]["username"], "system:bootstrap:abcdef",
+        "the server records the requester"
+    );
+    assert!(
+        csr["spec"]["groups"]
+            .as_array()
+            .expect("groups")
+            .contains(&json!("system:bootstrappers"))
+    );
+    assert!(
+        csr.get("status").is_none(),
+        "the create response is not yet signed"
+    );
+    let name = csr["metadata"]["name"].as_str().expect("name").to_owned();
+    let signed = boot
+        .get(&format!(
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}"
+        ))
+        .await
+        .json();
+    assert_eq!(signed["status"]["conditions"][0]["type"], "Approved");
+    let cert_pem = base64::engine::general_purpose::STANDARD
+        .decode(
+            signed["status"]["certificate"]
+                .as_str()
+                .expect("certificate"),
+        )
+        .expect("base64");
+    let cert = String::from_utf8(cert_pem).expect("pem");
+    // The issued certificate authenticates as the node.
+    let node = Http::new(&api, None, Some((cert, key.serialize_pem())), false);
+    assert_eq!(node.get(PODS).await.status, StatusCode::OK);
+    let rec = api.requests().pop().expect("recorded");
+    assert_eq!(
+        rec.auth,
+        Auth::ClientCert {
+            cn: "system:node:n1".into(),
+            orgs: vec!["openyurt:yurthub".into()]
+        }
+    );
+
+    let sar = Http::admin(&api)
+        .post(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            &json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                    "spec": {"user": "system:node:n1", "resourceAttributes": {"verb": "get", "resource": "pods"}}}),
+        )
+        .await;
+    assert_eq!(sar.status, StatusCode::CREATED);
+    assert_eq!(sar.json()["status"]["allowed"], true);
+    assert_eq!(
+        Http::admin(&api)
+            .get("/apis/authorization.k8s.io/v1/subjectaccessreviews")
+            .await
+            .status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "reviews are create-only"
+    );
+}
+
+#[tokio::test]
+async fn pending_csrs_wait_for_manual_approval() {
+    let api = server_with(ApiServer::builder().csr_auto_approve(false)).await;
+    let http = Http::admin(&api);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "someone");
+    let csr_pem = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    use base64::Engine as _;
+    let path = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    http.post(
+        path,
+        &json!({"metadata": {"name": "manual"}, "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(csr_pem),
+            "signerName": "kubernetes.io/kube-apiserver-client", "usages": ["client auth"]}}),
+    )
+    .await;
+    assert!(
+        http.get(&format!("{path}/manual"))
+            .await
+            .json()
+            .get("status")
+            .is_none()
+    );
+    api.approve_csr("manual").expect("approve");
+    let csr = http.get(&format!("{path}/manual")).await.json();
+    assert!(
+        csr["status"]["certificate"].is_string(),
+        "signed after approval"
+    );
+}
+
 // ---- real clients -------------------------------------------------------
 
 async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {

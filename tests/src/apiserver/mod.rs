@@ -10,6 +10,7 @@
 //! routing; the submodules own one concern each.
 
 mod conn;
+mod controllers;
 mod discovery;
 mod exec;
 mod faults;
@@ -124,6 +125,7 @@ pub struct ApiServerBuilder {
     extra_dns: Vec<String>,
     extra_ips: Vec<IpAddr>,
     custom: Vec<ResourceType>,
+    csr_auto_approve: bool,
 }
 
 impl Default for ApiServerBuilder {
@@ -139,6 +141,7 @@ impl Default for ApiServerBuilder {
             extra_dns: Vec::new(),
             extra_ips: Vec::new(),
             custom: Vec::new(),
+            csr_auto_approve: true,
         }
     }
 }
@@ -197,6 +200,15 @@ impl ApiServerBuilder {
         self
     }
 
+    /// Whether CSRs are approved as soon as they are created (default true,
+    /// like a cluster whose approver accepts node CSRs). Approved CSRs of
+    /// the kube-apiserver-client(-kubelet) and kubelet-serving signers are
+    /// always signed with the cluster CA.
+    pub fn csr_auto_approve(mut self, on: bool) -> Self {
+        self.csr_auto_approve = on;
+        self
+    }
+
     /// Registers a custom resource type at start.
     pub fn crd(mut self, t: ResourceType) -> Self {
         self.custom.push(t);
@@ -243,6 +255,7 @@ impl ApiServerBuilder {
             pki: pki.clone(),
             port: AtomicU64::new(0),
             token_serial: AtomicU64::new(0),
+            csr_auto_approve: self.csr_auto_approve,
         });
         let running = conn::Running::start(self.listen, tls.clone(), shared.clone()).await?;
         let addr = running.addr;
@@ -273,6 +286,7 @@ pub(crate) struct Shared {
     pki: Arc<TestPki>,
     port: AtomicU64,
     token_serial: AtomicU64,
+    csr_auto_approve: bool,
 }
 
 impl Shared {
@@ -280,8 +294,10 @@ impl Shared {
         self.protobuf.as_deref()
     }
 
+    /// Static and service-account tokens, then bootstrap tokens.
     fn lookup_token(&self, token: &str) -> Option<User> {
-        lock(&self.tokens).get(token).cloned()
+        let known = lock(&self.tokens).get(token).cloned();
+        known.or_else(|| controllers::bootstrap_token_user(self, token))
     }
 }
 
@@ -418,6 +434,44 @@ impl ApiServer {
 
     pub fn add_token(&self, token: &str, user: User) {
         lock(&self.shared.tokens).insert(token.to_owned(), user);
+    }
+
+    /// Approves a pending CSR (it is then signed), like `kubectl certificate approve`.
+    pub fn approve_csr(&self, name: &str) -> Result<(), ApiError> {
+        controllers::approve_csr(&self.shared, name)?;
+        controllers::reconcile_csr(&self.shared, name);
+        Ok(())
+    }
+
+    /// Creates a bootstrap token Secret (authentication and signing usages,
+    /// like `kubeadm token create`) and returns the token `<id>.<secret>`.
+    pub fn create_bootstrap_token(
+        &self,
+        id: &str,
+        secret: &str,
+        extra_groups: &[&str],
+    ) -> Result<String, ApiError> {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut data = serde_json::Map::new();
+        data.insert("token-id".into(), b64(id).into());
+        data.insert("token-secret".into(), b64(secret).into());
+        data.insert("usage-bootstrap-authentication".into(), b64("true").into());
+        data.insert("usage-bootstrap-signing".into(), b64("true").into());
+        if !extra_groups.is_empty() {
+            data.insert(
+                "auth-extra-groups".into(),
+                b64(&extra_groups.join(",")).into(),
+            );
+        }
+        self.create(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "bootstrap.kubernetes.io/token",
+            "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+            "data": data,
+        }))?;
+        Ok(format!("{id}.{secret}"))
     }
 
     /// Serves a custom resource type (like creating a CRD).

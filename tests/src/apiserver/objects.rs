@@ -272,6 +272,9 @@ fn apply_create_defaults(shared: &Shared, rt: &ResourceType, obj: &mut Value) {
                 json!({"phase": "Pending", "qosClass": qos}),
             );
         }
+        ("certificates.k8s.io", "certificatesigningrequests") => {
+            map.remove("status");
+        }
         ("", "namespaces") => {
             map.insert("spec".into(), json!({"finalizers": ["kubernetes"]}));
             map.insert("status".into(), json!({"phase": "Active"}));
@@ -886,6 +889,7 @@ pub fn bootstrap(shared: &Shared) -> Result<(), ApiError> {
         }),
         false,
     )?;
+    super::controllers::create_cluster_info(shared)?;
     Ok(())
 }
 
@@ -913,7 +917,9 @@ fn namespace_for(rt: &ResourceType, obj: &Value) -> Option<String> {
 pub fn direct_create(shared: &Shared, obj: Value) -> Result<Value, ApiError> {
     let rt = type_of(shared, &obj)?;
     let ns = namespace_for(&rt, &obj);
-    create(shared, &rt, ns.as_deref(), obj, false)
+    let created = create(shared, &rt, ns.as_deref(), obj, false)?;
+    super::controllers::after_write(shared, &rt, &created);
+    Ok(created)
 }
 
 pub fn direct_update(shared: &Shared, obj: Value, status: bool) -> Result<Value, ApiError> {
@@ -925,7 +931,9 @@ pub fn direct_update(shared: &Shared, obj: Value, status: bool) -> Result<Value,
     } else {
         UpdateScope::Main
     };
-    update(shared, &rt, ns.as_deref(), &name, obj, scope, false).map(|(v, _)| v)
+    let (updated, _) = update(shared, &rt, ns.as_deref(), &name, obj, scope, false)?;
+    super::controllers::after_write(shared, &rt, &updated);
+    Ok(updated)
 }
 
 pub fn direct_delete(
