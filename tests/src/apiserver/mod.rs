@@ -8,6 +8,36 @@
 //! This module owns the server lifecycle (start, abrupt shutdown, restart on
 //! the same port), connection handling, authentication, the request log and
 //! routing; the submodules own one concern each.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use yurthub_e2e::apiserver::{ApiServer, Fault, FaultKind, User};
+//!
+//! let api = ApiServer::builder()
+//!     .token("t0ken", User::new("admin", &["system:masters"]))
+//!     .bookmark_interval(Duration::from_secs(1))
+//!     .start()
+//!     .await?;
+//! api.create(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+//!     "metadata": {"name": "c", "namespace": "default"}}))?;
+//! api.inject(Fault::new("/api/v1/pods", FaultKind::Status(503)).times(1));
+//! let kubeconfig = api.kubeconfig_for("admin")?; // token auth, CA embedded
+//! api.shutdown().await; // RST every connection: the cloud vanished
+//! api.restart().await?; // same port, same objects
+//! # let _ = kubeconfig; Ok(()) }
+//! ```
+//!
+//! Known differences from kube-apiserver (deliberate scope limits, not
+//! bent semantics): no OpenAPI documents (`/openapi/*` is 404, so
+//! `kubectl apply/create -f` needs `--validate=false`); no managedFields
+//! or server-side-apply field ownership (apply patches merge like a JSON
+//! merge patch and create missing objects); core/v1 and events.k8s.io/v1
+//! events are stored separately; no validation of spec immutability; no
+//! garbage collector (propagationPolicy is ignored); SPDY exec/attach only
+//! completes the 101 handshake (WebSocket v4/v5 is fully served) and
+//! port-forward is not served; `pods/log` is empty; every authenticated user
+//! may do everything (like system:masters).
 
 mod conn;
 mod controllers;
