@@ -408,6 +408,12 @@ impl ApiServer {
         lock(&self.shared.log).clone()
     }
 
+    /// Returns the requests logged so far and empties the log (for long
+    /// runs that stream the log instead of keeping it).
+    pub fn take_requests(&self) -> Vec<RecordedRequest> {
+        std::mem::take(&mut *lock(&self.shared.log))
+    }
+
     pub fn clear_requests(&self) {
         lock(&self.shared.log).clear();
     }
