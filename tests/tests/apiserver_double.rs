@@ -1427,6 +1427,39 @@ async fn pending_csrs_wait_for_manual_approval() {
     );
 }
 
+#[tokio::test]
+async fn replicas_share_one_store_and_resource_version_sequence() {
+    let a = server().await;
+    let b = a
+        .replica("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("replica starts");
+    assert_ne!(a.addr(), b.addr());
+    let (ha, hb) = (Http::admin(&a), Http::admin(&b));
+    let from = rv(&ha.post(CMS, &cm("one", json!({}))).await.json());
+    let mut w = hb
+        .watch(&format!("{CMS}?watch=true&resourceVersion={from}"))
+        .await;
+    let two = ha.post(CMS, &cm("two", json!({}))).await.json();
+    let seen = w.next_change().await;
+    assert_eq!(
+        seen["object"]["metadata"]["name"], "two",
+        "a write on A is seen by a watch on B"
+    );
+    assert_eq!(rv(&seen["object"]), rv(&two));
+    assert!(hb.get(PODS).await.status.is_success());
+    assert!(
+        a.requests().iter().all(|r| r.path != PODS),
+        "separate request logs"
+    );
+    a.shutdown().await;
+    assert_eq!(
+        hb.get(&format!("{CMS}/two")).await.status,
+        StatusCode::OK,
+        "B survives A"
+    );
+}
+
 // ---- real clients -------------------------------------------------------
 
 async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {

@@ -275,7 +275,7 @@ impl ApiServerBuilder {
             store: store::Store::new(self.history_window, objects::INITIAL_RESOURCE_VERSION),
             bookmark_interval: self.bookmark_interval,
             allow_anonymous: self.allow_anonymous,
-            tokens: Mutex::new(self.tokens),
+            tokens: Arc::new(Mutex::new(self.tokens)),
             protobuf: self.protobuf,
             log: Mutex::new(Vec::new()),
             open_watches: Mutex::new(HashMap::new()),
@@ -306,7 +306,8 @@ pub(crate) struct Shared {
     store: store::Store,
     bookmark_interval: Duration,
     allow_anonymous: bool,
-    tokens: Mutex<HashMap<String, User>>,
+    /// Shared with replicas, like the authenticator config of an HA pair.
+    tokens: Arc<Mutex<HashMap<String, User>>>,
     protobuf: Option<Arc<dyn ProtobufCodec>>,
     log: Mutex<Vec<RecordedRequest>>,
     open_watches: Mutex<HashMap<String, usize>>,
@@ -401,6 +402,40 @@ impl ApiServer {
 
     pub fn is_running(&self) -> bool {
         self.running.try_lock().map(|r| r.is_some()).unwrap_or(true)
+    }
+
+    /// Another apiserver of the same cluster (an HA replica): it serves the
+    /// same store (one resourceVersion sequence, shared watch history),
+    /// types, tokens and CA, but has its own listener, request log, faults,
+    /// readiness and shutdown.
+    pub async fn replica(&self, listen: SocketAddr) -> Result<ApiServer, ApiServerError> {
+        let s = &self.shared;
+        let shared = Arc::new(Shared {
+            registry: s.registry.clone(),
+            store: s.store.clone(),
+            bookmark_interval: s.bookmark_interval,
+            allow_anonymous: s.allow_anonymous,
+            tokens: s.tokens.clone(),
+            protobuf: s.protobuf.clone(),
+            log: Mutex::new(Vec::new()),
+            open_watches: Mutex::new(HashMap::new()),
+            watch_requests: AtomicUsize::new(0),
+            faults: faults::FaultSet::default(),
+            ready: AtomicBool::new(true),
+            pki: s.pki.clone(),
+            port: AtomicU64::new(0),
+            token_serial: AtomicU64::new(0),
+            csr_auto_approve: s.csr_auto_approve,
+        });
+        let running = conn::Running::start(listen, self.tls.clone(), shared.clone()).await?;
+        let addr = running.addr;
+        shared.port.store(u64::from(addr.port()), Ordering::SeqCst);
+        Ok(ApiServer {
+            shared,
+            tls: self.tls.clone(),
+            addr: Mutex::new(addr),
+            running: tokio::sync::Mutex::new(Some(running)),
+        })
     }
 
     /// Every request received so far, oldest first.
