@@ -1460,6 +1460,74 @@ async fn replicas_share_one_store_and_resource_version_sequence() {
     );
 }
 
+#[tokio::test]
+async fn websocket_port_forward_echoes() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let api = server().await;
+    api.create(pod("pf", "n1", json!({}))).expect("pod");
+    let tls = Arc::new(tls_config(&api, None));
+    let tcp = tokio::net::TcpStream::connect(api.addr())
+        .await
+        .expect("connect");
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("tls");
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "wss://localhost:{}/api/v1/namespaces/default/pods/pf/portforward?ports=8080",
+            api.addr().port()
+        ))
+        .expect("request");
+    let h = request.headers_mut();
+    h.insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("header"),
+    );
+    h.insert(
+        "sec-websocket-protocol",
+        "v4.channel.k8s.io".parse().expect("header"),
+    );
+    let (mut ws, resp) =
+        tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "v4.channel.k8s.io"
+    );
+    let mut next = async || match tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("frame in time")
+    {
+        Some(Ok(Message::Binary(b))) => b.to_vec(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(
+        next().await,
+        [0, 0x90, 0x1f],
+        "data channel announces port 8080"
+    );
+    assert_eq!(
+        next().await,
+        [1, 0x90, 0x1f],
+        "error channel announces port 8080"
+    );
+    drop(next);
+    ws.send(Message::Binary(vec![0, b'h', b'i'].into()))
+        .await
+        .expect("send");
+    let echoed = tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("echo in time");
+    assert!(matches!(echoed, Some(Ok(Message::Binary(b))) if b.as_ref() == [0, b'h', b'i']));
+}
+
 // ---- real clients -------------------------------------------------------
 
 async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {

@@ -34,9 +34,10 @@
 //! or server-side-apply field ownership (apply patches merge like a JSON
 //! merge patch and create missing objects); core/v1 and events.k8s.io/v1
 //! events are stored separately; no validation of spec immutability; no
-//! garbage collector (propagationPolicy is ignored); SPDY exec/attach only
-//! completes the 101 handshake (WebSocket v4/v5 is fully served) and
-//! port-forward is not served; `pods/log` is empty; every authenticated user
+//! garbage collector (propagationPolicy is ignored); SPDY exec/attach/
+//! port-forward only complete the 101 handshake (WebSocket exec v4/v5 and
+//! WebSocket port-forward with an echoing pod are served, but not the
+//! SPDY-over-WebSocket tunnel kubectl port-forward uses); `pods/log` is empty; every authenticated user
 //! may do everything (like system:masters).
 
 mod conn;
