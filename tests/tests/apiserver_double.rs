@@ -1518,7 +1518,6 @@ async fn websocket_port_forward_echoes() {
         [1, 0x90, 0x1f],
         "error channel announces port 8080"
     );
-    drop(next);
     ws.send(Message::Binary(vec![0, b'h', b'i'].into()))
         .await
         .expect("send");
