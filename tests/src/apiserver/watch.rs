@@ -77,14 +77,18 @@ fn parse_params(req: &ApiRequest, rt: &ResourceType) -> Result<WatchParams, ApiE
         }
         None => {}
     }
-    let timeout =
-        match req.param("timeoutSeconds") {
-            Some(t) => Duration::from_secs(t.parse().map_err(|_| {
-                ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}"))
-            })?),
-            // The apiserver's default: a random value in [minRequestTimeout, 2*minRequestTimeout).
-            None => Duration::from_secs(1800 + rand::random_range(0..1800)),
-        };
+    let seconds: u64 = match req.param("timeoutSeconds") {
+        Some(t) => t
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}")))?,
+        None => 0,
+    };
+    // Unset or 0 means the apiserver's default: a random value in
+    // [minRequestTimeout, 2*minRequestTimeout).
+    let timeout = match seconds {
+        0 => Duration::from_secs(1800 + rand::random_range(0..1800)),
+        s => Duration::from_secs(s),
+    };
     Ok(WatchParams {
         selectors,
         resource_version: req
