@@ -115,23 +115,10 @@ impl TestPki {
     /// Issues a client certificate: the apiserver maps CN to the user name and
     /// each O to a group. Returns `(cert_pem, key_pem)`.
     ///
-    /// rcgen keys distinguished-name attributes by type, so a second O is
-    /// written through a custom attribute type with O's OID (2.5.4.10);
-    /// more than two organizations cannot be expressed.
+    /// At most two organizations (see [`subject`]).
     pub fn issue_client_cert(&self, cn: &str, orgs: &[&str]) -> Result<(String, String), PkiError> {
-        const ORGANIZATION_OID: &[u64] = &[2, 5, 4, 10];
         let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        match orgs {
-            [] => {}
-            [one] => dn.push(DnType::OrganizationName, *one),
-            [first, second] => {
-                dn.push(DnType::OrganizationName, *first);
-                dn.push(DnType::CustomDnType(ORGANIZATION_OID.to_vec()), *second);
-            }
-            more => return Err(PkiError::TooManyOrgs(more.len())),
-        }
-        dn.push(DnType::CommonName, cn);
+        let dn = subject(cn, orgs)?;
         params.distinguished_name = dn;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -139,6 +126,58 @@ impl TestPki {
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.sign(params)
+    }
+
+    /// Signs a PKCS#10 request (PEM) the way kube-controller-manager's
+    /// signer does: subject and SANs from the request, key usages from the
+    /// CSR's `spec.usages`, valid for `lifetime`. Returns the certificate PEM.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        usages: &[&str],
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        // rcgen's parser keeps one value per attribute type; read CN and
+        // every O from the request ourselves.
+        let der = pem_body(csr_pem).ok_or(PkiError::Generate(
+            rcgen::Error::CouldNotParseCertificationRequest,
+        ))?;
+        let (_, req) = <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&der)
+            .map_err(|_| PkiError::Generate(rcgen::Error::CouldNotParseCertificationRequest))?;
+        let name = &req.certification_request_info.subject;
+        let cn = name
+            .iter_common_name()
+            .filter_map(|a| a.as_str().ok())
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let orgs: Vec<String> = name
+            .iter_organization()
+            .filter_map(|a| a.as_str().ok().map(str::to_owned))
+            .collect();
+        let org_refs: Vec<&str> = orgs.iter().map(String::as_str).collect();
+        let params = &mut csr.params;
+        params.distinguished_name = subject(&cn, &org_refs)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = Vec::new();
+        params.extended_key_usages = Vec::new();
+        for usage in usages {
+            match *usage {
+                "digital signature" => params.key_usages.push(KeyUsagePurpose::DigitalSignature),
+                "key encipherment" => params.key_usages.push(KeyUsagePurpose::KeyEncipherment),
+                "client auth" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ClientAuth),
+                "server auth" => params
+                    .extended_key_usages
+                    .push(ExtendedKeyUsagePurpose::ServerAuth),
+                _ => {}
+            }
+        }
+        set_validity(params, lifetime);
+        Ok(csr.signed_by(&self.issuer)?.pem())
     }
 
     /// Writes `ca.crt` into `dir` (created if missing) and returns its path.
@@ -166,6 +205,34 @@ impl TestPki {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+}
+
+/// A subject with CN and up to two O attributes. rcgen keys
+/// distinguished-name attributes by type, so a second O is written through
+/// a custom attribute type carrying O's OID (2.5.4.10); more cannot be
+/// expressed.
+fn subject(cn: &str, orgs: &[&str]) -> Result<DistinguishedName, PkiError> {
+    const ORGANIZATION_OID: &[u64] = &[2, 5, 4, 10];
+    let mut dn = DistinguishedName::new();
+    match orgs {
+        [] => {}
+        [one] => dn.push(DnType::OrganizationName, *one),
+        [first, second] => {
+            dn.push(DnType::OrganizationName, *first);
+            dn.push(DnType::CustomDnType(ORGANIZATION_OID.to_vec()), *second);
+        }
+        more => return Err(PkiError::TooManyOrgs(more.len())),
+    }
+    dn.push(DnType::CommonName, cn);
+    Ok(dn)
+}
+
+fn pem_body(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()
 }
 
 /// Backdates `not_before` a little so clocks that disagree by seconds still
@@ -213,5 +280,38 @@ mod tests {
             .collect();
         assert_eq!(cn, ["system:node:n1"]);
         assert_eq!(orgs, ["system:nodes", "openyurt:yurthub"]);
+    }
+
+    #[test]
+    fn signs_csrs_keeping_both_organizations() {
+        let pki = TestPki::new().expect("pki");
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name =
+            subject("system:node:n1", &["openyurt:yurthub", "system:nodes"]).expect("dn");
+        let csr = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let cert = pki
+            .sign_csr(
+                &csr,
+                &["digital signature", "key encipherment", "client auth"],
+                Duration::days(1),
+            )
+            .expect("signed");
+        let der = rustls_pemfile::certs(&mut cert.as_bytes())
+            .next()
+            .expect("one cert")
+            .expect("valid pem");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let orgs: Vec<_> = parsed
+            .subject()
+            .iter_organization()
+            .map(|a| a.as_str().expect("utf8").to_owned())
+            .collect();
+        assert_eq!(orgs, ["openyurt:yurthub", "system:nodes"]);
+        assert!(!parsed.is_ca(), "leaf certificates are not CAs");
     }
 }

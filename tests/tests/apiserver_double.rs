@@ -1207,6 +1207,326 @@ async fn direct_object_api() {
     assert!(api.get("v1", "Pod", "default", "d").is_none());
 }
 
+#[tokio::test]
+async fn legacy_watch_path_deletecollection_and_namespace_cascade() {
+    let api = server().await;
+    let http = Http::admin(&api);
+    http.post("/api/v1/namespaces", &json!({"metadata": {"name": "gone"}}))
+        .await;
+    let base = "/api/v1/namespaces/gone/configmaps";
+    let created = http.post(base, &cm("one", json!({"del": "yes"}))).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(
+        created
+            .headers
+            .get(header::CACHE_CONTROL)
+            .map(|v| v.as_bytes()),
+        Some(&b"no-cache, private"[..])
+    );
+    assert!(created.headers.contains_key("audit-id"));
+    http.post(base, &cm("two", json!({}))).await;
+    let from = rv(&created.json());
+    let mut w = http
+        .watch(&format!(
+            "/api/v1/watch/namespaces/gone/configmaps?resourceVersion={from}"
+        ))
+        .await;
+    let dc = http
+        .send(
+            Method::DELETE,
+            &format!("{base}?labelSelector=del%3Dyes"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(dc.status, StatusCode::OK);
+    assert_eq!(dc.json()["kind"], "ConfigMapList");
+    assert_eq!(dc.json()["items"][0]["metadata"]["name"], "one");
+    assert_eq!(w.next_change().await["type"], "ADDED", "two");
+    let deleted = w.next_change().await;
+    assert_eq!(
+        (
+            deleted["type"].as_str(),
+            deleted["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("DELETED"), Some("one"))
+    );
+
+    let ns = http
+        .send(Method::DELETE, "/api/v1/namespaces/gone", &[], None)
+        .await
+        .json();
+    assert_eq!(ns["kind"], "Namespace");
+    assert_eq!(ns["status"]["phase"], "Terminating");
+    assert_eq!(
+        http.get(base).await.json()["items"],
+        json!([]),
+        "contents removed"
+    );
+    assert_eq!(
+        http.get("/api/v1/namespaces/gone").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn bootstrap_token_csr_is_approved_and_signed() {
+    let api = server().await;
+    let token = api
+        .create_bootstrap_token(
+            "abcdef",
+            "0123456789abcdef",
+            &["system:bootstrappers:openyurt:yurthub"],
+        )
+        .expect("bootstrap token");
+    let boot = Http::new(&api, Some(&token), None, false);
+    // kube-public/cluster-info carries the token's detached JWS.
+    let info = Http::admin(&api)
+        .get("/api/v1/namespaces/kube-public/configmaps/cluster-info")
+        .await
+        .json();
+    assert!(
+        info["data"]["kubeconfig"]
+            .as_str()
+            .expect("kubeconfig")
+            .contains("certificate-authority-data")
+    );
+    let jws = info["data"]["jws-kubeconfig-abcdef"].as_str().expect("jws");
+    assert!(jws.contains(".."), "detached JWS: {jws}");
+
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "openyurt:yurthub");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:n1");
+    let csr_pem = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    use base64::Engine as _;
+    let request = base64::engine::general_purpose::STANDARD.encode(csr_pem);
+    let created = boot
+        .post(
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            &json!({
+                "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                "metadata": {"generateName": "csr-"},
+                "spec": {"request": request, "signerName": "kubernetes.io/kube-apiserver-client",
+                         "usages": ["digital signature", "key encipherment", "client auth"],
+                         "username": "forged"}
+            }),
+        )
+        .await;
+    assert_eq!(
+        created.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let csr = created.json();
+    assert_eq!(
+        csr["spec"]["username"], "system:bootstrap:abcdef",
+        "the server records the requester"
+    );
+    assert!(
+        csr["spec"]["groups"]
+            .as_array()
+            .expect("groups")
+            .contains(&json!("system:bootstrappers"))
+    );
+    assert!(
+        csr.get("status").is_none(),
+        "the create response is not yet signed"
+    );
+    let name = csr["metadata"]["name"].as_str().expect("name").to_owned();
+    let signed = boot
+        .get(&format!(
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}"
+        ))
+        .await
+        .json();
+    assert_eq!(signed["status"]["conditions"][0]["type"], "Approved");
+    let cert_pem = base64::engine::general_purpose::STANDARD
+        .decode(
+            signed["status"]["certificate"]
+                .as_str()
+                .expect("certificate"),
+        )
+        .expect("base64");
+    let cert = String::from_utf8(cert_pem).expect("pem");
+    // The issued certificate authenticates as the node.
+    let node = Http::new(&api, None, Some((cert, key.serialize_pem())), false);
+    assert_eq!(node.get(PODS).await.status, StatusCode::OK);
+    let rec = api.requests().pop().expect("recorded");
+    assert_eq!(
+        rec.auth,
+        Auth::ClientCert {
+            cn: "system:node:n1".into(),
+            orgs: vec!["openyurt:yurthub".into()]
+        }
+    );
+
+    let sar = Http::admin(&api)
+        .post(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            &json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                    "spec": {"user": "system:node:n1", "resourceAttributes": {"verb": "get", "resource": "pods"}}}),
+        )
+        .await;
+    assert_eq!(sar.status, StatusCode::CREATED);
+    assert_eq!(sar.json()["status"]["allowed"], true);
+    assert_eq!(
+        Http::admin(&api)
+            .get("/apis/authorization.k8s.io/v1/subjectaccessreviews")
+            .await
+            .status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "reviews are create-only"
+    );
+}
+
+#[tokio::test]
+async fn pending_csrs_wait_for_manual_approval() {
+    let api = server_with(ApiServer::builder().csr_auto_approve(false)).await;
+    let http = Http::admin(&api);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "someone");
+    let csr_pem = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    use base64::Engine as _;
+    let path = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    http.post(
+        path,
+        &json!({"metadata": {"name": "manual"}, "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(csr_pem),
+            "signerName": "kubernetes.io/kube-apiserver-client", "usages": ["client auth"]}}),
+    )
+    .await;
+    assert!(
+        http.get(&format!("{path}/manual"))
+            .await
+            .json()
+            .get("status")
+            .is_none()
+    );
+    api.approve_csr("manual").expect("approve");
+    let csr = http.get(&format!("{path}/manual")).await.json();
+    assert!(
+        csr["status"]["certificate"].is_string(),
+        "signed after approval"
+    );
+}
+
+#[tokio::test]
+async fn replicas_share_one_store_and_resource_version_sequence() {
+    let a = server().await;
+    let b = a
+        .replica("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("replica starts");
+    assert_ne!(a.addr(), b.addr());
+    let (ha, hb) = (Http::admin(&a), Http::admin(&b));
+    let from = rv(&ha.post(CMS, &cm("one", json!({}))).await.json());
+    let mut w = hb
+        .watch(&format!("{CMS}?watch=true&resourceVersion={from}"))
+        .await;
+    let two = ha.post(CMS, &cm("two", json!({}))).await.json();
+    let seen = w.next_change().await;
+    assert_eq!(
+        seen["object"]["metadata"]["name"], "two",
+        "a write on A is seen by a watch on B"
+    );
+    assert_eq!(rv(&seen["object"]), rv(&two));
+    assert!(hb.get(PODS).await.status.is_success());
+    assert!(
+        a.requests().iter().all(|r| r.path != PODS),
+        "separate request logs"
+    );
+    a.shutdown().await;
+    assert_eq!(
+        hb.get(&format!("{CMS}/two")).await.status,
+        StatusCode::OK,
+        "B survives A"
+    );
+}
+
+#[tokio::test]
+async fn websocket_port_forward_echoes() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let api = server().await;
+    api.create(pod("pf", "n1", json!({}))).expect("pod");
+    let tls = Arc::new(tls_config(&api, None));
+    let tcp = tokio::net::TcpStream::connect(api.addr())
+        .await
+        .expect("connect");
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("tls");
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "wss://localhost:{}/api/v1/namespaces/default/pods/pf/portforward?ports=8080",
+            api.addr().port()
+        ))
+        .expect("request");
+    let h = request.headers_mut();
+    h.insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("header"),
+    );
+    h.insert(
+        "sec-websocket-protocol",
+        "v4.channel.k8s.io".parse().expect("header"),
+    );
+    let (mut ws, resp) =
+        tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, stream))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "v4.channel.k8s.io"
+    );
+    let mut next = async || match tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("frame in time")
+    {
+        Some(Ok(Message::Binary(b))) => b.to_vec(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(
+        next().await,
+        [0, 0x90, 0x1f],
+        "data channel announces port 8080"
+    );
+    assert_eq!(
+        next().await,
+        [1, 0x90, 0x1f],
+        "error channel announces port 8080"
+    );
+    ws.send(Message::Binary(vec![0, b'h', b'i'].into()))
+        .await
+        .expect("send");
+    let echoed = tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("echo in time");
+    assert!(matches!(echoed, Some(Ok(Message::Binary(b))) if b.as_ref() == [0, b'h', b'i']));
+}
+
 // ---- real clients -------------------------------------------------------
 
 async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {

@@ -3,7 +3,9 @@
 //! uses by default) runs a fake exec: `echo ARGS...` writes the arguments to
 //! stdout; `cat` copies stdin to stdout until stdin closes (v5 close signal
 //! or the socket closing); then the error channel carries the exit Status
-//! and the socket closes. SPDY/3.1 is answered with its 101 handshake only:
+//! and the socket closes. Port-forward over WebSocket (`v4.channel.k8s.io`)
+//! echoes what is sent to each port. SPDY/3.1 is answered with its 101
+//! handshake only:
 //! the SPDY framing itself is not implemented, so the session is closed
 //! right after (clients then report a stream error).
 
@@ -29,6 +31,8 @@ const ERROR: u8 = 3;
 const CLOSE: u8 = 255;
 
 const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// The kubelet's WebSocket port-forward protocol.
+const PORT_FORWARD_PROTOCOLS: &[&str] = &["v4.channel.k8s.io"];
 
 pub async fn serve(
     mut req: ApiRequest,
@@ -73,7 +77,7 @@ pub async fn serve(
         return Err(ApiError::bad_request("Upgrade request required"));
     };
     match upgrade_to.as_deref() {
-        Some("websocket") if sub != "portforward" => websocket(req, on_upgrade, sub),
+        Some("websocket") => websocket(req, on_upgrade, sub),
         Some(p) if p.starts_with("spdy/") => Ok(spdy_handshake_only(on_upgrade)),
         _ => Err(ApiError::bad_request("Upgrade request required")),
     }
@@ -95,13 +99,18 @@ fn websocket(
         .flat_map(|v| v.split(','))
         .map(|p| p.trim().to_owned())
         .collect();
+    let supported = if sub == "portforward" {
+        PORT_FORWARD_PROTOCOLS
+    } else {
+        PROTOCOLS
+    };
     let Some(protocol) = offered
         .iter()
-        .find(|p| PROTOCOLS.contains(&p.as_str()))
+        .find(|p| supported.contains(&p.as_str()))
         .cloned()
     else {
         return Err(ApiError::bad_request(format!(
-            "unable to upgrade: no supported subprotocol in {offered:?}; supported: {PROTOCOLS:?}"
+            "unable to upgrade: no supported subprotocol in {offered:?}; supported: {supported:?}"
         )));
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -113,13 +122,23 @@ fn websocket(
     let stdin = req.param("stdin").is_some_and(|v| v == "true" || v == "1");
     let v5 = protocol == "v5.channel.k8s.io";
     let attach = sub == "attach";
+    let ports = port_list(&req);
+    let port_forward = sub == "portforward";
+    if port_forward && ports.is_empty() {
+        return Err(ApiError::bad_request("at least one port must be specified"));
+    }
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
-                if let Err(e) = run_exec(ws, command, stdin, v5, attach).await {
+                let result = if port_forward {
+                    run_port_forward(ws, ports).await
+                } else {
+                    run_exec(ws, command, stdin, v5, attach).await
+                };
+                if let Err(e) = result {
                     tracing::debug!(error = %e, "exec session ended with error");
                 }
             }
@@ -141,6 +160,46 @@ fn websocket(
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+fn port_list(req: &ApiRequest) -> Vec<u16> {
+    req.params("ports")
+        .into_iter()
+        .flat_map(|p| p.split(','))
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+/// WebSocket port-forward: for port i, channel 2i carries data and 2i+1
+/// errors; each channel starts with the port number (u16, little endian).
+/// The fake pod echoes whatever is sent to a port.
+async fn run_port_forward(
+    mut ws: Ws,
+    ports: Vec<u16>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    for (i, port) in ports.iter().enumerate() {
+        let Ok(data_channel) = u8::try_from(2 * i) else {
+            break;
+        };
+        ws.send(frame(data_channel, &port.to_le_bytes())).await?;
+        ws.send(frame(data_channel + 1, &port.to_le_bytes()))
+            .await?;
+    }
+    while let Some(msg) = ws.next().await {
+        let data = match msg? {
+            Message::Binary(b) => b.to_vec(),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        if let Some((&channel, payload)) = data.split_first()
+            && channel % 2 == 0
+            && usize::from(channel / 2) < ports.len()
+            && !payload.is_empty()
+        {
+            ws.send(frame(channel, payload)).await?;
+        }
+    }
+    Ok(())
+}
 
 fn frame(channel: u8, data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);

@@ -8,8 +8,40 @@
 //! This module owns the server lifecycle (start, abrupt shutdown, restart on
 //! the same port), connection handling, authentication, the request log and
 //! routing; the submodules own one concern each.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use yurthub_e2e::apiserver::{ApiServer, Fault, FaultKind, User};
+//!
+//! let api = ApiServer::builder()
+//!     .token("t0ken", User::new("admin", &["system:masters"]))
+//!     .bookmark_interval(Duration::from_secs(1))
+//!     .start()
+//!     .await?;
+//! api.create(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+//!     "metadata": {"name": "c", "namespace": "default"}}))?;
+//! api.inject(Fault::new("/api/v1/pods", FaultKind::Status(503)).times(1));
+//! let kubeconfig = api.kubeconfig_for("admin")?; // token auth, CA embedded
+//! api.shutdown().await; // RST every connection: the cloud vanished
+//! api.restart().await?; // same port, same objects
+//! # let _ = kubeconfig; Ok(()) }
+//! ```
+//!
+//! Known differences from kube-apiserver (deliberate scope limits, not
+//! bent semantics): no OpenAPI documents (`/openapi/*` is 404, so
+//! `kubectl apply/create -f` needs `--validate=false`); no managedFields
+//! or server-side-apply field ownership (apply patches merge like a JSON
+//! merge patch and create missing objects); core/v1 and events.k8s.io/v1
+//! events are stored separately; no validation of spec immutability; no
+//! garbage collector (propagationPolicy is ignored); SPDY exec/attach/
+//! port-forward only complete the 101 handshake (WebSocket exec v4/v5 and
+//! WebSocket port-forward with an echoing pod are served, but not the
+//! SPDY-over-WebSocket tunnel kubectl port-forward uses); `pods/log` is empty; every authenticated user
+//! may do everything (like system:masters).
 
 mod conn;
+mod controllers;
 mod discovery;
 mod exec;
 mod faults;
@@ -124,6 +156,7 @@ pub struct ApiServerBuilder {
     extra_dns: Vec<String>,
     extra_ips: Vec<IpAddr>,
     custom: Vec<ResourceType>,
+    csr_auto_approve: bool,
 }
 
 impl Default for ApiServerBuilder {
@@ -139,6 +172,7 @@ impl Default for ApiServerBuilder {
             extra_dns: Vec::new(),
             extra_ips: Vec::new(),
             custom: Vec::new(),
+            csr_auto_approve: true,
         }
     }
 }
@@ -197,6 +231,15 @@ impl ApiServerBuilder {
         self
     }
 
+    /// Whether CSRs are approved as soon as they are created (default true,
+    /// like a cluster whose approver accepts node CSRs). Approved CSRs of
+    /// the kube-apiserver-client(-kubelet) and kubelet-serving signers are
+    /// always signed with the cluster CA.
+    pub fn csr_auto_approve(mut self, on: bool) -> Self {
+        self.csr_auto_approve = on;
+        self
+    }
+
     /// Registers a custom resource type at start.
     pub fn crd(mut self, t: ResourceType) -> Self {
         self.custom.push(t);
@@ -233,7 +276,7 @@ impl ApiServerBuilder {
             store: store::Store::new(self.history_window, objects::INITIAL_RESOURCE_VERSION),
             bookmark_interval: self.bookmark_interval,
             allow_anonymous: self.allow_anonymous,
-            tokens: Mutex::new(self.tokens),
+            tokens: Arc::new(Mutex::new(self.tokens)),
             protobuf: self.protobuf,
             log: Mutex::new(Vec::new()),
             open_watches: Mutex::new(HashMap::new()),
@@ -243,6 +286,7 @@ impl ApiServerBuilder {
             pki: pki.clone(),
             port: AtomicU64::new(0),
             token_serial: AtomicU64::new(0),
+            csr_auto_approve: self.csr_auto_approve,
         });
         let running = conn::Running::start(self.listen, tls.clone(), shared.clone()).await?;
         let addr = running.addr;
@@ -263,7 +307,8 @@ pub(crate) struct Shared {
     store: store::Store,
     bookmark_interval: Duration,
     allow_anonymous: bool,
-    tokens: Mutex<HashMap<String, User>>,
+    /// Shared with replicas, like the authenticator config of an HA pair.
+    tokens: Arc<Mutex<HashMap<String, User>>>,
     protobuf: Option<Arc<dyn ProtobufCodec>>,
     log: Mutex<Vec<RecordedRequest>>,
     open_watches: Mutex<HashMap<String, usize>>,
@@ -273,6 +318,7 @@ pub(crate) struct Shared {
     pki: Arc<TestPki>,
     port: AtomicU64,
     token_serial: AtomicU64,
+    csr_auto_approve: bool,
 }
 
 impl Shared {
@@ -280,8 +326,10 @@ impl Shared {
         self.protobuf.as_deref()
     }
 
+    /// Static and service-account tokens, then bootstrap tokens.
     fn lookup_token(&self, token: &str) -> Option<User> {
-        lock(&self.tokens).get(token).cloned()
+        let known = lock(&self.tokens).get(token).cloned();
+        known.or_else(|| controllers::bootstrap_token_user(self, token))
     }
 }
 
@@ -357,9 +405,49 @@ impl ApiServer {
         self.running.try_lock().map(|r| r.is_some()).unwrap_or(true)
     }
 
+    /// Another apiserver of the same cluster (an HA replica): it serves the
+    /// same store (one resourceVersion sequence, shared watch history),
+    /// types, tokens and CA, but has its own listener, request log, faults,
+    /// readiness and shutdown.
+    pub async fn replica(&self, listen: SocketAddr) -> Result<ApiServer, ApiServerError> {
+        let s = &self.shared;
+        let shared = Arc::new(Shared {
+            registry: s.registry.clone(),
+            store: s.store.clone(),
+            bookmark_interval: s.bookmark_interval,
+            allow_anonymous: s.allow_anonymous,
+            tokens: s.tokens.clone(),
+            protobuf: s.protobuf.clone(),
+            log: Mutex::new(Vec::new()),
+            open_watches: Mutex::new(HashMap::new()),
+            watch_requests: AtomicUsize::new(0),
+            faults: faults::FaultSet::default(),
+            ready: AtomicBool::new(true),
+            pki: s.pki.clone(),
+            port: AtomicU64::new(0),
+            token_serial: AtomicU64::new(0),
+            csr_auto_approve: s.csr_auto_approve,
+        });
+        let running = conn::Running::start(listen, self.tls.clone(), shared.clone()).await?;
+        let addr = running.addr;
+        shared.port.store(u64::from(addr.port()), Ordering::SeqCst);
+        Ok(ApiServer {
+            shared,
+            tls: self.tls.clone(),
+            addr: Mutex::new(addr),
+            running: tokio::sync::Mutex::new(Some(running)),
+        })
+    }
+
     /// Every request received so far, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.log).clone()
+    }
+
+    /// Returns the requests logged so far and empties the log (for long
+    /// runs that stream the log instead of keeping it).
+    pub fn take_requests(&self) -> Vec<RecordedRequest> {
+        std::mem::take(&mut *lock(&self.shared.log))
     }
 
     pub fn clear_requests(&self) {
@@ -372,6 +460,18 @@ impl ApiServer {
             .get(resource)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Waits until `n` watches on `resource` are open; false on timeout.
+    pub async fn wait_for_open_watches(&self, resource: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.open_watches(resource) != n {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Watch requests received in total (including rejected ones).
@@ -406,6 +506,44 @@ impl ApiServer {
 
     pub fn add_token(&self, token: &str, user: User) {
         lock(&self.shared.tokens).insert(token.to_owned(), user);
+    }
+
+    /// Approves a pending CSR (it is then signed), like `kubectl certificate approve`.
+    pub fn approve_csr(&self, name: &str) -> Result<(), ApiError> {
+        controllers::approve_csr(&self.shared, name)?;
+        controllers::reconcile_csr(&self.shared, name);
+        Ok(())
+    }
+
+    /// Creates a bootstrap token Secret (authentication and signing usages,
+    /// like `kubeadm token create`) and returns the token `<id>.<secret>`.
+    pub fn create_bootstrap_token(
+        &self,
+        id: &str,
+        secret: &str,
+        extra_groups: &[&str],
+    ) -> Result<String, ApiError> {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut data = serde_json::Map::new();
+        data.insert("token-id".into(), b64(id).into());
+        data.insert("token-secret".into(), b64(secret).into());
+        data.insert("usage-bootstrap-authentication".into(), b64("true").into());
+        data.insert("usage-bootstrap-signing".into(), b64("true").into());
+        if !extra_groups.is_empty() {
+            data.insert(
+                "auth-extra-groups".into(),
+                b64(&extra_groups.join(",")).into(),
+            );
+        }
+        self.create(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "bootstrap.kubernetes.io/token",
+            "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+            "data": data,
+        }))?;
+        Ok(format!("{id}.{secret}"))
     }
 
     /// Serves a custom resource type (like creating a CRD).

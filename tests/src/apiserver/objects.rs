@@ -40,7 +40,8 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-fn new_uid() -> String {
+/// A random UUID (v4), as metadata.uid and Audit-Id use.
+pub fn new_uid() -> String {
     let b: [u8; 16] = rand::random();
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
@@ -265,11 +266,17 @@ fn apply_create_defaults(shared: &Shared, rt: &ResourceType, obj: &mut Value) {
     };
     match (rt.group.as_str(), rt.resource.as_str()) {
         ("", "pods") => {
+            if let Some(spec) = map.get_mut("spec") {
+                default_pod_spec(spec);
+            }
             let qos = pod_qos_class(map.get("spec"));
             map.insert(
                 "status".into(),
                 json!({"phase": "Pending", "qosClass": qos}),
             );
+        }
+        ("certificates.k8s.io", "certificatesigningrequests") => {
+            map.remove("status");
         }
         ("", "namespaces") => {
             map.insert("spec".into(), json!({"finalizers": ["kubernetes"]}));
@@ -279,6 +286,18 @@ fn apply_create_defaults(shared: &Shared, rt: &ResourceType, obj: &mut Value) {
             let spec = map.entry("spec").or_insert_with(|| json!({}));
             if let Some(spec) = spec.as_object_mut() {
                 spec.entry("type").or_insert_with(|| json!("ClusterIP"));
+                for port in spec
+                    .get_mut("ports")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(p) = port.as_object_mut() {
+                        p.entry("protocol").or_insert_with(|| json!("TCP"));
+                        let number = p.get("port").cloned().unwrap_or(Value::Null);
+                        p.entry("targetPort").or_insert(number);
+                    }
+                }
                 spec.entry("sessionAffinity")
                     .or_insert_with(|| json!("None"));
                 let is_external = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
@@ -303,6 +322,66 @@ fn apply_create_defaults(shared: &Shared, rt: &ResourceType, obj: &mut Value) {
             map.insert("status".into(), json!({"loadBalancer": {}}));
         }
         _ => {}
+    }
+}
+
+/// Defaulting of the v1 Pod spec (SetDefaults_PodSpec, SetDefaults_Container)
+/// plus the DefaultTolerationSeconds admission plugin.
+fn default_pod_spec(spec: &mut Value) {
+    let Some(s) = spec.as_object_mut() else {
+        return;
+    };
+    let defaults = [
+        ("restartPolicy", json!("Always")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("securityContext", json!({})),
+        ("schedulerName", json!("default-scheduler")),
+        ("enableServiceLinks", json!(true)),
+        ("preemptionPolicy", json!("PreemptLowerPriority")),
+        ("priority", json!(0)),
+        ("serviceAccountName", json!("default")),
+        ("serviceAccount", json!("default")),
+    ];
+    for (k, v) in defaults {
+        s.entry(k).or_insert(v);
+    }
+    for list in ["containers", "initContainers"] {
+        for c in s
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Some(c) = c.as_object_mut() else { continue };
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+            let tag = image
+                .rsplit('/')
+                .next()
+                .and_then(|last| last.split_once(':'))
+                .map(|(_, t)| t);
+            let pull = if image.contains('@') || tag.is_some_and(|t| t != "latest") {
+                "IfNotPresent"
+            } else {
+                "Always"
+            };
+            c.entry("imagePullPolicy").or_insert(json!(pull));
+            c.entry("terminationMessagePath")
+                .or_insert(json!("/dev/termination-log"));
+            c.entry("terminationMessagePolicy").or_insert(json!("File"));
+            c.entry("resources").or_insert(json!({}));
+        }
+    }
+    let tolerations = s.entry("tolerations").or_insert_with(|| json!([]));
+    if let Some(list) = tolerations.as_array_mut() {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            if !list.iter().any(|t| t["key"] == key) {
+                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
     }
 }
 
@@ -544,6 +623,14 @@ pub fn update(
 ) -> Result<(Value, bool), ApiError> {
     check_type(rt, &mut new)?;
     check_namespace(rt, &mut new, namespace)?;
+    // Defaulting runs on every decode, updates included.
+    if rt.builtin
+        && rt.group.is_empty()
+        && rt.resource == "pods"
+        && let Some(spec) = new.get_mut("spec")
+    {
+        default_pod_spec(spec);
+    }
     let body_name = meta_str(&new, "name");
     if body_name.is_empty() {
         meta_mut(&mut new).insert("name".into(), json!(name));
@@ -885,6 +972,7 @@ pub fn bootstrap(shared: &Shared) -> Result<(), ApiError> {
         }),
         false,
     )?;
+    super::controllers::create_cluster_info(shared)?;
     Ok(())
 }
 
@@ -912,7 +1000,9 @@ fn namespace_for(rt: &ResourceType, obj: &Value) -> Option<String> {
 pub fn direct_create(shared: &Shared, obj: Value) -> Result<Value, ApiError> {
     let rt = type_of(shared, &obj)?;
     let ns = namespace_for(&rt, &obj);
-    create(shared, &rt, ns.as_deref(), obj, false)
+    let created = create(shared, &rt, ns.as_deref(), obj, false)?;
+    super::controllers::after_write(shared, &rt, &created);
+    Ok(created)
 }
 
 pub fn direct_update(shared: &Shared, obj: Value, status: bool) -> Result<Value, ApiError> {
@@ -924,7 +1014,9 @@ pub fn direct_update(shared: &Shared, obj: Value, status: bool) -> Result<Value,
     } else {
         UpdateScope::Main
     };
-    update(shared, &rt, ns.as_deref(), &name, obj, scope, false).map(|(v, _)| v)
+    let (updated, _) = update(shared, &rt, ns.as_deref(), &name, obj, scope, false)?;
+    super::controllers::after_write(shared, &rt, &updated);
+    Ok(updated)
 }
 
 pub fn direct_delete(

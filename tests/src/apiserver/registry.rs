@@ -56,6 +56,9 @@ pub struct ResourceType {
     /// DELETE answers with the deleted object instead of a Success Status
     /// (the generic registry's ReturnDeletedObject).
     pub returns_deleted_object: bool,
+    /// Create-only review APIs (SubjectAccessReview, TokenReview, ...):
+    /// answered, never stored.
+    pub virtual_create: bool,
 }
 
 impl ResourceType {
@@ -84,6 +87,7 @@ impl ResourceType {
             tracks_generation: true,
             allow_create_on_update: false,
             returns_deleted_object: true,
+            virtual_create: false,
         }
     }
 
@@ -255,6 +259,15 @@ fn grouped(group: &str, resource: &str, singular: &str, kind: &str) -> ResourceT
     t
 }
 
+fn review(group: &str, resource: &str, kind: &str, namespaced: bool) -> ResourceType {
+    let mut t = ResourceType::custom(group, "v1", resource, kind, namespaced)
+        .builtin()
+        .with_verbs(&["create"]);
+    t.singular = String::new();
+    t.virtual_create = true;
+    t
+}
+
 fn returning_deleted(mut t: ResourceType) -> ResourceType {
     t.returns_deleted_object = true;
     t
@@ -348,6 +361,54 @@ fn builtin_types() -> Vec<ResourceType> {
             "EndpointSlice",
         ),
         grouped("events.k8s.io", "events", "event", "Event").with_short_names(&["ev"]),
+        {
+            let mut csr = grouped(
+                "certificates.k8s.io",
+                "certificatesigningrequests",
+                "certificatesigningrequest",
+                "CertificateSigningRequest",
+            )
+            .with_short_names(&["csr"])
+            .with_status()
+            .with_subresource(
+                "approval",
+                ("certificates.k8s.io", "v1", "CertificateSigningRequest"),
+                &["get", "patch", "update"],
+            )
+            .with_fields(&["spec.signerName"]);
+            csr.namespaced = false;
+            csr
+        },
+        review(
+            "authentication.k8s.io",
+            "selfsubjectreviews",
+            "SelfSubjectReview",
+            false,
+        ),
+        review(
+            "authentication.k8s.io",
+            "tokenreviews",
+            "TokenReview",
+            false,
+        ),
+        review(
+            "authorization.k8s.io",
+            "localsubjectaccessreviews",
+            "LocalSubjectAccessReview",
+            true,
+        ),
+        review(
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+        ),
+        review(
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            "SubjectAccessReview",
+            false,
+        ),
     ]
 }
 

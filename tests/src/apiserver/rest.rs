@@ -17,7 +17,7 @@ use super::route::{ApiRequest, ResourcePath};
 use super::status::{self, ApiError};
 use super::store::ObjectKey;
 use super::table::{self, IncludeObject};
-use super::{Shared, watch};
+use super::{Shared, controllers, watch};
 
 /// Formats a resource endpoint offers and serves without a conversion.
 pub fn endpoint_for(shared: &Shared, rt: &ResourceType) -> ResourceEndpoint {
@@ -85,7 +85,9 @@ async fn handle(
         let name = rp.name.as_deref().unwrap_or("");
         return match (sub, rt.subresource(sub)) {
             (_, None) => Err(ApiError::no_route()),
-            ("status", Some(_)) => status_subresource(shared, req, rt, ns, name, verb, neg).await,
+            ("status" | "approval", Some(_)) => {
+                status_subresource(shared, req, rt, ns, name, verb, neg).await
+            }
             ("token", Some(_)) if req.method == Method::POST => {
                 token_request(shared, req, rt, ns, name).await
             }
@@ -132,18 +134,31 @@ async fn handle(
             ))
         }
         "watch" => {
-            watch::serve(
-                shared.clone(),
-                req,
-                rt.clone(),
-                rp.namespace.clone(),
-                neg.clone(),
-            )
-            .await
+            let scope = watch::Scope {
+                namespace: rp.namespace.clone(),
+                name: rp.name.clone(),
+            };
+            watch::serve(shared.clone(), req, rt.clone(), scope, neg.clone()).await
         }
         "create" => {
-            let body = decode_body(shared, &mut req, rt).await?;
+            let mut body = decode_body(shared, &mut req, rt).await?;
+            if rt.group == "certificates.k8s.io" {
+                stamp_requester(&mut body, req.user.as_ref());
+            }
+            if rt.virtual_create {
+                let answered = controllers::review(shared, rt, body, req.user.as_ref())?;
+                return Ok(response::object(
+                    StatusCode::CREATED,
+                    neg,
+                    shared.codec(),
+                    &answered,
+                    &req.headers,
+                ));
+            }
             let created = objects::create(shared, rt, ns, body, dry_run)?;
+            if !dry_run {
+                controllers::after_write(shared, rt, &created);
+            }
             respond(shared, &req, rt, neg, StatusCode::CREATED, &created)
         }
         "update" => {
@@ -151,6 +166,9 @@ async fn handle(
             let body = decode_body(shared, &mut req, rt).await?;
             let (obj, created) =
                 objects::update(shared, rt, ns, name, body, UpdateScope::Main, dry_run)?;
+            if !dry_run {
+                controllers::after_write(shared, rt, &obj);
+            }
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -162,6 +180,9 @@ async fn handle(
             let name = rp.name.as_deref().unwrap_or("");
             let (obj, created) =
                 patch_object(shared, &mut req, rt, ns, name, UpdateScope::Main, dry_run).await?;
+            if !dry_run {
+                controllers::after_write(shared, rt, &obj);
+            }
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -219,6 +240,29 @@ async fn handle(
             ))
         }
         _ => Err(ApiError::method_not_supported(&gr, verb)),
+    }
+}
+
+/// The CSR strategy records who asked: spec.username, spec.groups (and
+/// spec.uid), overwriting whatever the client sent.
+fn stamp_requester(body: &mut Value, user: Option<&super::User>) {
+    let (name, groups) = match user {
+        Some(u) => {
+            let mut groups = u.groups.clone();
+            if !groups.iter().any(|g| g == "system:authenticated") {
+                groups.push("system:authenticated".into());
+            }
+            (u.name.clone(), groups)
+        }
+        None => (
+            "system:anonymous".to_owned(),
+            vec!["system:unauthenticated".to_owned()],
+        ),
+    };
+    if let Some(spec) = body.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert("username".into(), json!(name));
+        spec.insert("groups".into(), json!(groups));
+        spec.remove("uid");
     }
 }
 
@@ -462,11 +506,17 @@ async fn status_subresource(
             let body = decode_body(shared, &mut req, rt).await?;
             let (obj, _) =
                 objects::update(shared, rt, ns, name, body, UpdateScope::Status, dry_run)?;
+            if !dry_run {
+                controllers::after_write(shared, rt, &obj);
+            }
             respond(shared, &req, rt, neg, StatusCode::OK, &obj)
         }
         "patch" => {
             let (obj, _) =
                 patch_object(shared, &mut req, rt, ns, name, UpdateScope::Status, dry_run).await?;
+            if !dry_run {
+                controllers::after_write(shared, rt, &obj);
+            }
             respond(shared, &req, rt, neg, StatusCode::OK, &obj)
         }
         _ => Err(ApiError::method_not_supported(&rt.group_resource(), verb)),

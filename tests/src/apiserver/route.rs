@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 
@@ -264,10 +264,21 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
         upgrade,
     };
 
-    let resp = match authorize(&shared, &req, &target) {
+    let mut resp = match authorize(&shared, &req, &target) {
         Err(e) => response::error(&e, None, None),
         Ok(()) => dispatch(&shared, req, target).await,
     };
+    // Every apiserver response carries these (WithCacheControl, WithAuditInit).
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let h = resp.headers_mut();
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, private"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&super::objects::new_uid()) {
+            h.insert("audit-id", v);
+        }
+    }
     match truncate {
         Some(limit) => {
             let (parts, body) = resp.into_parts();

@@ -249,18 +249,17 @@ impl ApiError {
                 "the server could not find the requested resource",
             ),
             409 => ("Conflict", "the server reported a conflict"),
-            410 => (
-                "Gone",
-                "the server has asked for the client to provide credentials",
+            405 => (
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
             ),
+            // What a real server sends with 410: an expired resourceVersion.
+            410 => ("Expired", "too old resource version"),
             429 => (
                 "TooManyRequests",
                 "the server has received too many requests and has asked us to try again later",
             ),
-            500 => (
-                "InternalError",
-                "an error on the server (\"\") has prevented the request from succeeding",
-            ),
+            500 => ("InternalError", "Internal error occurred: injected fault"),
             503 => (
                 "ServiceUnavailable",
                 "the server is currently unable to handle the request",

@@ -77,14 +77,18 @@ fn parse_params(req: &ApiRequest, rt: &ResourceType) -> Result<WatchParams, ApiE
         }
         None => {}
     }
-    let timeout =
-        match req.param("timeoutSeconds") {
-            Some(t) => Duration::from_secs(t.parse().map_err(|_| {
-                ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}"))
-            })?),
-            // The apiserver's default: a random value in [minRequestTimeout, 2*minRequestTimeout).
-            None => Duration::from_secs(1800 + rand::random_range(0..1800)),
-        };
+    let seconds: u64 = match req.param("timeoutSeconds") {
+        Some(t) => t
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}")))?,
+        None => 0,
+    };
+    // Unset or 0 means the apiserver's default: a random value in
+    // [minRequestTimeout, 2*minRequestTimeout).
+    let timeout = match seconds {
+        0 => Duration::from_secs(1800 + rand::random_range(0..1800)),
+        s => Duration::from_secs(s),
+    };
     Ok(WatchParams {
         selectors,
         resource_version: req
@@ -108,11 +112,18 @@ enum Start {
     Error(ApiError),
 }
 
+/// What a watch covers: a namespace (or all) and, for the legacy
+/// single-object watch (`.../pods/NAME?watch=true`), one name.
+pub struct Scope {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
 pub async fn serve(
     shared: Arc<Shared>,
     req: ApiRequest,
     rt: Arc<ResourceType>,
-    namespace: Option<String>,
+    scope: Scope,
     neg: Negotiated,
 ) -> Result<Response<Body>, ApiError> {
     shared.watch_requests.fetch_add(1, Ordering::SeqCst);
@@ -169,7 +180,7 @@ pub async fn serve(
     let stream = Stream {
         shared,
         rt,
-        namespace,
+        scope,
         params,
         neg,
         tx,
@@ -230,7 +241,7 @@ impl HttpBody for ChannelBody {
 struct Stream {
     shared: Arc<Shared>,
     rt: Arc<ResourceType>,
-    namespace: Option<String>,
+    scope: Scope,
     params: WatchParams,
     neg: Negotiated,
     tx: mpsc::Sender<Bytes>,
@@ -254,7 +265,7 @@ impl Stream {
             Start::State { rv, end_bookmark } => {
                 let items = match self.shared.store.list_at(
                     &self.rt.storage_key(),
-                    self.namespace.as_deref(),
+                    self.scope.namespace.as_deref(),
                     rv,
                     None,
                 ) {
@@ -263,8 +274,8 @@ impl Stream {
                         return self.error(&too_old(requested, oldest)).await;
                     }
                 };
-                for (_, obj) in items {
-                    if self.params.selectors.matches(&obj) {
+                for (key, obj) in items {
+                    if self.in_scope(&key.name) && self.params.selectors.matches(&obj) {
                         self.send("ADDED", &obj).await?;
                     }
                 }
@@ -320,14 +331,21 @@ impl Stream {
         }
     }
 
+    fn in_scope(&self, name: &str) -> bool {
+        self.scope.name.as_deref().is_none_or(|n| n == name)
+    }
+
     /// The event this watcher sees for a stored event, if any.
     fn filter(&self, event: &StoredEvent) -> Option<(&'static str, Value)> {
         if event.key.gr != self.rt.storage_key() {
             return None;
         }
-        if let Some(ns) = &self.namespace
+        if let Some(ns) = &self.scope.namespace
             && &event.key.namespace != ns
         {
+            return None;
+        }
+        if !self.in_scope(&event.key.name) {
             return None;
         }
         let sel = &self.params.selectors;

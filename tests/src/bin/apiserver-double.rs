@@ -91,18 +91,15 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let mut term = signal(SignalKind::terminate())?;
-    let mut logged = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {
-                let requests = server.requests();
-                for r in &requests[logged..] {
+                for r in server.take_requests() {
                     tracing::info!(method = %r.method, path = %r.path, query = %r.query, auth = ?r.auth, version = %r.http_version, user_agent = ?r.user_agent, "request");
                 }
-                logged = requests.len();
             }
         }
     }
