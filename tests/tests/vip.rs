@@ -1,0 +1,333 @@
+//! The whole redirect path with the real daemon, in a sandbox: an unmodified
+//! "pod" (kubectl with only in-cluster configuration) in its own network
+//! namespace and test cgroup dials the `kubernetes` Service VIP, lands on the
+//! hub's TLS listener through the kernel redirect, verifies the hub's serving
+//! certificate against its service-account ca.crt, and reaches the apiserver
+//! double with its own token. Privileged: CI runs as root; a missing
+//! prerequisite fails the test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use yurthub_e2e::apiserver::{ApiServer, Auth, User};
+use yurthub_e2e::hub::{Hub, HubFiles, NODE};
+use yurthub_e2e::pki::TestPki;
+use yurthub_e2e::sandbox::{self, NetSandbox, Side, TestCgroup};
+
+const VIP: &str = "10.96.0.1:443";
+const POD_TOKEN: &str = "pod-sa-token-0123456789";
+
+/// The double and the hub, running on a runtime whose threads live in the
+/// sandbox's node namespace (sockets and netlink calls happen there).
+struct NodeSide {
+    api: Arc<ApiServer>,
+    hub_server: SocketAddr,
+    pki: Arc<TestPki>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _files: Arc<HubFiles>,
+}
+
+impl NodeSide {
+    fn start(sandbox: &NetSandbox, cgroup: &Path, pin_dir: &str, extra: &[&str]) -> NodeSide {
+        let ns = std::fs::File::open(sandbox.path(Side::Node)).expect("open node netns");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut args_extra: Vec<String> = vec![
+            "--redirect-mode=ebpf".into(),
+            "--hub-address=169.254.2.1".into(),
+            "--proxy-secure-port=10268".into(),
+            format!("--redirect-cgroup={}", cgroup.display()),
+            format!("--redirect-pin-dir={pin_dir}"),
+        ];
+        args_extra.extend(extra.iter().map(|s| s.to_string()));
+        let thread = std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns node");
+            // Built after setns: every runtime thread inherits the namespace.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let pki = Arc::new(TestPki::new().expect("pki"));
+                let api = Arc::new(ApiServer::builder().pki(pki.clone()).start().await.expect("double"));
+                api.create(serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})).expect("node");
+                api.create(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "seen-through-the-vip", "namespace": "default"},
+                    "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "pause"}]}}))
+                .expect("pod");
+                api.add_token(POD_TOKEN, User::new("system:serviceaccount:default:app", &["system:serviceaccounts"]));
+                let files = Arc::new(HubFiles::new(&pki));
+                let mut args: Vec<String> = files.args(&[api.url()], &[]);
+                // Replace the development defaults with the redirect's.
+                args.retain(|a| !a.starts_with("--hub-address") && !a.starts_with("--redirect-mode") && !a.starts_with("--proxy-secure-port"));
+                args.extend(args_extra);
+                let hub = Hub::start(&args).await;
+                tx.send((api.clone(), hub.hub_server, pki.clone(), files.clone())).expect("report");
+                let _ = stop_rx.await;
+                hub.stop().await;
+            });
+        });
+        let (api, hub_server, pki, files) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("hub starts in the node namespace");
+        NodeSide {
+            api,
+            hub_server,
+            pki,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _files: files,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().expect("node side thread");
+        }
+    }
+}
+
+impl Drop for NodeSide {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A GET to the hub server from inside the node namespace.
+fn hub_get(sandbox: &NetSandbox, addr: SocketAddr, path: &str) -> String {
+    let path = path.to_string();
+    sandbox.in_thread(Side::Node, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .expect("connect hub server");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    })
+}
+
+fn redirect_status(sandbox: &NetSandbox, hub: SocketAddr) -> Value {
+    serde_json::from_str(&hub_get(sandbox, hub, "/v1/redirect")).expect("/v1/redirect is JSON")
+}
+
+/// Runs kubectl in the pod: test cgroup, pod network namespace, and a private
+/// mount namespace where the service account is mounted as kubelet would.
+fn kubectl_in_pod(sandbox: &NetSandbox, cgroup: &Path, ca_pem: &str, args: &[&str]) -> String {
+    let ca = ca_pem.to_string();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    sandbox::run_in_child(
+        Some(cgroup),
+        Some(&sandbox.path(Side::Pod)),
+        Duration::from_secs(60),
+        move || {
+            use nix::mount::{MsFlags, mount};
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare mount ns");
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .expect("make / private");
+            mount(
+                Some("tmpfs"),
+                "/run",
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .expect("tmpfs on /run");
+            let sa = PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount");
+            std::fs::create_dir_all(&sa).expect("sa dir");
+            std::fs::write(sa.join("ca.crt"), &ca).expect("ca.crt");
+            std::fs::write(sa.join("token"), POD_TOKEN).expect("token");
+            std::fs::write(sa.join("namespace"), "default").expect("namespace");
+            std::fs::create_dir_all("/run/home").expect("home");
+            let out = std::process::Command::new("/usr/bin/kubectl")
+                .args(&args)
+                .env_clear()
+                .env("HOME", "/run/home")
+                .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+                .env("KUBERNETES_SERVICE_PORT", "443")
+                .output()
+                .expect("run kubectl");
+            format!(
+                "exit={}\n--stdout--\n{}--stderr--\n{}",
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        },
+    )
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn in_cluster_kubectl_in_a_pod_reaches_the_apiserver_through_the_hub() {
+    sandbox::require_root();
+    sandbox::require_cgroup2();
+    sandbox::require_bpffs();
+    let sandbox = NetSandbox::new(&[]);
+    let cgroup = TestCgroup::new();
+    let pin_dir = sandbox::unique_name("yurthub-vip");
+    let mut node = NodeSide::start(&sandbox, cgroup.path(), &pin_dir, &[]);
+
+    // The VIP is learned from default/kubernetes, and the redirect turns
+    // active once the TLS listener answers the hub's own heartbeat.
+    wait_for(
+        "the redirect to learn the VIP and heartbeat",
+        Duration::from_secs(45),
+        || {
+            let s = redirect_status(&sandbox, node.hub_server);
+            s["active"] == true
+                && s["vips"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|v| v["vip"] == VIP))
+        },
+    );
+
+    let out = kubectl_in_pod(
+        &sandbox,
+        cgroup.path(),
+        node.pki.ca_pem(),
+        &["get", "pods", "-o", "name"],
+    );
+    assert!(
+        out.starts_with("exit=0") && out.contains("pod/seen-through-the-vip"),
+        "{out}"
+    );
+
+    // The request reached the apiserver with the pod's own token, via the hub.
+    let seen = node.api.requests();
+    let from_pod = seen
+        .iter()
+        .find(|r| {
+            r.path == "/api/v1/namespaces/default/pods"
+                && r.user_agent
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("kubectl"))
+        })
+        .unwrap_or_else(|| panic!("the double saw kubectl's list: {seen:#?}"));
+    assert_eq!(from_pod.auth, Auth::Bearer(POD_TOKEN.into()));
+    assert_eq!(
+        from_pod.client_cert, None,
+        "the node identity is never lent to pod traffic"
+    );
+
+    let s = redirect_status(&sandbox, node.hub_server);
+    let counters = s["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vip"] == VIP)
+        .unwrap()
+        .clone();
+    assert!(counters["redirected"].as_u64().unwrap_or(0) >= 1, "{s:#}");
+    let metrics = hub_get(&sandbox, node.hub_server, "/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "node_yurthub_redirect_connections{{vip=\"{VIP}\"}}"
+        )),
+        "{metrics}"
+    );
+
+    // A clean stop removes programs, pins and the hub address.
+    node.stop();
+    assert!(
+        !PathBuf::from(sandbox::BPFFS).join(&pin_dir).exists(),
+        "pins removed at shutdown"
+    );
+    assert!(
+        !sandbox.has_address(Side::Node, "169.254.2.1".parse().unwrap()),
+        "hub address removed at shutdown"
+    );
+}
+
+#[test]
+fn keep_on_exit_then_yurthub_cleanup_removes_everything_idempotently() {
+    sandbox::require_root();
+    sandbox::require_cgroup2();
+    sandbox::require_bpffs();
+    let sandbox = NetSandbox::new(&[]);
+    let cgroup = TestCgroup::new();
+    let pin_dir = sandbox::unique_name("yurthub-keep");
+    let mut node = NodeSide::start(
+        &sandbox,
+        cgroup.path(),
+        &pin_dir,
+        &["--keep-redirect-on-exit", "--apiserver-vip=10.96.0.1:443"],
+    );
+    wait_for("the redirect to heartbeat", Duration::from_secs(20), || {
+        redirect_status(&sandbox, node.hub_server)["active"] == true
+    });
+    node.stop();
+    let pins = PathBuf::from(sandbox::BPFFS).join(&pin_dir);
+    assert!(
+        pins.exists(),
+        "--keep-redirect-on-exit leaves the pins for the next hub"
+    );
+    assert!(sandbox.has_address(Side::Node, "169.254.2.1".parse().unwrap()));
+
+    let bin = yurthub_e2e::hub::hub_binary();
+    let cg = cgroup.path().to_path_buf();
+    for round in 0..2 {
+        let out = sandbox::run_in_child(
+            None,
+            Some(&sandbox.path(Side::Node)),
+            Duration::from_secs(30),
+            {
+                let (bin, cg, pin_dir) = (bin.clone(), cg.clone(), pin_dir.clone());
+                move || {
+                    let o = std::process::Command::new(&bin)
+                        .args([
+                            "cleanup",
+                            "--hub-address=169.254.2.1",
+                            &format!("--redirect-pin-dir={pin_dir}"),
+                            &format!("--redirect-cgroup={}", cg.display()),
+                        ])
+                        .output()
+                        .expect("run yurthub cleanup");
+                    format!(
+                        "exit={}\n{}{}",
+                        o.status.code().unwrap_or(-1),
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                }
+            },
+        );
+        assert!(out.starts_with("exit=0"), "cleanup round {round}: {out}");
+    }
+    assert!(!pins.exists(), "cleanup removed the pins");
+    assert!(
+        !sandbox.has_address(Side::Node, "169.254.2.1".parse().unwrap()),
+        "cleanup removed the hub address"
+    );
+}
