@@ -4,7 +4,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::{cmd, setup};
+use crate::{cmd, proto_schema, setup};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,6 +22,9 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     setup::ensure()?;
+    // The codec's schema table is generated from the locked k8s-pb and
+    // k8s-openapi sources: a dependency bump must come with a regeneration.
+    proto_schema::run(proto_schema::Args { out: None, check: true, report: false, workspace: None })?;
     // Plain `cargo test` in the workspace root tests the default members:
     // the whole workspace except yurthub-ebpf, which only builds for the
     // BPF target (yurthub's build.rs builds it).
