@@ -430,3 +430,55 @@ pub fn kubectl_ok(o: &std::process::Output) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Runs `kubectl get … -w --output-watch-events`; once a line contains
+/// `trigger_on`, calls `trigger` (once); succeeds when a line contains both
+/// `ADDED` and `expect`. Returns everything kubectl printed either way.
+pub async fn kubectl_watch(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    trigger_on: &str,
+    trigger: impl FnOnce(),
+    expect: &str,
+    within: Duration,
+) -> Result<String, String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .args(["-w", "--output-watch-events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("kubectl -w: {e}"))?;
+    let mut out = tokio::io::BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut seen = String::new();
+    let mut trigger = Some(trigger);
+    let found = tokio::time::timeout(within, async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if out.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return false;
+            }
+            seen.push_str(&line);
+            if line.contains(trigger_on)
+                && let Some(t) = trigger.take()
+            {
+                t();
+            }
+            if line.contains("ADDED") && line.contains(expect) {
+                return true;
+            }
+        }
+    })
+    .await;
+    let _ = child.kill().await;
+    match found {
+        Ok(true) => Ok(seen),
+        Ok(false) => Err(format!("kubectl -w ended early: {seen}")),
+        Err(_) => Err(format!("no ADDED {expect} within {within:?}: {seen}")),
+    }
+}

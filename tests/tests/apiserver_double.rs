@@ -1529,30 +1529,7 @@ async fn websocket_port_forward_echoes() {
 
 // ---- real clients -------------------------------------------------------
 
-async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> std::process::Output {
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
-    .expect("kubectl runs (is /usr/bin/kubectl installed?)")
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "kubectl failed: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use yurthub_e2e::hub::{kubectl, kubectl_ok as stdout, kubectl_watch};
 
 #[tokio::test]
 async fn kubectl_get_watch_json_and_exec() {
@@ -1582,40 +1559,20 @@ async fn kubectl_get_watch_json_and_exec() {
     assert_eq!(by_label.trim(), "pod/k1");
 
     // get -w: start it, create a pod, see it appear, stop kubectl.
-    let mut child = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["get", "pods", "-w", "--output-watch-events"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("kubectl -w");
-    let mut out = tokio::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut seen = String::new();
-    let found = tokio::time::timeout(Duration::from_secs(20), async {
-        use tokio::io::AsyncBufReadExt as _;
-        let mut created = false;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if out.read_line(&mut line).await.expect("read") == 0 {
-                return false;
-            }
-            seen.push_str(&line);
-            if !created && line.contains("k1") {
-                api.create(pod("k2", "n1", json!({})))
-                    .expect("create during watch");
-                created = true;
-            }
-            if line.contains("ADDED") && line.contains("k2") {
-                return true;
-            }
-        }
-    })
-    .await;
-    child.kill().await.expect("kill kubectl -w");
-    assert_eq!(found, Ok(true), "kubectl -w output: {seen}");
+    let trigger = || {
+        api.create(pod("k2", "n1", json!({})))
+            .expect("create during watch");
+    };
+    kubectl_watch(
+        &kubeconfig,
+        &["get", "pods"],
+        "k1",
+        trigger,
+        "k2",
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("kubectl -w");
 
     let echoed = stdout(
         &kubectl(

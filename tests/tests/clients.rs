@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use yurthub_e2e::apiserver::ApiServer;
-use yurthub_e2e::hub::{Hub, HubFiles, NODE, hub_kubeconfig, kubectl, kubectl_ok};
+use yurthub_e2e::hub::{Hub, HubFiles, NODE, hub_kubeconfig, kubectl, kubectl_ok, kubectl_watch};
 use yurthub_e2e::pki::TestPki;
 
 fn pod(name: &str) -> Value {
@@ -50,39 +50,19 @@ async fn kubectl_lists_gets_watches_and_execs_through_the_hub() {
     assert_eq!(nodes.trim(), format!("node/{NODE}"));
 
     // get -w sees a pod created while it watches.
-    let mut child = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&kc)
-        .args(["get", "pods", "-w", "--output-watch-events"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("kubectl -w");
-    let mut out = tokio::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut seen = String::new();
-    let found = tokio::time::timeout(Duration::from_secs(20), async {
-        use tokio::io::AsyncBufReadExt as _;
-        let mut created = false;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if out.read_line(&mut line).await.expect("read") == 0 {
-                return false;
-            }
-            seen.push_str(&line);
-            if !created && line.contains("k1") {
-                api.create(pod("k2")).expect("create during watch");
-                created = true;
-            }
-            if line.contains("ADDED") && line.contains("k2") {
-                return true;
-            }
-        }
-    })
-    .await;
-    child.kill().await.expect("kill kubectl -w");
-    assert_eq!(found, Ok(true), "kubectl -w output: {seen}");
+    let trigger = || {
+        api.create(pod("k2")).expect("create during watch");
+    };
+    kubectl_watch(
+        &kc,
+        &["get", "pods"],
+        "k1",
+        trigger,
+        "k2",
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("kubectl -w");
 
     // exec is an upgrade (WebSocket) proxied both ways.
     let echoed =

@@ -24,7 +24,12 @@ pub fn run(args: &Args) -> Result<()> {
     setup::ensure()?;
     // The codec's schema table is generated from the locked k8s-pb and
     // k8s-openapi sources: a dependency bump must come with a regeneration.
-    proto_schema::run(proto_schema::Args { out: None, check: true, report: false, workspace: None })?;
+    proto_schema::run(proto_schema::Args {
+        out: None,
+        check: true,
+        report: false,
+        workspace: None,
+    })?;
     // Plain `cargo test` in the workspace root tests the default members:
     // the whole workspace except yurthub-ebpf, which only builds for the
     // BPF target (yurthub's build.rs builds it).
