@@ -377,10 +377,13 @@ pub async fn tls_send(
 
 /// A GET request with the given User-Agent and extra headers.
 pub fn get_request(url: &str, user_agent: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut b = Request::builder()
-        .uri(url)
-        .header("user-agent", user_agent)
-        .header("accept", "application/json");
+    let mut b = Request::builder().uri(url).header("user-agent", user_agent);
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
+    {
+        b = b.header("accept", "application/json");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }

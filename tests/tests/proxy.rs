@@ -745,3 +745,93 @@ async fn sigterm_drains_and_exits_zero() {
         "open streams end at shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_responses_and_watch_frames_pass_through_unchanged() {
+    let pki = Arc::new(TestPki::new().unwrap());
+    let api = ApiServer::builder()
+        .pki(pki.clone())
+        .protobuf(Arc::new(yurthub_e2e::apiserver::KubeProtobuf))
+        .start()
+        .await
+        .expect("double");
+    api.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}))
+        .unwrap();
+    api.create(pod("default", "pb")).unwrap();
+    let files = HubFiles::new(&pki);
+    let hub = Hub::start(&files.args(&[api.url()], &[])).await;
+    let c = plain_client();
+    let accept = "application/vnd.kubernetes.protobuf,application/json";
+    let path = "/api/v1/namespaces/default/pods/pb";
+    let via_hub = send(
+        &c,
+        Method::GET,
+        &format!("{}{path}", hub.proxy_url()),
+        &[("user-agent", KUBELET), ("accept", accept)],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(via_hub.status, StatusCode::OK);
+    assert_eq!(
+        via_hub.headers["content-type"],
+        "application/vnd.kubernetes.protobuf"
+    );
+    assert!(via_hub.body.starts_with(b"k8s\0"), "a protobuf envelope");
+    let (cert, key) = pki
+        .issue_client_cert("system:node:node1", &["system:nodes"])
+        .unwrap();
+    let direct = hub::tls_send(
+        api.addr(),
+        "localhost",
+        pki.ca_pem(),
+        Some((&cert, &key)),
+        hub::get_request(
+            &format!("{}{path}", api.url()),
+            KUBELET,
+            &[("accept", accept)],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        via_hub.body, direct.body,
+        "protobuf bytes are forwarded untouched"
+    );
+    let decoded = yurthub::codec::to_json(&via_hub.body).expect("decodes");
+    assert_eq!(decoded["metadata"]["name"], "pb");
+
+    // A protobuf watch: length-prefixed frames stream through as they come.
+    let rv = api.resource_version();
+    let req = http::Request::get(format!(
+        "{}/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}",
+        hub.proxy_url()
+    ))
+    .header("user-agent", KUBELET)
+    .header("accept", "application/vnd.kubernetes.protobuf;stream=watch")
+    .body(http_body_util::Full::new(Bytes::new()))
+    .unwrap();
+    let resp = c.request(req).await.expect("watch");
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/vnd.kubernetes.protobuf;stream=watch"
+    );
+    let mut body = resp.into_body();
+    api.create(pod("default", "pb-watched")).unwrap();
+    let mut decoder = yurthub::codec::WatchDecoder::new(yurthub::codec::Format::Protobuf);
+    let event = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let frame = body.frame().await.expect("stream open").expect("frame");
+            if let Ok(data) = frame.into_data() {
+                decoder.push(&data);
+                if let Some(ev) = decoder.next_event().expect("valid frame") {
+                    return ev;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a watch event within 5 s");
+    let obj = yurthub::codec::to_json(&event.object_bytes()).expect("object decodes");
+    assert_eq!(obj["metadata"]["name"], "pb-watched");
+    hub.stop().await;
+}

@@ -71,7 +71,7 @@ use serde_json::Value;
 use crate::pki::{PkiError, TestPki};
 
 pub use faults::{Fault, FaultKind};
-pub use protobuf::ProtobufCodec;
+pub use protobuf::{KubeProtobuf, ProtobufCodec};
 pub use registry::{ResourceType, Subresource};
 pub use status::{ApiError, GroupResource};
 
