@@ -8,7 +8,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     os::fd::OwnedFd,
     path::PathBuf,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,7 +19,7 @@ use std::{
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
 use yurthub::redirect::{self, Config, Redirect};
 use yurthub_e2e::sandbox::{
-    BPFFS, Listener, NetSandbox, Probe, Side, TestCgroup, probe, read_probe, require_bpffs,
+    self, BPFFS, Listener, NetSandbox, Probe, Side, TestCgroup, probe, read_probe, require_bpffs,
     require_cgroup2, require_root, run_in_child, unique_name, wait_until,
 };
 
@@ -143,7 +142,7 @@ impl Env {
 
     /// Programs of ours attached to the test cgroup, per `bpftool`.
     fn attached(&self) -> Vec<(String, String)> {
-        bpftool_cgroup(self.cgroup.path())
+        sandbox::attached_programs(self.cgroup.path())
     }
 }
 
@@ -186,39 +185,6 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
-}
-
-/// `(name, attach_type)` of the `yh_*` programs attached to `cgroup`.
-fn bpftool_cgroup(cgroup: &std::path::Path) -> Vec<(String, String)> {
-    let output = Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .expect("run bpftool (install it: `cargo xtask setup`)");
-    assert!(
-        output.status.success(),
-        "bpftool failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
-    if text.trim().is_empty() {
-        return Vec::new();
-    }
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).expect("bpftool JSON");
-    let mut ours: Vec<(String, String)> = entries
-        .iter()
-        .filter_map(|e| {
-            let name = e["name"].as_str()?;
-            name.starts_with("yh_").then(|| {
-                (
-                    name.to_owned(),
-                    e["attach_type"].as_str().unwrap_or("?").to_owned(),
-                )
-            })
-        })
-        .collect();
-    ours.sort();
-    ours
 }
 
 /// Calls `heartbeat()` every 100 ms until dropped, like the daemon's
@@ -732,7 +698,7 @@ fn changing_the_cgroup_moves_the_links() {
     let mut cfg = env.config(HUB_V4, &[VIP_V4]);
     cfg.cgroup = Some(first_cgroup.clone());
     drop(env.install(cfg.clone()));
-    assert_eq!(bpftool_cgroup(&first_cgroup).len(), 4);
+    assert_eq!(sandbox::attached_programs(&first_cgroup).len(), 4);
 
     // The pins now point at links on another cgroup: they are replaced, and
     // the old links detach.
@@ -746,11 +712,11 @@ fn changing_the_cgroup_moves_the_links() {
             .all(|p| p.attached && !p.adopted)
     );
     assert!(
-        bpftool_cgroup(&first_cgroup).is_empty(),
+        sandbox::attached_programs(&first_cgroup).is_empty(),
         "{:?}",
-        bpftool_cgroup(&first_cgroup)
+        sandbox::attached_programs(&first_cgroup)
     );
-    assert_eq!(bpftool_cgroup(&second_cgroup).len(), 4);
+    assert_eq!(sandbox::attached_programs(&second_cgroup).len(), 4);
     assert_eq!(
         fs::read_dir(env.pins.path().join("links"))
             .expect("links")
@@ -758,7 +724,7 @@ fn changing_the_cgroup_moves_the_links() {
         4
     );
     env.shutdown(redirect);
-    assert!(bpftool_cgroup(&second_cgroup).is_empty());
+    assert!(sandbox::attached_programs(&second_cgroup).is_empty());
 }
 
 #[test]

@@ -295,6 +295,27 @@ fn keep_on_exit_then_yurthub_cleanup_removes_everything_idempotently() {
     );
     assert!(sandbox.has_address(Side::Node, "169.254.2.1".parse().unwrap()));
 
+    // A restarted (or upgraded) hub adopts the pinned programs: redirecting
+    // again, with exactly one attachment per program.
+    let mut node = NodeSide::start(
+        &sandbox,
+        cgroup.path(),
+        &pin_dir,
+        &["--keep-redirect-on-exit", "--apiserver-vip=10.96.0.1:443"],
+    );
+    wait_for(
+        "the adopting hub to heartbeat",
+        Duration::from_secs(20),
+        || redirect_status(&sandbox, node.hub_server)["active"] == true,
+    );
+    let attached = sandbox::attached_programs(cgroup.path());
+    assert_eq!(
+        attached.len(),
+        4,
+        "one attachment per program after adoption: {attached:?}"
+    );
+    node.stop();
+
     let bin = yurthub_e2e::hub::hub_binary();
     let cg = cgroup.path().to_path_buf();
     for round in 0..2 {
@@ -330,4 +351,205 @@ fn keep_on_exit_then_yurthub_cleanup_removes_everything_idempotently() {
         !sandbox.has_address(Side::Node, "169.254.2.1".parse().unwrap()),
         "cleanup removed the hub address"
     );
+}
+
+#[test]
+fn a_hub_whose_upstream_is_the_vip_itself_does_not_loop() {
+    sandbox::require_root();
+    sandbox::require_cgroup2();
+    sandbox::require_bpffs();
+    let vip_ip: std::net::IpAddr = "10.96.0.1".parse().unwrap();
+    let sandbox = NetSandbox::new(&[vip_ip]);
+    // The programs attach at the parent; the hub and the pod live in child
+    // cgroups of their own, as containers do under kubepods.
+    let mut cgroup = TestCgroup::new();
+    let hub_cgroup = cgroup.child("hub");
+    let pod_cgroup = cgroup.child("pod");
+    let pin_dir = sandbox::unique_name("yurthub-loop");
+
+    // The real apiserver behind the VIP, inside the node namespace.
+    let ns = std::fs::File::open(sandbox.path(Side::Node)).expect("open node netns");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api_thread = std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns node");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let pki = Arc::new(TestPki::new().expect("pki"));
+            let api = Arc::new(
+                ApiServer::builder()
+                    .pki(pki.clone())
+                    .listen("10.96.0.1:443".parse().unwrap())
+                    .server_names(&["kubernetes.default.svc"], &["10.96.0.1".parse().unwrap()])
+                    .start()
+                    .await
+                    .expect("double on the VIP"),
+            );
+            api.add_token(
+                POD_TOKEN,
+                User::new(
+                    "system:serviceaccount:default:app",
+                    &["system:serviceaccounts"],
+                ),
+            );
+            tx.send((api.clone(), pki)).expect("report");
+            let _ = stop_rx.await;
+        });
+    });
+    let (api, pki) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("double starts");
+
+    // The hub is a process under the redirected cgroup and in the node namespace,
+    // in cloud mode with the VIP as its only upstream.
+    let files = HubFiles::new(&pki);
+    let hub_server: SocketAddr = "127.0.0.1:10267".parse().unwrap();
+    let mut args = files.args(&["https://10.96.0.1:443".to_string()], &[]);
+    args.retain(|a| {
+        ![
+            "--hub-address",
+            "--redirect-mode",
+            "--proxy-secure-port",
+            "--proxy-port",
+            "--serve-port",
+        ]
+        .iter()
+        .any(|f| a.starts_with(f))
+    });
+    args.extend(
+        [
+            "--working-mode=cloud",
+            "--redirect-mode=ebpf",
+            "--hub-address=169.254.2.1",
+            "--proxy-secure-port=10268",
+            "--proxy-port=10261",
+            "--serve-port=10267",
+            "--apiserver-vip=10.96.0.1:443",
+        ]
+        .map(String::from),
+    );
+    args.push(format!("--redirect-cgroup={}", cgroup.path().display()));
+    args.push(format!("--redirect-pin-dir={pin_dir}"));
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(hub_cgroup.join("cgroup.procs"))
+        .expect("cgroup.procs");
+    let netns = std::fs::File::open(sandbox.path(Side::Node)).expect("node netns");
+    let mut cmd = std::process::Command::new(yurthub_e2e::hub::hub_binary());
+    cmd.args(&args[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls (write, setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::write(procs.as_fd(), b"0\n").map_err(std::io::Error::from)?;
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+    }
+    let mut hub = KillOnDrop(cmd.spawn().expect("spawn hub"));
+
+    wait_for(
+        "the hub in the redirected cgroup to heartbeat",
+        Duration::from_secs(30),
+        || {
+            std::panic::catch_unwind(|| redirect_status(&sandbox, hub_server)["active"] == true)
+                .unwrap_or(false)
+        },
+    );
+
+    // Node traffic through the hub reaches the double at the VIP: the hub's
+    // own connection to the VIP was not redirected back to itself.
+    let body = hub_get(
+        &sandbox,
+        "127.0.0.1:10261".parse().unwrap(),
+        "/api/v1/namespaces/default/services/kubernetes",
+    );
+    assert!(
+        body.contains("\"kubernetes\""),
+        "the hub reached the real apiserver: {body}"
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.path == "/api/v1/namespaces/default/services/kubernetes")
+    );
+    let status = redirect_status(&sandbox, hub_server);
+    let vip = status["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vip"] == VIP)
+        .unwrap()
+        .clone();
+    assert!(
+        vip["skipped_own"].as_u64().unwrap_or(0) >= 1,
+        "the hub's own VIP connection was exempt: {status:#}"
+    );
+
+    // A pod in the same cgroup is still redirected to the hub, which forwards
+    // to the VIP without looping.
+    let out = kubectl_in_pod(
+        &sandbox,
+        cgroup.path(),
+        pki.ca_pem(),
+        &["get", "services", "-o", "name"],
+    );
+    assert!(
+        out.starts_with("exit=0") && out.contains("service/kubernetes"),
+        "{out}"
+    );
+    let status = redirect_status(&sandbox, hub_server);
+    let vip = status["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vip"] == VIP)
+        .unwrap()
+        .clone();
+    assert!(vip["redirected"].as_u64().unwrap_or(0) >= 1, "{status:#}");
+
+    let pid = nix::unistd::Pid::from_raw(hub.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let exit = wait_child(&mut hub.0, Duration::from_secs(15));
+    assert!(exit.success(), "hub exit: {exit:?}");
+    assert!(
+        !PathBuf::from(sandbox::BPFFS).join(&pin_dir).exists(),
+        "pins removed at shutdown"
+    );
+    let _ = stop_tx.send(());
+    api_thread.join().expect("double thread");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_child(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

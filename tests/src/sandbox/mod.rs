@@ -278,3 +278,36 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> Optio
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `(name, attach_type)` of the `yh_*` programs attached to `cgroup`.
+pub fn attached_programs(cgroup: &std::path::Path) -> Vec<(String, String)> {
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("run bpftool (install it: `cargo xtask setup`)");
+    assert!(
+        output.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).expect("bpftool JSON");
+    let mut ours: Vec<(String, String)> = entries
+        .iter()
+        .filter_map(|e| {
+            let name = e["name"].as_str()?;
+            name.starts_with("yh_").then(|| {
+                (
+                    name.to_owned(),
+                    e["attach_type"].as_str().unwrap_or("?").to_owned(),
+                )
+            })
+        })
+        .collect();
+    ours.sort();
+    ours
+}
