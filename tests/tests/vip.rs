@@ -501,7 +501,7 @@ fn a_hub_whose_upstream_is_the_vip_itself_does_not_loop() {
     // to the VIP without looping.
     let out = kubectl_in_pod(
         &sandbox,
-        cgroup.path(),
+        &pod_cgroup,
         pki.ca_pem(),
         &["get", "services", "-o", "name"],
     );
