@@ -553,3 +553,30 @@ fn wait_child(child: &mut std::process::Child, within: Duration) -> std::process
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_node_that_cannot_redirect_still_serves_and_says_why() {
+    sandbox::require_root();
+    let sandbox = NetSandbox::new(&[]);
+    // /proc is no cgroup v2 directory: the redirect cannot be installed.
+    let mut node = NodeSide::start(
+        &sandbox,
+        Path::new("/proc"),
+        &sandbox::unique_name("yurthub-none"),
+        &[],
+    );
+    let status = redirect_status(&sandbox, node.hub_server);
+    assert_eq!(status["installed"], false, "{status:#}");
+    let reason = status["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.contains("/proc") && reason.contains("cgroup"),
+        "the reason names what is wrong: {reason}"
+    );
+    let healthz = hub_get(&sandbox, node.hub_server, "/v1/healthz");
+    assert_eq!(healthz, "OK");
+    assert!(
+        !sandbox.has_address(Side::Node, "169.254.2.1".parse().unwrap()),
+        "a failed install leaves no address behind"
+    );
+    node.stop();
+}

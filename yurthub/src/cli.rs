@@ -123,6 +123,10 @@ pub struct RunArgs {
     /// Directory under --bpffs for this hub's pins.
     #[arg(long, default_value = "yurthub")]
     pub redirect_pin_dir: String,
+    /// Have the eBPF programs log every redirect through aya-log (diagnostics;
+    /// shown at --v=2 or RUST_LOG=debug). Off by default: free on the fast path.
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = ArgAction::Set)]
+    pub redirect_ebpf_log: bool,
 
     // --- deprecated network-manager flags (mapped onto the redirect) ---
     /// Deprecated: the hub address is managed by rtnetlink on --hub-address-link.

@@ -92,6 +92,7 @@ pub struct Config {
     pub keep_redirect_on_exit: bool,
     pub bpffs: PathBuf,
     pub redirect_pin_dir: String,
+    pub redirect_ebpf_log: bool,
     pub bootstrap: Bootstrap,
     pub hub_cert_organizations: Vec<String>,
     pub tls_cert_file: Option<PathBuf>,
@@ -337,6 +338,7 @@ impl Config {
             keep_redirect_on_exit: a.keep_redirect_on_exit,
             bpffs: a.bpffs.clone(),
             redirect_pin_dir: a.redirect_pin_dir.clone(),
+            redirect_ebpf_log: a.redirect_ebpf_log,
             bootstrap,
             hub_cert_organizations: a
                 .hub_cert_organizations

@@ -73,6 +73,7 @@ pub fn redirect_config(cfg: &Config, vips: Vec<SocketAddr>) -> redirect::Config 
     r.bpffs = cfg.bpffs.clone();
     r.pin_dir_name = cfg.redirect_pin_dir.clone();
     r.keep_on_exit = cfg.keep_redirect_on_exit;
+    r.ebpf_log = cfg.redirect_ebpf_log;
     r
 }
 
