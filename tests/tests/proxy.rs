@@ -835,3 +835,48 @@ async fn protobuf_responses_and_watch_frames_pass_through_unchanged() {
     assert_eq!(obj["metadata"]["name"], "pb-watched");
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_writes_a_diagnostic_dump_under_the_root_dir() {
+    let pki = Arc::new(TestPki::new().unwrap());
+    let api = double(&pki).await;
+    let files = HubFiles::new(&pki);
+    let args = files.args(&[api.url()], &[]);
+    let hub_port: u16 = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--serve-port=")?.parse().ok())
+        .unwrap();
+    let mut p = hub::HubProcess::spawn(&args);
+    let c = plain_client();
+    eventually(Duration::from_secs(15), "the hub process serves", || async {
+        let req = hub::get_request(&format!("http://127.0.0.1:{hub_port}/v1/healthz"), "x/1", &[]);
+        matches!(tokio::time::timeout(Duration::from_secs(2), c.request(req)).await, Ok(Ok(r)) if r.status() == StatusCode::OK)
+    })
+    .await;
+    let pid = p.child.id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let dump = files
+        .dir
+        .path()
+        .join("root")
+        .join(format!("yurthub.{pid}.stacks.log"));
+    eventually(Duration::from_secs(5), "the dump file", || async {
+        dump.exists()
+    })
+    .await;
+    let text = std::fs::read_to_string(&dump).unwrap();
+    assert!(
+        text.contains("threads (tid name state wchan):") && text.contains("runtime:"),
+        "{text}"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        p.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    assert!(status.success());
+}

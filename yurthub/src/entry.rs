@@ -43,7 +43,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let root_dir = cfg.root_dir.clone();
     runtime.block_on(async move {
+        let dumps = tokio_util::sync::CancellationToken::new();
+        crate::dump::spawn_on_sigusr1(root_dir, dumps.clone());
         let app = match crate::App::start(cfg).await {
             Ok(a) => a,
             Err(e) => {
@@ -52,6 +55,7 @@ pub fn main() -> ExitCode {
             }
         };
         wait_for_signal().await;
+        dumps.cancel();
         app.shutdown().await;
         ExitCode::SUCCESS
     })

@@ -16,6 +16,7 @@ pub mod certificates;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod dump;
 pub mod entry;
 pub mod hub;
 pub mod metrics;
