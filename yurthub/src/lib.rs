@@ -17,6 +17,7 @@ pub mod codec;
 pub mod cli;
 pub mod config;
 pub mod entry;
+pub mod filters;
 pub mod hub;
 pub mod metrics;
 pub mod proxy;
