@@ -165,12 +165,19 @@ impl FilterChain {
         }
     }
 
-    /// The body to send for a complete (non-watch) response of `verb`.
+    /// The body to send for a complete response of `verb`: a list, a
+    /// watch body read whole (prefer [`FilterChain::watch_body`] for live
+    /// watches), or a single object for every other verb.
     pub fn filter_body(&self, verb: &str, format: Format, body: Bytes) -> Bytes {
-        if verb == "list" {
-            self.filter_list_body(format, body)
-        } else {
-            self.filter_object_body(format, body)
+        match verb {
+            "list" => self.filter_list_body(format, body),
+            "watch" => {
+                let mut filter = self.watch(format);
+                let mut out = BytesMut::from(filter.push(&body).as_ref());
+                out.extend_from_slice(&filter.finish());
+                out.freeze()
+            }
+            _ => self.filter_object_body(format, body),
         }
     }
 

@@ -128,6 +128,13 @@ impl FilterRegistry {
         &self.enabled
     }
 
+    /// Whether readiness should wait for the [`super::ClusterView`] to have
+    /// listed services and pools once (upstream: the servicetopology filter
+    /// is a resource syncer, and only when it is enabled).
+    pub fn needs_cluster_view_sync(&self) -> bool {
+        self.enabled.contains(&FilterName::ServiceTopology)
+    }
+
     /// The filters for a request, in registration order (empty: no filtering).
     /// `component` is the truncated, lower-cased User-Agent; `verb` the
     /// Kubernetes verb; `resource` the resource without subresource.

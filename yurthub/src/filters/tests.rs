@@ -366,3 +366,236 @@ fn topology_trims_endpointslices_in_lists() {
         );
     }
 }
+
+/// Each filter through the wire: filtering the encoded object gives exactly
+/// what filtering the typed object gives, in both formats, and the typed
+/// result differs from the input where the filter acts.
+#[test]
+fn every_filter_works_on_the_wire_in_both_formats() {
+    use super::{Object, ObjectKind, Verdict};
+    use k8s_openapi::api::core::v1::Pod;
+
+    let topology_inputs = TestInputs {
+        pool: Some("pool-a".into()),
+        services: vec![annotate(
+            service("default", "web", "10.96.0.20", &[("http", 80)]),
+            "openyurt.io/topologyKeys",
+            "openyurt.io/nodepool",
+        )],
+        pools: [(
+            "pool-a".to_owned(),
+            vec!["node-1".to_owned(), "node-3".to_owned()],
+        )]
+        .into(),
+        ..TestInputs::default()
+    };
+    let web_slice = endpoint_slice(
+        "default",
+        "web-1",
+        "web",
+        vec![
+            endpoint("10.0.0.1", Some("node-1")),
+            endpoint("10.0.0.2", Some("node-2")),
+            endpoint("10.0.0.3", Some("node-3")),
+        ],
+        &[("http", 80)],
+    );
+    let kube_slice = endpoint_slice(
+        "default",
+        "kubernetes",
+        "kubernetes",
+        vec![endpoint("10.0.0.9", Some("m"))],
+        &[("https", 6443)],
+    );
+    let node_port = annotate(
+        with_type(
+            service("default", "np", "10.96.0.40", &[("http", 80)]),
+            "NodePort",
+        ),
+        "nodeport.openyurt.io/listen",
+        "pool-b",
+    );
+    let env_pod = pod(
+        "default",
+        "p",
+        &[&[
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ]],
+        &[],
+    );
+    let cases: Vec<(FilterName, TestInputs, Object, Verdict)> = vec![
+        (
+            FilterName::ServiceTopology,
+            topology_inputs,
+            Object::EndpointSlice(Box::new(web_slice)),
+            Verdict::Mutated,
+        ),
+        (
+            FilterName::MasterService,
+            TestInputs::default(),
+            Object::Service(Box::new(services()[0].clone())),
+            Verdict::Mutated,
+        ),
+        (
+            FilterName::DiscardCloudService,
+            TestInputs::default(),
+            Object::Service(Box::new(services()[2].clone())),
+            Verdict::Drop,
+        ),
+        (
+            FilterName::InClusterConfig,
+            TestInputs::default(),
+            Object::ConfigMap(Box::new(config_map(
+                "kube-system",
+                "kube-proxy",
+                &[("config.conf", "kubeconfig: /k\n")],
+            ))),
+            Verdict::Mutated,
+        ),
+        (
+            FilterName::NodePortIsolation,
+            TestInputs {
+                pool: Some("pool-a".into()),
+                ..TestInputs::default()
+            },
+            Object::Service(Box::new(node_port)),
+            Verdict::Drop,
+        ),
+        (
+            FilterName::ForwardKubeSvcTraffic,
+            TestInputs::default(),
+            Object::EndpointSlice(Box::new(kube_slice)),
+            Verdict::Mutated,
+        ),
+        (
+            FilterName::ServiceEnvUpdater,
+            TestInputs::default(),
+            Object::Pod(Box::new(env_pod)),
+            Verdict::Mutated,
+        ),
+    ];
+    for (filter, inputs, object, want) in cases {
+        let mut typed = object.clone();
+        assert_eq!(
+            filter.apply(&mut typed, &inputs),
+            want,
+            "{filter} on the typed object"
+        );
+        let c = chain(&[filter], inputs);
+        for format in FORMATS {
+            let encoded = match &object {
+                Object::Service(o) => encode(format, o.as_ref()),
+                Object::EndpointSlice(o) => encode(format, o.as_ref()),
+                Object::ConfigMap(o) => encode(format, o.as_ref()),
+                Object::Pod(o) => encode(format, o.as_ref()),
+                Object::EndpointSliceV1beta1(_) => unreachable!("typed cases only"),
+            };
+            let outcome = c
+                .filter_object(format, &encoded)
+                .unwrap_or_else(|e| panic!("{filter} {format:?}: {e}"));
+            match (want, outcome) {
+                (Verdict::Drop, Filtered::Dropped) => {}
+                (Verdict::Mutated, Filtered::Mutated(bytes)) => {
+                    let got = match object.kind() {
+                        ObjectKind::Service => Object::Service(Box::new(
+                            codec::decode_as::<Service>(format, &bytes).expect("service"),
+                        )),
+                        ObjectKind::EndpointSlice => Object::EndpointSlice(Box::new(
+                            codec::decode_as::<EndpointSlice>(format, &bytes).expect("slice"),
+                        )),
+                        ObjectKind::ConfigMap => Object::ConfigMap(Box::new(
+                            codec::decode_as::<ConfigMap>(format, &bytes).expect("cm"),
+                        )),
+                        ObjectKind::Pod => Object::Pod(Box::new(
+                            codec::decode_as::<Pod>(format, &bytes).expect("pod"),
+                        )),
+                        ObjectKind::EndpointSliceV1beta1 => unreachable!("typed cases only"),
+                    };
+                    assert_eq!(
+                        got, typed,
+                        "{filter} {format:?}: wire result equals typed result"
+                    );
+                    assert_ne!(got, object, "{filter} {format:?}: the filter acted");
+                }
+                (want, got) => panic!("{filter} {format:?}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn v1beta1_endpointslices_are_filtered_in_both_formats() {
+    let inputs = TestInputs {
+        services: vec![annotate(
+            service("default", "web", "10.96.0.20", &[("http", 80)]),
+            "openyurt.io/topologyKeys",
+            "kubernetes.io/hostname",
+        )],
+        ..TestInputs::default()
+    };
+    let c = chain(&[FilterName::ServiceTopology], inputs);
+    let item = serde_json::json!({
+        "metadata": {"namespace": "default", "name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["10.0.0.1"], "topology": {"kubernetes.io/hostname": "node-1"}},
+            {"addresses": ["10.0.0.2"], "topology": {"kubernetes.io/hostname": "node-2"}}
+        ]
+    });
+    let api_version = "discovery.k8s.io/v1beta1";
+    for format in FORMATS {
+        let encoded = match format {
+            Format::Json => serde_json::to_vec(&item).expect("json item"),
+            Format::Protobuf => {
+                codec::json_to_message(api_version, "EndpointSlice", &item).expect("pb item")
+            }
+        };
+        let body = codec::build_list(
+            format,
+            api_version,
+            "EndpointSliceList",
+            &ListMeta::default(),
+            &[&encoded],
+        )
+        .expect("list");
+        let out = c.filter_list_body(format, Bytes::from(body));
+        let parts = codec::split_list(format, &out).expect("split");
+        let got = match format {
+            Format::Json => {
+                serde_json::from_slice::<serde_json::Value>(&out[parts.items[0].clone()])
+                    .expect("json")
+            }
+            Format::Protobuf => {
+                codec::message_to_json(api_version, "EndpointSlice", &out[parts.items[0].clone()])
+                    .expect("pb")
+            }
+        };
+        let hosts: Vec<&str> = got["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .map(|e| {
+                e["topology"]["kubernetes.io/hostname"]
+                    .as_str()
+                    .expect("hostname")
+            })
+            .collect();
+        assert_eq!(hosts, vec!["node-1"], "{format:?}");
+    }
+}
+
+#[test]
+fn a_whole_watch_body_can_be_filtered_at_once() {
+    let c = chain(&[FilterName::DiscardCloudService], TestInputs::default());
+    for format in FORMATS {
+        let lb = encode(format, &services()[2]);
+        let body = watch_body(format, &[(EventType::Modified, lb.clone())]);
+        let out = c.filter_body("watch", format, Bytes::from(body));
+        assert_eq!(
+            decode_events(format, &out),
+            vec![(EventType::Deleted, lb)],
+            "{format:?}"
+        );
+    }
+}
