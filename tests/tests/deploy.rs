@@ -438,6 +438,11 @@ fn the_daemonset_runs_on_every_node_with_host_networking() {
     let spec = pod_spec(ds);
     assert_eq!(spec.host_network, Some(true));
     assert_eq!(
+        spec.dns_policy.as_deref(),
+        Some("Default"),
+        "the hub must not depend on cluster DNS, which depends on the hub"
+    );
+    assert_eq!(
         spec.priority_class_name.as_deref(),
         Some("system-node-critical")
     );
