@@ -635,6 +635,15 @@ fn probes_and_flags_match_the_real_binary() {
         assert_eq!(port, run.serve_port, "{what} port is --serve-port");
     }
     assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+    // ... which is where the hub serves by default.
+    let defaults = Cli::try_parse_from(["yurthub"])
+        .expect("defaults parse")
+        .run;
+    assert_eq!(
+        (run.bind_address.as_str(), run.serve_port),
+        (defaults.bind_address.as_str(), defaults.serve_port),
+        "the hub server stays on its default 127.0.0.1:10267"
+    );
 
     // The uninstall DaemonSet runs `yurthub cleanup` with flags it accepts,
     // on the same paths as the hub.
