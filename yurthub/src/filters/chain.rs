@@ -123,18 +123,10 @@ impl FilterChain {
         let mut changed = false;
         for range in &parts.items {
             let raw = &body[range.clone()];
-            let outcome = Object::decode_item(kind, format, &parts.api_version, item_kind, raw)
-                .and_then(|mut object| match self.run(&mut object) {
-                    Verdict::Unchanged => Ok(None),
-                    Verdict::Drop => Ok(Some(None)),
-                    Verdict::Mutated => object
-                        .encode_item(format, &parts.api_version, item_kind)
-                        .map(|new| Some(Some(new))),
-                });
-            match outcome {
-                Ok(None) => items.push(Cow::Borrowed(raw)),
-                Ok(Some(None)) => changed = true,
-                Ok(Some(Some(new))) => {
+            match self.filter_item(kind, format, &parts.api_version, item_kind, raw) {
+                Ok(Filtered::Unchanged) => items.push(Cow::Borrowed(raw)),
+                Ok(Filtered::Dropped) => changed = true,
+                Ok(Filtered::Mutated(new)) => {
                     items.push(Cow::Owned(new));
                     changed = true;
                 }
@@ -149,6 +141,25 @@ impl FilterChain {
         }
         let items: Vec<&[u8]> = items.iter().map(AsRef::as_ref).collect();
         codec::build_list(format, &parts.api_version, &parts.kind, &parts.meta, &items).map(Some)
+    }
+
+    /// Filters one list item (as [`codec::split_list`] returns it).
+    fn filter_item(
+        &self,
+        kind: ObjectKind,
+        format: Format,
+        api_version: &str,
+        item_kind: &str,
+        raw: &[u8],
+    ) -> Result<Filtered, CodecError> {
+        let mut object = Object::decode_item(kind, format, api_version, item_kind, raw)?;
+        Ok(match self.run(&mut object) {
+            Verdict::Unchanged => Filtered::Unchanged,
+            Verdict::Drop => Filtered::Dropped,
+            Verdict::Mutated => {
+                Filtered::Mutated(object.encode_item(format, api_version, item_kind)?)
+            }
+        })
     }
 
     /// The body to send for a list response.
