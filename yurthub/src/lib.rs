@@ -18,6 +18,7 @@ pub mod codec;
 pub mod config;
 pub mod dump;
 pub mod entry;
+pub mod filters;
 pub mod hub;
 pub mod metrics;
 pub mod proxy;
