@@ -13,8 +13,8 @@
 pub mod app;
 pub mod cache;
 pub mod certificates;
-pub mod cli;
 pub mod codec;
+pub mod cli;
 pub mod config;
 pub mod entry;
 pub mod hub;
