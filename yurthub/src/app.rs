@@ -189,6 +189,14 @@ impl App {
                 frequency: cfg.gc_frequency,
             }
             .spawn(Duration::from_secs(600), shutdown.clone());
+            crate::cache::hubcfg::spawn(
+                c.clone(),
+                lb.clone(),
+                transports.clone(),
+                cfg.namespace.clone(),
+                cfg.heartbeat.interval,
+                shutdown.clone(),
+            );
             if let Some(h) = &health {
                 spawn_lease_keeper(
                     c.clone(),
@@ -310,12 +318,14 @@ fn open_cache(cfg: &Config) -> Option<CacheManager> {
                 tracing::error!(path = %dir.display(), recovery = %why, "the cache store was unreadable; it was moved aside and the cache starts empty");
                 why
             });
-            Some(CacheManager::new(
+            let cache = CacheManager::new(
                 opened.store,
                 CacheAgents::new(&cfg.node_name),
                 &cfg.node_name,
                 recovered,
-            ))
+            );
+            crate::cache::hubcfg::restore(&cache);
+            Some(cache)
         }
         Err(e) => {
             tracing::error!(path = %dir.display(), error = %e, "cannot open the cache store; running without a cache");

@@ -9,9 +9,11 @@
 //! - [`local`]: offline answers from the store;
 //! - [`patch`], [`token`]: offline updates and token requests;
 //! - [`gc`]: removing what the cloud no longer has;
+//! - [`hubcfg`]: extra cache agents from the `yurt-hub-cfg` ConfigMap;
 //! - [`status`]: metrics and the `/v1/cache` document.
 
 pub mod gc;
+pub mod hubcfg;
 pub mod keys;
 pub mod local;
 pub mod manager;

@@ -58,14 +58,20 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(tx)) = (frame.data_ref(), this.tx.as_ref())
                     && tx.try_send(Chunk::Data(data.clone())).is_err()
                 {
                     // Behind or gone: stop copying; the consumer sees no End.
                     *this.tx = None;
+                }
+                // A sized body is not polled again once it reports its end.
+                if this.inner.is_end_stream()
+                    && let Some(tx) = this.tx.take()
+                {
+                    let _ = tx.try_send(Chunk::End);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -115,6 +121,17 @@ mod tests {
         }
         assert!(matches!(got.last(), Some(Chunk::End)), "{got:?}");
         assert_eq!(got.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_sized_body_ends_the_copy_without_a_final_poll() {
+        let (mut tee, mut rx) = Tee::new(http_body_util::Full::new(Bytes::from_static(b"abc")));
+        let frame = tee.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "abc");
+        assert!(tee.is_end_stream());
+        drop(tee);
+        assert!(matches!(rx.recv().await, Some(Chunk::Data(_))));
+        assert!(matches!(rx.recv().await, Some(Chunk::End)));
     }
 
     #[tokio::test]
