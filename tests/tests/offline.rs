@@ -474,15 +474,39 @@ async fn kubectl_works_offline_and_the_binary_restarts_offline() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = p.child.wait();
     let t = Instant::now();
-    let _p2 = HubProcess::spawn(&args);
-    eventually(Duration::from_secs(20), "restarted hub answers from the cache", || async {
-        let r = get_opt_reply(&c, &format!("{proxy}/api/v1/namespaces/default/pods/web-0"), KUBELET).await;
-        r.is_some_and(|s| s == StatusCode::OK)
-    })
-    .await;
+    let mut p2 = HubProcess::spawn(&args);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get_opt_reply(&c, &format!("{proxy}/api/v1/namespaces/default/pods/web-0"), "kubectl/v1.34.0").await;
+        if r == Some(StatusCode::OK) {
+            break;
+        }
+        if Instant::now() > deadline || p2.child.try_wait().ok().flatten().is_some() {
+            let _ = p2.child.kill();
+            let out = p2.child.wait_with_output_ref();
+            panic!("restarted hub did not answer from the cache (last {r:?}): {out}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     eprintln!("binary cold start offline to first answer: {:?}", t.elapsed());
     check("after an offline restart").await;
     drop(p);
+}
+
+trait Output {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl Output for std::process::Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        use std::io::Read;
+        let _ = self.wait();
+        let mut s = String::new();
+        if let Some(e) = self.stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
 }
 
 async fn get_opt(c: &PlainClient, url: &str) -> bool {
