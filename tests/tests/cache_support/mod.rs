@@ -90,23 +90,29 @@ pub async fn cache_doc(c: &PlainClient, hub_url: &str) -> Value {
 
 /// Waits until the cache holds at least `n` objects and its writes settled.
 pub async fn wait_objects(c: &PlainClient, hub_url: &str, n: u64) {
-    eventually(Duration::from_secs(15), &format!("{n} objects cached"), || async {
-        cache_doc(c, hub_url).await["objects"].as_u64().unwrap_or(0) >= n
-    })
+    eventually(
+        Duration::from_secs(15),
+        &format!("{n} objects cached"),
+        || async { cache_doc(c, hub_url).await["objects"].as_u64().unwrap_or(0) >= n },
+    )
     .await;
 }
 
 /// Waits until a request is answered from the cache (the hub noticed the
 /// cloud is gone or the fallback answers).
 pub async fn wait_offline(c: &PlainClient, hub_url: &str, server: &str) {
-    eventually(Duration::from_secs(15), "hub sees the cloud down", || async {
-        let m = get(c, &format!("{hub_url}/metrics"), "test").await.text();
-        m.lines().any(|l| {
-            l.starts_with("node_yurthub_server_healthy_status")
-                && l.contains(server)
-                && l.trim_end().ends_with(" 0")
-        })
-    })
+    eventually(
+        Duration::from_secs(15),
+        "hub sees the cloud down",
+        || async {
+            let m = get(c, &format!("{hub_url}/metrics"), "test").await.text();
+            m.lines().any(|l| {
+                l.starts_with("node_yurthub_server_healthy_status")
+                    && l.contains(server)
+                    && l.trim_end().ends_with(" 0")
+            })
+        },
+    )
     .await;
 }
 
@@ -130,7 +136,12 @@ pub fn names(list: &Value) -> Vec<String> {
         .as_array()
         .unwrap_or_else(|| panic!("not a list: {list}"))
         .iter()
-        .map(|i| i["metadata"]["name"].as_str().unwrap_or_default().to_owned())
+        .map(|i| {
+            i["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
     v.sort();
     v

@@ -202,6 +202,14 @@ impl Local {
             }
         }
         let by_name = selectors.field.required("metadata.name").is_some();
+        let gvr = keys::gvr(info);
+        if !wants_meta
+            && !keys::is_builtin(&gvr)
+            && matches!(self.cache.store().kind_for(&gvr), Ok(None))
+        {
+            // Unknown kind, or the apiserver said the resource is gone (404).
+            return not_found(info);
+        }
         let Some((resource, listing)) = found else {
             if by_name {
                 return self.empty_list(req, &keys::resource_key(info, Space::Full));

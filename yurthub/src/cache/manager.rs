@@ -99,7 +99,10 @@ struct Inner {
     store: Store,
     agents: CacheAgents,
     node: String,
-    stagings: Mutex<HashMap<ScopeKey, Staging>>,
+    /// Paginated lists in progress: the continue token the next page will
+    /// carry, and the staging (locked while a page is written, so pages
+    /// whose copies are consumed concurrently still apply in order).
+    stagings: Mutex<HashMap<ScopeKey, (String, Arc<tokio::sync::Mutex<Staging>>)>>,
     kinds_seen: Mutex<HashSet<Gvr>>,
     /// Keys whose last write failed → the error (a later success clears).
     error_keys: Mutex<BTreeMap<String, String>>,
@@ -107,11 +110,13 @@ struct Inner {
 }
 
 struct Staging {
-    list: StagedList,
-    next_continue: String,
+    list: Option<StagedList>,
     list_rv: String,
-    touched: Instant,
+    started: Instant,
 }
+
+/// How long a page waits for the previous page's copy to be registered.
+const PAGE_WAIT: Duration = Duration::from_secs(10);
 
 impl CacheManager {
     /// `recovered`: why the store started empty (a corrupt file moved aside).
@@ -458,42 +463,70 @@ impl CacheManager {
             return;
         }
         // Paginated: stage pages; the last page (no continue) commits.
-        let mut staging = {
-            let mut st = lock(&self.inner.stagings);
-            st.retain(|_, s| s.touched.elapsed() < STAGING_TTL);
-            match &continue_token {
-                None => None,
-                Some(tok) => match st.remove(&scope) {
-                    Some(s) if &s.next_continue == tok => Some(s),
-                    _ => {
-                        tracing::debug!(%scope, "a page of a list whose first page was not seen; not cached");
+        let (staging, mut guard) = match &continue_token {
+            None => {
+                let staging = Arc::new(tokio::sync::Mutex::new(Staging {
+                    list: Some(self.inner.store.begin_staged(&scope)),
+                    list_rv: list_rv.clone(),
+                    started: Instant::now(),
+                }));
+                let guard = staging.clone().lock_owned().await;
+                let mut st = lock(&self.inner.stagings);
+                st.retain(|_, (_, s)| {
+                    s.try_lock()
+                        .map_or(true, |s| s.started.elapsed() < STAGING_TTL)
+                });
+                st.insert(scope.clone(), (next.clone(), staging.clone()));
+                (staging, guard)
+            }
+            Some(tok) => {
+                let deadline = Instant::now() + PAGE_WAIT;
+                let staging = loop {
+                    let found = lock(&self.inner.stagings)
+                        .get(&scope)
+                        .filter(|(expected, _)| expected == tok)
+                        .map(|(_, s)| s.clone());
+                    if let Some(s) = found {
+                        break s;
+                    }
+                    if Instant::now() > deadline {
+                        tracing::debug!(%scope, "a page of a list whose previous page was not seen; not cached");
                         return;
                     }
-                },
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                let guard = staging.clone().lock_owned().await;
+                if let Some((expected, _)) = lock(&self.inner.stagings).get_mut(&scope) {
+                    next.clone_into(expected);
+                }
+                (staging, guard)
             }
-        }
-        .unwrap_or_else(|| Staging {
-            list: self.inner.store.begin_staged(&scope),
-            next_continue: String::new(),
-            list_rv: list_rv.clone(),
-            touched: Instant::now(),
-        });
-        if let Err(e) = staging.list.stage_page(items).await {
+        };
+        let forget = |me: &Self| {
+            let mut st = lock(&me.inner.stagings);
+            if st
+                .get(&scope)
+                .is_some_and(|(_, s)| Arc::ptr_eq(s, &staging))
+            {
+                st.remove(&scope);
+            }
+        };
+        let Some(list) = guard.list.as_mut() else {
+            return; // an earlier page failed
+        };
+        if let Err(e) = list.stage_page(items).await {
+            guard.list = None;
+            forget(self);
             self.record_write(key, Err(e.to_string()));
             return;
         }
         if next.is_empty() {
-            let rv = staging.list_rv.clone();
-            let r = staging
-                .list
-                .commit(in_scope, rv)
-                .await
-                .map_err(|e| e.to_string());
-            self.record_write(key, r);
-        } else {
-            staging.next_continue = next;
-            staging.touched = Instant::now();
-            lock(&self.inner.stagings).insert(scope, staging);
+            forget(self);
+            let rv = guard.list_rv.clone();
+            if let Some(list) = guard.list.take() {
+                let r = list.commit(in_scope, rv).await.map_err(|e| e.to_string());
+                self.record_write(key, r);
+            }
         }
     }
 
