@@ -45,11 +45,7 @@ pub fn is_cached_document(path: &str) -> bool {
         return true;
     }
     let parts: Vec<&str> = p.trim_start_matches('/').split('/').collect();
-    match parts.as_slice() {
-        ["api", _] => true,
-        ["apis", _] | ["apis", _, _] => true,
-        _ => false,
-    }
+    matches!(parts.as_slice(), ["api", _] | ["apis", _] | ["apis", _, _])
 }
 
 /// The document key of a response: the path, plus the `as=` variant for
@@ -102,12 +98,14 @@ struct Inner {
     /// Paginated lists in progress: the continue token the next page will
     /// carry, and the staging (locked while a page is written, so pages
     /// whose copies are consumed concurrently still apply in order).
-    stagings: Mutex<HashMap<ScopeKey, (String, Arc<tokio::sync::Mutex<Staging>>)>>,
+    stagings: Mutex<HashMap<ScopeKey, (String, SharedStaging)>>,
     kinds_seen: Mutex<HashSet<Gvr>>,
     /// Keys whose last write failed → the error (a later success clears).
     error_keys: Mutex<BTreeMap<String, String>>,
     recovered: Option<String>,
 }
+
+type SharedStaging = Arc<tokio::sync::Mutex<Staging>>;
 
 struct Staging {
     list: Option<StagedList>,
