@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::{CacheManager, Local, policy::CacheAgents};
 use crate::certificates::Certificates;
 use crate::config::{Bootstrap, Config, RedirectMode, WorkingMode};
 use crate::hub::{HubServer, Readiness};
@@ -42,6 +43,7 @@ pub struct App {
     tracker: TaskTracker,
     grace: Duration,
     redirect: redirector::Handle,
+    cache: Option<CacheManager>,
 }
 
 impl App {
@@ -101,6 +103,18 @@ impl App {
             readiness.add(move || certs.not_ready_reason().map(String::from));
         }
 
+        let cache = (cfg.working_mode == WorkingMode::Edge)
+            .then(|| open_cache(&cfg))
+            .flatten();
+        let local = cache.as_ref().map(|c| {
+            Local::new(
+                c.clone(),
+                lb.clone(),
+                cfg.min_request_timeout,
+                shutdown.clone(),
+            )
+        });
+
         let proxy = Proxy::new(ProxyParts {
             mode: cfg.working_mode,
             lb: lb.clone(),
@@ -110,6 +124,7 @@ impl App {
             readiness: readiness.clone(),
             max_body: cfg.max_request_body_bytes,
             shutdown: shutdown.clone(),
+            local,
         });
 
         let (redirect, redirect_reason) = match cfg.redirect_mode {
@@ -121,6 +136,14 @@ impl App {
         };
         registry.register_collector(Box::new(redirector::Collector(redirect.clone())));
         let mut docs: BTreeMap<String, crate::hub::StatusDoc> = BTreeMap::new();
+        if let Some(c) = &cache {
+            registry.register_collector(Box::new(crate::cache::status::Collector(c.clone())));
+            let c = c.clone();
+            docs.insert(
+                "/v1/cache".into(),
+                Arc::new(move || crate::cache::status::document(&c)),
+            );
+        }
         {
             let r = redirect.clone();
             docs.insert(
@@ -157,6 +180,32 @@ impl App {
         if let Some(h) = &health {
             h.initial_probe().await;
             h.spawn(shutdown.clone());
+        }
+        if let Some(c) = &cache {
+            crate::cache::gc::Gc {
+                cache: c.clone(),
+                lb: lb.clone(),
+                transports: transports.clone(),
+                frequency: cfg.gc_frequency,
+            }
+            .spawn(Duration::from_secs(600), shutdown.clone());
+            crate::cache::hubcfg::spawn(
+                c.clone(),
+                lb.clone(),
+                transports.clone(),
+                cfg.namespace.clone(),
+                cfg.heartbeat.interval,
+                shutdown.clone(),
+            );
+            if let Some(h) = &health {
+                spawn_lease_keeper(
+                    c.clone(),
+                    h.clone(),
+                    cfg.node_name.clone(),
+                    cfg.heartbeat.interval,
+                    shutdown.clone(),
+                );
+            }
         }
         if cfg.redirect_mode == RedirectMode::Ebpf && cfg.apiserver_vips.is_empty() {
             redirector::spawn_vip_learner(
@@ -226,6 +275,7 @@ impl App {
             tracker,
             grace: cfg.shutdown_grace_period,
             redirect,
+            cache,
         })
     }
 
@@ -240,9 +290,91 @@ impl App {
         {
             tracing::warn!(grace = ?self.grace, "in-flight requests did not finish within the grace period");
         }
+        if let Some(c) = &self.cache
+            && let Err(e) = c.store().flush().await
+        {
+            tracing::warn!(error = %e, "flushing the cache store failed");
+        }
         // After the pod-facing listener stopped: the redirect already fails
         // open (no heartbeat); now remove it unless the next hub adopts it.
         self.redirect.shutdown().await;
         tracing::info!("yurthub stopped");
     }
+}
+
+/// Opens the cache store under `--disk-cache-path`. A corrupt file is moved
+/// aside by the store (the hub starts empty and says so); a store that
+/// cannot be opened at all leaves the hub running without a cache.
+fn open_cache(cfg: &Config) -> Option<CacheManager> {
+    let dir = &cfg.disk_cache_path;
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::error!(path = %dir.display(), error = %e, "cannot create the cache directory; running without a cache");
+        return None;
+    }
+    match crate::storage::Store::open(dir, crate::storage::Options::default()) {
+        Ok(opened) => {
+            let recovered = opened.recovery.map(|r| {
+                let why = format!("{r:?}");
+                tracing::error!(path = %dir.display(), recovery = %why, "the cache store was unreadable; it was moved aside and the cache starts empty");
+                why
+            });
+            let cache = CacheManager::new(
+                opened.store,
+                CacheAgents::new(&cfg.node_name),
+                &cfg.node_name,
+                recovered,
+            );
+            crate::cache::hubcfg::restore(&cache);
+            Some(cache)
+        }
+        Err(e) => {
+            tracing::error!(path = %dir.display(), error = %e, "cannot open the cache store; running without a cache");
+            None
+        }
+    }
+}
+
+/// Keeps the lease the hub renews in the cloud in kubelet's cache, so a hub
+/// restarted offline can answer kubelet's lease requests.
+fn spawn_lease_keeper(
+    cache: CacheManager,
+    health: Arc<HealthChecker>,
+    node: String,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let resource = crate::storage::ResourceKey::new(
+            "kubelet",
+            crate::storage::Space::Full,
+            crate::storage::Gvr::new("coordination.k8s.io", "v1", "leases"),
+        );
+        let mut last_rv = String::new();
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(mut lease) = health.cloud_lease() else {
+                continue;
+            };
+            let rv = lease["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if rv == last_rv || lease["metadata"]["name"] != serde_json::json!(node) {
+                continue;
+            }
+            lease["apiVersion"] = serde_json::json!("coordination.k8s.io/v1");
+            lease["kind"] = serde_json::json!("Lease");
+            let body = bytes::Bytes::from(lease.to_string());
+            if cache
+                .store_local(&resource, crate::codec::Format::Json, body)
+                .await
+            {
+                last_rv = rv;
+            }
+        }
+    });
 }

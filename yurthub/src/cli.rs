@@ -26,6 +26,18 @@ pub enum Command {
     /// Remove everything the hub installed on this node (eBPF programs, pins,
     /// hub address). Idempotent.
     Cleanup(CleanupArgs),
+    /// Import an OpenYurt cache directory (`<component>/<resource>.<version>.<group>/<ns>/<name>`)
+    /// into the cache store. Run it before the first start on a node migrating from OpenYurt.
+    ImportCache(ImportCacheArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportCacheArgs {
+    /// The OpenYurt cache directory (upstream's --disk-cache-path, e.g. /etc/kubernetes/cache).
+    pub dir: PathBuf,
+    /// This hub's cache store directory.
+    #[arg(long, default_value = "/etc/kubernetes/cache/")]
+    pub disk_cache_path: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -16,8 +16,10 @@ pub fn main() -> ExitCode {
         println!("yurthub {}", crate::VERSION);
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Cleanup(args)) = &cli.command {
-        return cleanup(args);
+    match &cli.command {
+        Some(Command::Cleanup(args)) => return cleanup(args),
+        Some(Command::ImportCache(args)) => return import_cache(args),
+        None => {}
     }
     let cfg = match Config::from_args(&cli.run) {
         Ok(c) => c,
@@ -119,6 +121,64 @@ fn cleanup(args: &crate::cli::CleanupArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `yurthub import-cache DIR`: reads an OpenYurt cache directory into the
+/// store and prints what was imported.
+fn import_cache(args: &crate::cli::ImportCacheArgs) -> ExitCode {
+    let _ = crate::telemetry::init(0, "text");
+    if let Err(e) = std::fs::create_dir_all(&args.disk_cache_path) {
+        eprintln!("error: creating {}: {e}", args.disk_cache_path.display());
+        return ExitCode::from(1);
+    }
+    let opened = match crate::storage::Store::open(
+        &args.disk_cache_path,
+        crate::storage::Options::default(),
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let store = opened.store;
+    let result = runtime.block_on(async {
+        let report = crate::storage::import_openyurt(&args.dir, &store).await?;
+        store.flush().await?;
+        Ok::<_, crate::storage::Error>(report)
+    });
+    match result {
+        Ok(r) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "objects": r.objects,
+                    "ignoredOlder": r.ignored_older,
+                    "documents": r.documents,
+                    "kinds": r.kinds,
+                    "markers": r.markers,
+                    "components": r.components,
+                    "restoredFromTmp": r.restored_from_tmp,
+                    "skipped": r.skipped.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>(),
+                })
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: importing {}: {e}", args.dir.display());
             ExitCode::from(1)
         }
     }

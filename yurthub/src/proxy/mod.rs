@@ -6,14 +6,21 @@
 //! 3. readiness gate: 503 until the hub is ready, except for the hub's own
 //!    clients;
 //! 4. route: kubelet's own Lease is answered locally in edge mode (the hub
-//!    renews it in the cloud, see `remote::health`); everything else goes to
-//!    a healthy backend picked by the load balancer;
+//!    renews it in the cloud, see `remote::health`; the cache stands in
+//!    until the first renewal); kubelet's GET of a cached node is answered
+//!    from the cache at once in edge mode and refreshed in the background;
+//!    everything else goes to a healthy backend picked by the load
+//!    balancer, or — in edge mode, when there is none — to the offline
+//!    answers of `cache::Local`;
 //! 5. forward with the right identity: the client's bearer token as-is, the
 //!    hub's client certificate only for credential-less requests on the
 //!    loopback listener, anonymous otherwise — pod traffic never borrows the
-//!    node's identity;
-//! 6. stream the response back as it arrives (watches included), or splice
-//!    the two connections for exec/attach/port-forward upgrades.
+//!    node's identity; when the upstream connection fails, a cacheable
+//!    get/list is answered from the cache, anything else gets 502;
+//! 6. stream the response back as it arrives (watches included), teeing a
+//!    copy of cacheable 2xx responses into the cache without ever slowing
+//!    the client (`cache::tee`), or splice the two connections for
+//!    exec/attach/port-forward upgrades.
 
 mod body;
 pub mod request_info;
@@ -32,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use request_info::RequestInfo;
 
+use crate::cache::{Local, LocalRequest};
 use crate::config::WorkingMode;
 use crate::hub::Readiness;
 use crate::metrics::{DurationLabels, Metrics, RequestLabels};
@@ -64,6 +72,8 @@ struct Inner {
     readiness: Readiness,
     max_body: u64,
     shutdown: CancellationToken,
+    local: Option<Local>,
+    node_refresh: std::sync::atomic::AtomicBool,
 }
 
 pub struct ProxyParts {
@@ -76,6 +86,8 @@ pub struct ProxyParts {
     pub max_body: u64,
     /// Cancelled at shutdown: open streams end so clients reconnect.
     pub shutdown: CancellationToken,
+    /// The cache and its offline answers (edge mode).
+    pub local: Option<Local>,
 }
 
 impl Proxy {
@@ -90,6 +102,8 @@ impl Proxy {
                 readiness: p.readiness,
                 max_body: p.max_body,
                 shutdown: p.shutdown,
+                local: p.local,
+                node_refresh: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -148,8 +162,22 @@ impl Proxy {
             && info.component == "kubelet"
             && info.resource == "leases"
             && let Some(health) = &self.inner.health
-            && let Some(resp) = kubelet_lease(health, info).await
+            && let Some(resp) =
+                kubelet_lease(health, self.inner.local.as_ref(), info, req.headers()).await
         {
+            return resp;
+        }
+        if self.inner.mode == WorkingMode::Edge
+            && info.is_resource
+            && info.component == "kubelet"
+            && info.resource == "nodes"
+            && info.verb == "get"
+            && info.subresource.is_empty()
+            && let Some(local) = &self.inner.local
+            && let Some(resp) = local.cached_get(info, req.headers())
+        {
+            // Autonomy: kubelet's node never waits on the cloud.
+            self.refresh_node(local, &info.name);
             return resp;
         }
         self.forward(req, info, listener, labels).await
@@ -163,8 +191,18 @@ impl Proxy {
         labels: &RequestLabels,
     ) -> Response<Body> {
         let Some(backend) = self.inner.lb.pick() else {
+            if self.inner.mode == WorkingMode::Edge
+                && let Some(local) = &self.inner.local
+            {
+                return self.offline(local, req, info).await;
+            }
             return status::bad_gateway("no healthy backends available");
         };
+        let plan = self
+            .inner
+            .local
+            .as_ref()
+            .and_then(|l| l.cache().plan(info, req.method(), req.uri()));
         let has_credentials = req.headers().contains_key(header::AUTHORIZATION);
         let identity = if !has_credentials && listener == Listener::Loopback {
             Identity::Hub
@@ -201,6 +239,20 @@ impl Proxy {
                 if let Some(h) = &self.inner.health {
                     h.report_transport_error(&backend);
                 }
+                if (info.verb == "get" || info.verb == "list")
+                    && let Some(local) = &self.inner.local
+                    && crate::cache::policy::not_cacheable(local.cache().agents(), info).is_none()
+                {
+                    return local
+                        .serve(LocalRequest {
+                            info,
+                            method: &parts.method,
+                            uri: &parts.uri,
+                            headers: &parts.headers,
+                            body: bytes::Bytes::new(),
+                        })
+                        .await;
+                }
                 return status::bad_gateway(format!(
                     "error trying to reach the apiserver {}: {chain}",
                     backend.name()
@@ -217,6 +269,9 @@ impl Proxy {
             return Response::from_parts(parts, crate::empty_body());
         }
 
+        if let (Some(plan), Some(local)) = (&plan, &self.inner.local) {
+            local.cache().on_status(plan, resp.status());
+        }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         let m = &self.inner.metrics;
@@ -226,18 +281,111 @@ impl Proxy {
         );
         let traffic = m.proxy_traffic.get_or_create(labels).clone();
         let stops = vec![backend.epoch(), self.inner.shutdown.child_token()];
-        Response::from_parts(
-            parts,
-            body::Proxied::new(body, stops, traffic, in_flight).boxed_unsync(),
-        )
+        let mut body = body::Proxied::new(body, stops, traffic, in_flight).boxed_unsync();
+        if parts.status.is_success()
+            && let (Some(plan), Some(local)) = (plan, &self.inner.local)
+        {
+            body = local.cache().tee(plan, &parts.headers, body);
+        }
+        Response::from_parts(parts, body)
+    }
+
+    /// No healthy backend: the request is answered from the cache.
+    async fn offline(
+        &self,
+        local: &Local,
+        req: Request<Incoming>,
+        info: &RequestInfo,
+    ) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let (body, exceeded) = body::Capped::new(body, self.inner.max_body);
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                if exceeded.load(std::sync::atomic::Ordering::Acquire) {
+                    return status::too_large(self.inner.max_body);
+                }
+                return status::bad_request(format!("reading the request body: {e}"));
+            }
+        };
+        local
+            .serve(LocalRequest {
+                info,
+                method: &parts.method,
+                uri: &parts.uri,
+                headers: &parts.headers,
+                body,
+            })
+            .await
+    }
+
+    /// Refreshes kubelet's cached node from the cloud in the background (one
+    /// refresh at a time; none while offline).
+    fn refresh_node(&self, local: &Local, name: &str) {
+        use std::sync::atomic::Ordering;
+        let Some(backend) = self.inner.lb.pick() else {
+            return;
+        };
+        if self.inner.node_refresh.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        let local = local.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let path = format!("/api/v1/nodes/{name}");
+            match crate::remote::call_json(
+                &me.inner.transports,
+                &backend,
+                http::Method::GET,
+                &path,
+                None,
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            {
+                Ok((code, node)) if code.is_success() => {
+                    let resource = crate::storage::ResourceKey::new(
+                        "kubelet",
+                        crate::storage::Space::Full,
+                        crate::storage::Gvr::new("", "v1", "nodes"),
+                    );
+                    let body = bytes::Bytes::from(node.to_string());
+                    local
+                        .cache()
+                        .store_local(&resource, crate::codec::Format::Json, body)
+                        .await;
+                }
+                Ok((code, _)) => tracing::debug!(%path, %code, "node refresh answered"),
+                Err(e) => tracing::debug!(%path, error = %e, "node refresh failed"),
+            }
+            me.inner.node_refresh.store(false, Ordering::Release);
+        });
     }
 }
 
 /// Kubelet's own Lease in edge mode: the hub renews it in the cloud, so
 /// kubelet's reads and writes are answered from the lease the cloud last
 /// returned. Returns None for verbs that are simply forwarded.
-async fn kubelet_lease(health: &HealthChecker, info: &RequestInfo) -> Option<Response<Body>> {
+async fn kubelet_lease(
+    health: &HealthChecker,
+    local: Option<&Local>,
+    info: &RequestInfo,
+    headers: &HeaderMap,
+) -> Option<Response<Body>> {
     health.kubelet_lease_touched();
+    if health.cloud_lease().is_none()
+        && matches!(info.verb.as_str(), "get" | "update" | "patch")
+        && let Some(resp) = local.and_then(|l| {
+            let mut get = info.clone();
+            get.verb = "get".into();
+            l.cached_get(&get, headers)
+        })
+    {
+        // Not renewed in the cloud yet (e.g. started offline): the lease the
+        // hub last renewed, from the cache.
+        return Some(resp);
+    }
     let json = |code: StatusCode, v: &Value| {
         let mut r = Response::new(full_body(v.to_string()));
         *r.status_mut() = code;

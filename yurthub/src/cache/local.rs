@@ -1,0 +1,641 @@
+//! Offline answers (§5.7): what the hub says when no apiserver is reachable,
+//! from the cache only.
+//!
+//! * get/list from the cache, in the format the request's Accept asks for
+//!   (converted when the stored format differs; PartialObjectMetadata served
+//!   from its own space or derived from full objects); list selectors are
+//!   applied; list RV = max item RV; a kubelet pod list over an existing
+//!   empty set is 404 (kubelet must not kill its pods); a `metadata.name`
+//!   miss is an empty list;
+//! * watch: 200, no events, ends at `timeoutSeconds` (else
+//!   min-request-timeout × [1, 2)), or within about a second of a backend
+//!   turning healthy so the client relists online;
+//! * delete → 403; create → 201 echo (events are also stored); update and
+//!   patch are applied to the cached copy and say so in a Warning header;
+//!   ServiceAccount token requests get a locally minted short-lived token;
+//! * `/version` and discovery documents from the cache; other non-resource
+//!   paths, and components that are not cache agents, get 400.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::keys::{self, Selectors};
+use super::manager::{CacheManager, document_key, is_cached_document};
+use super::policy::not_cacheable;
+use super::{patch, token};
+use crate::codec::{self, Format, HubRestrictions, ListMeta};
+use crate::proxy::RequestInfo;
+use crate::proxy::status;
+use crate::remote::LoadBalancer;
+use crate::storage::{ObjectKey, ResourceKey, Space, StoredObject};
+use crate::{Body, full_body};
+
+/// The Warning header on an update or patch applied only locally.
+pub const LOCAL_CHANGE_WARNING: &str = "299 - \"yurthub: the cloud is unreachable; the change was applied to this node's cache only and was not sent to the apiserver\"";
+
+/// A request as the local proxy sees it (the body already read).
+pub struct LocalRequest<'a> {
+    pub info: &'a RequestInfo,
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+pub struct Local {
+    cache: CacheManager,
+    lb: Arc<LoadBalancer>,
+    min_request_timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Local {
+    pub fn new(
+        cache: CacheManager,
+        lb: Arc<LoadBalancer>,
+        min_request_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Local {
+        Local {
+            cache,
+            lb,
+            min_request_timeout,
+            shutdown,
+        }
+    }
+
+    pub fn cache(&self) -> &CacheManager {
+        &self.cache
+    }
+
+    pub async fn serve(&self, req: LocalRequest<'_>) -> Response<Body> {
+        let info = req.info;
+        if !info.is_resource {
+            return self.document(&req);
+        }
+        match info.verb.as_str() {
+            "delete" | "deletecollection" => {
+                return status::status(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "delete request is not supported in local cache",
+                );
+            }
+            "create" => return self.create(&req).await,
+            "watch" => return self.watch(&req),
+            _ => {}
+        }
+        if let Some(why) = not_cacheable(self.cache.agents(), info) {
+            return status::bad_request(format!("can not cache for {}: {why}", describe(info)));
+        }
+        match info.verb.as_str() {
+            "get" => self.get(&req),
+            "list" => self.list(&req),
+            "update" | "patch" => self.update(&req).await,
+            other => status::bad_request(format!("local proxy does not support verb {other}")),
+        }
+    }
+
+    /// A cached object for `get`, or None when it is not cached (the
+    /// autonomy path for kubelet's node then goes to the cloud).
+    pub fn cached_get(&self, info: &RequestInfo, headers: &HeaderMap) -> Option<Response<Body>> {
+        let key =
+            keys::resource_key(info, Space::Full).object(keys::object_namespace(info), &info.name);
+        let stored = self.cache.store().get(&key).ok()??;
+        Some(answer_object(headers, &stored, StatusCode::OK))
+    }
+
+    fn document(&self, req: &LocalRequest<'_>) -> Response<Body> {
+        let path = &req.info.path;
+        if *req.method != Method::GET || !is_cached_document(path) {
+            return status::bad_request(format!(
+                "local proxy does not support request({} {path})",
+                req.method
+            ));
+        }
+        let accept = header_str(req.headers, header::ACCEPT);
+        // Aggregated discovery first when asked for, then the plain document.
+        let mut candidates = Vec::new();
+        for clause in codec::parse_accept(accept) {
+            if let Some(as_) = clause.param("as") {
+                candidates.push(document_key(path, &format!("x;as={as_}")));
+            } else {
+                candidates.push(document_key(path, ""));
+            }
+        }
+        if candidates.is_empty() {
+            candidates.push(document_key(path, ""));
+        }
+        for key in candidates {
+            match self.cache.store().document(&key) {
+                Ok(Some(doc)) => {
+                    let mut r = Response::new(full_body(doc.body));
+                    if let Ok(v) = HeaderValue::from_str(&doc.content_type) {
+                        r.headers_mut().insert(header::CONTENT_TYPE, v);
+                    }
+                    return r;
+                }
+                Ok(None) => {}
+                Err(e) => return internal(format!("reading cached {path}: {e}")),
+            }
+        }
+        status::status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{path} is not in the local cache"),
+        )
+    }
+
+    fn get(&self, req: &LocalRequest<'_>) -> Response<Body> {
+        let info = req.info;
+        let ns = keys::object_namespace(info);
+        let wants_meta = keys::accept_wants_metadata(req.headers);
+        let spaces: &[Space] = if wants_meta {
+            &[Space::PartialObjectMetadata, Space::Full]
+        } else {
+            &[Space::Full]
+        };
+        for space in spaces {
+            let key = keys::resource_key(info, *space).object(ns, &info.name);
+            match self.cache.store().get(&key) {
+                Ok(Some(stored)) => return answer_object(req.headers, &stored, StatusCode::OK),
+                Ok(None) => {}
+                Err(e) => return internal(format!("reading {key}: {e}")),
+            }
+        }
+        not_found(info)
+    }
+
+    fn list(&self, req: &LocalRequest<'_>) -> Response<Body> {
+        let info = req.info;
+        let q = keys::query(req.uri);
+        let selectors = match Selectors::from_query(&q) {
+            Ok(s) => s,
+            Err(e) => return status::bad_request(e),
+        };
+        let ns = (!info.namespace.is_empty()).then_some(info.namespace.as_str());
+        let wants_meta = keys::accept_wants_metadata(req.headers);
+        let spaces: &[Space] = if wants_meta {
+            &[Space::PartialObjectMetadata, Space::Full]
+        } else {
+            &[Space::Full]
+        };
+        let mut found = None;
+        for space in spaces {
+            let resource = keys::resource_key(info, *space);
+            let scope = selectors.scope(&resource, ns);
+            let sel = selectors.clone();
+            match self.cache.store().list(&scope, move |m| sel.matches(m)) {
+                Ok(Some(listing)) => {
+                    found = Some((resource, listing));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => return internal(format!("listing {scope}: {e}")),
+            }
+        }
+        let by_name = selectors.field.required("metadata.name").is_some();
+        let gvr = keys::gvr(info);
+        if !wants_meta
+            && !keys::is_builtin(&gvr)
+            && matches!(self.cache.store().kind_for(&gvr), Ok(None))
+        {
+            // Unknown kind, or the apiserver said the resource is gone (404).
+            return not_found(info);
+        }
+        let Some((resource, listing)) = found else {
+            if by_name {
+                return self.empty_list(req, &keys::resource_key(info, Space::Full));
+            }
+            return not_found(info);
+        };
+        if listing.items.is_empty()
+            && info.component == "kubelet"
+            && info.resource == "pods"
+            && info.group.is_empty()
+            && !by_name
+        {
+            // Kubelet would otherwise conclude every pod is gone and kill them.
+            return not_found(info);
+        }
+        let Some((api_version, kind)) = listing
+            .items
+            .first()
+            .map(|o| {
+                (
+                    o.object.meta.api_version.clone(),
+                    o.object.meta.kind.clone(),
+                )
+            })
+            .or_else(|| keys::kind_of(self.cache.store(), &resource.gvr))
+        else {
+            return not_found(info);
+        };
+        let rv = listing
+            .max_resource_version
+            .map(|v| v.to_string())
+            .or_else(|| {
+                listing
+                    .marker
+                    .as_ref()
+                    .map(|m| m.resource_version.to_string())
+            })
+            .unwrap_or_default();
+        answer_list(req.headers, &api_version, &kind, &rv, &listing.items)
+    }
+
+    fn empty_list(&self, req: &LocalRequest<'_>, resource: &ResourceKey) -> Response<Body> {
+        match keys::kind_of(self.cache.store(), &resource.gvr) {
+            Some((api_version, kind)) => answer_list(req.headers, &api_version, &kind, "", &[]),
+            None => not_found(req.info),
+        }
+    }
+
+    fn watch(&self, req: &LocalRequest<'_>) -> Response<Body> {
+        let info = req.info;
+        let q = keys::query(req.uri);
+        let offered = keys::kind_of(self.cache.store(), &keys::gvr(info))
+            .map(|(av, k)| Format::offered_for(&av, &k))
+            .unwrap_or(Format::BUILTIN);
+        let format = match codec::negotiate_stream(
+            Some(header_str(req.headers, header::ACCEPT)).filter(|a| !a.is_empty()),
+            offered,
+            &HubRestrictions,
+        ) {
+            Some(n) => n.format,
+            None => return not_acceptable(),
+        };
+        let timeout = match q.timeout_seconds {
+            Some(s) => Duration::from_secs(s),
+            None => self
+                .min_request_timeout
+                .mul_f64(1.0 + rand::random::<f64>()),
+        };
+        let lb = self.lb.clone();
+        let shutdown = self.shutdown.clone();
+        let ends = async move {
+            if timeout.is_zero() {
+                return;
+            }
+            let cloud_back = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if lb.any_healthy() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(timeout) => {}
+                _ = cloud_back => {}
+                _ = shutdown.cancelled() => {}
+            }
+        };
+        let stream = futures_util::stream::once(ends);
+        let body = http_body_util::StreamBody::new(futures_util::StreamExt::filter_map(
+            stream,
+            |_| async { None::<Result<http_body::Frame<Bytes>, crate::BoxError>> },
+        ));
+        let mut r = Response::new(body.boxed_unsync());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.watch_media_type()),
+        );
+        r
+    }
+
+    async fn create(&self, req: &LocalRequest<'_>) -> Response<Body> {
+        let info = req.info;
+        if info.resource == "serviceaccounts"
+            && info.subresource == "token"
+            && info.group.is_empty()
+        {
+            return self.token(req);
+        }
+        let ct = header_str(req.headers, header::CONTENT_TYPE);
+        if info.resource == "events"
+            && info.subresource.is_empty()
+            && (info.group.is_empty() || info.group == "events.k8s.io")
+            && not_cacheable(self.cache.agents(), info).is_none()
+            && let Some(format) = codec::format_for_content_type(ct)
+        {
+            let resource = keys::resource_key(info, Space::Full);
+            if !self
+                .cache
+                .store_local(&resource, format, req.body.clone())
+                .await
+            {
+                tracing::debug!(path = %info.path, "offline event not stored");
+            }
+        }
+        let mut r = Response::new(full_body(req.body.clone()));
+        *r.status_mut() = StatusCode::CREATED;
+        if let Some(v) = req.headers.get(header::CONTENT_TYPE) {
+            r.headers_mut().insert(header::CONTENT_TYPE, v.clone());
+        }
+        r
+    }
+
+    fn token(&self, req: &LocalRequest<'_>) -> Response<Body> {
+        let info = req.info;
+        let format = codec::format_for_content_type(header_str(req.headers, header::CONTENT_TYPE))
+            .unwrap_or(Format::Json);
+        let request = match format.decode_object(&req.body) {
+            Ok(v) => v,
+            Err(_) => {
+                // As upstream: an undecodable request is echoed.
+                let mut r = Response::new(full_body(req.body.clone()));
+                *r.status_mut() = StatusCode::CREATED;
+                return r;
+            }
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let value = token::token_request(&request, &info.namespace, &info.name, now);
+        let out = negotiate_for(req.headers, "authentication.k8s.io/v1", "TokenRequest")
+            .unwrap_or(Format::Json);
+        match out.encode_object("authentication.k8s.io/v1", "TokenRequest", &value) {
+            Ok(bytes) => typed(StatusCode::CREATED, out.media_type(), bytes),
+            Err(e) => internal(format!("encoding the token request: {e}")),
+        }
+    }
+
+    async fn update(&self, req: &LocalRequest<'_>) -> Response<Body> {
+        let info = req.info;
+        let resource = keys::resource_key(info, Space::Full);
+        let key: ObjectKey = resource.object(keys::object_namespace(info), &info.name);
+        let stored = match self.cache.store().get(&key) {
+            Ok(Some(s)) => s,
+            Ok(None) => return not_found(info),
+            Err(e) => return internal(format!("reading {key}: {e}")),
+        };
+        let meta = &stored.object.meta;
+        let Some(stored_format) = keys::from_store_format(stored.object.format) else {
+            return internal(format!("{key} is stored in a format the hub cannot edit"));
+        };
+        let current = match stored_format.decode_object(&stored.object.body) {
+            Ok(v) => v,
+            Err(e) => return internal(format!("decoding cached {key}: {e}")),
+        };
+        let ct = header_str(req.headers, header::CONTENT_TYPE);
+        let mut next = if info.verb == "patch" {
+            match patch::apply(ct, &current, &req.body) {
+                Ok(v) => v,
+                Err(e @ patch::Error::UnsupportedType(_)) => {
+                    return status::status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        e.to_string(),
+                    );
+                }
+                Err(e) => {
+                    return status::status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        e.to_string(),
+                    );
+                }
+            }
+        } else {
+            let format = codec::format_for_content_type(ct).unwrap_or(Format::Json);
+            let body = match format.decode_object(&req.body) {
+                Ok(v) => v,
+                Err(e) => return status::bad_request(format!("decoding the request body: {e}")),
+            };
+            if info.subresource == "status" {
+                let mut v = current.clone();
+                v["status"] = body.get("status").cloned().unwrap_or(Value::Null);
+                v
+            } else {
+                body
+            }
+        };
+        // Identity and version stay the cached ones: this is not the cloud.
+        if let Some(m) = next.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.insert("name".into(), json!(meta.name));
+            if let Some(ns) = &meta.namespace {
+                m.insert("namespace".into(), json!(ns));
+            }
+            m.insert(
+                "resourceVersion".into(),
+                json!(meta.resource_version.as_str()),
+            );
+        }
+        let bytes = match stored_format.encode_object(&meta.api_version, &meta.kind, &next) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return internal(format!("encoding the updated {key}: {e}")),
+        };
+        if !self
+            .cache
+            .store_local(&resource, stored_format, bytes.clone())
+            .await
+        {
+            return internal(format!("storing the updated {key} failed"));
+        }
+        let updated = StoredObject {
+            object: crate::storage::Object {
+                body: bytes,
+                ..stored.object.clone()
+            },
+            ..stored
+        };
+        let mut r = answer_object(req.headers, &updated, StatusCode::OK);
+        r.headers_mut().insert(
+            header::WARNING,
+            HeaderValue::from_static(LOCAL_CHANGE_WARNING),
+        );
+        r
+    }
+}
+
+fn describe(info: &RequestInfo) -> String {
+    format!(
+        "{} {} by {:?}",
+        info.verb,
+        if info.resource.is_empty() {
+            &info.path
+        } else {
+            &info.resource
+        },
+        info.component
+    )
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> &str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+fn negotiate_for(headers: &HeaderMap, api_version: &str, kind: &str) -> Option<Format> {
+    let accept = header_str(headers, header::ACCEPT);
+    codec::negotiate(
+        Some(accept).filter(|a| !a.is_empty()),
+        Format::offered_for(api_version, kind),
+        &HubRestrictions,
+    )
+    .map(|n| n.format)
+}
+
+/// The negotiated representation: format, and the PartialObjectMetadata
+/// api version when asked for.
+fn negotiate_repr(
+    headers: &HeaderMap,
+    api_version: &str,
+    kind: &str,
+) -> Option<(Format, Option<String>)> {
+    let accept = header_str(headers, header::ACCEPT);
+    let n = codec::negotiate(
+        Some(accept).filter(|a| !a.is_empty()),
+        Format::offered_for(api_version, kind),
+        &HubRestrictions,
+    )?;
+    let meta = n.options.convert.map(|gvk| gvk.api_version());
+    Some((n.format, meta))
+}
+
+/// One stored object in the requested representation.
+fn render(stored: &StoredObject, format: Format, meta_av: Option<&str>) -> Result<Vec<u8>, String> {
+    let from = keys::from_store_format(stored.object.format)
+        .ok_or_else(|| "stored in an unsupported format".to_string())?;
+    let body = &stored.object.body;
+    let converted;
+    let body: &[u8] = if from == format {
+        body
+    } else {
+        converted = codec::convert_body(from, format, body).map_err(|e| e.to_string())?;
+        &converted
+    };
+    match meta_av {
+        Some(av) if stored.object.meta.kind != "PartialObjectMetadata" => {
+            codec::partial_object_metadata(format, body, av).map_err(|e| e.to_string())
+        }
+        _ => Ok(body.to_vec()),
+    }
+}
+
+fn answer_object(headers: &HeaderMap, stored: &StoredObject, code: StatusCode) -> Response<Body> {
+    let m = &stored.object.meta;
+    let (av, kind) = real_type(m);
+    let Some((format, meta_av)) = negotiate_repr(headers, &av, &kind) else {
+        return not_acceptable();
+    };
+    match render(stored, format, meta_av.as_deref()) {
+        Ok(bytes) => typed(
+            code,
+            &content_type(format, meta_av.as_deref(), "PartialObjectMetadata"),
+            bytes,
+        ),
+        Err(e) => internal(format!("converting cached {}: {e}", stored.key)),
+    }
+}
+
+/// The object's own type; for PartialObjectMetadata, a stand-in built-in
+/// type so both formats are offered.
+fn real_type(m: &crate::storage::ObjectMeta) -> (String, String) {
+    if m.kind == "PartialObjectMetadata" {
+        ("v1".into(), "Pod".into())
+    } else {
+        (m.api_version.clone(), m.kind.clone())
+    }
+}
+
+fn answer_list(
+    headers: &HeaderMap,
+    api_version: &str,
+    kind: &str,
+    rv: &str,
+    items: &[StoredObject],
+) -> Response<Body> {
+    let (av, k) = if kind == "PartialObjectMetadata" {
+        ("v1".to_owned(), "Pod".to_owned())
+    } else {
+        (api_version.to_owned(), kind.to_owned())
+    };
+    let Some((format, meta_av)) = negotiate_repr(headers, &av, &k) else {
+        return not_acceptable();
+    };
+    let mut rendered = Vec::with_capacity(items.len());
+    for s in items {
+        match render(s, format, meta_av.as_deref()) {
+            Ok(b) => rendered.push(b),
+            Err(e) => return internal(format!("converting cached {}: {e}", s.key)),
+        }
+    }
+    let (list_av, list_kind) = match (&meta_av, kind) {
+        (Some(av), _) => (av.clone(), "PartialObjectMetadataList".to_owned()),
+        (None, "PartialObjectMetadata") => (
+            api_version.to_owned(),
+            "PartialObjectMetadataList".to_owned(),
+        ),
+        (None, k) => (api_version.to_owned(), format!("{k}List")),
+    };
+    let refs: Vec<&[u8]> = rendered.iter().map(Vec::as_slice).collect();
+    let meta = ListMeta {
+        resource_version: rv.into(),
+        ..ListMeta::default()
+    };
+    match codec::build_list(format, &list_av, &list_kind, &meta, &refs) {
+        Ok(bytes) => typed(
+            StatusCode::OK,
+            &content_type(format, meta_av.as_deref(), "PartialObjectMetadataList"),
+            bytes,
+        ),
+        Err(e) => internal(format!("building the list: {e}")),
+    }
+}
+
+fn content_type(format: Format, meta_av: Option<&str>, as_kind: &str) -> String {
+    match meta_av {
+        None => format.media_type().to_owned(),
+        Some(av) => {
+            let (g, v) = av.split_once('/').unwrap_or(("", av));
+            format!("{};as={as_kind};g={g};v={v}", format.media_type())
+        }
+    }
+}
+
+fn typed(code: StatusCode, content_type: &str, bytes: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full_body(bytes.into()));
+    *r.status_mut() = code;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn not_found(info: &RequestInfo) -> Response<Body> {
+    let what = if info.group.is_empty() {
+        info.resource.clone()
+    } else {
+        format!("{}.{}", info.resource, info.group)
+    };
+    let message = if info.name.is_empty() {
+        format!("{what} is not in the local cache")
+    } else {
+        format!("{what} {:?} not found", info.name)
+    };
+    status::status_with_details(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        message,
+        Some(json!({"name": info.name, "group": info.group, "kind": info.resource})),
+    )
+}
+
+fn not_acceptable() -> Response<Body> {
+    status::status(
+        StatusCode::NOT_ACCEPTABLE,
+        "NotAcceptable",
+        "only the following media types are accepted: application/json, application/vnd.kubernetes.protobuf",
+    )
+}
+
+fn internal(message: String) -> Response<Body> {
+    tracing::warn!(%message, "offline answer failed");
+    status::status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+}

@@ -1,0 +1,776 @@
+//! The cache manager: decides which proxied responses are kept, consumes the
+//! teed copies and writes them to the store as the apiserver sent them (JSON
+//! or protobuf, metadata extracted by `codec::object_info`, no re-encode):
+//!
+//! * get/create/update/patch → `put_if_not_older`;
+//! * list → replaces exactly its scope (namespace + selectors), atomically;
+//!   paginated lists are staged page by page and committed with the last;
+//! * watch → per event (ADDED/MODIFIED by the RV rule, DELETED removes,
+//!   BOOKMARK advances the scope's progress); a watch whose copy is lost
+//!   withdraws its progress so a reconnect relists;
+//! * `/version` and discovery documents → documents;
+//! * CRD kinds → recorded (forgotten when the apiserver answers a list 404).
+//!
+//! It also keeps the health figures the metrics and status document show:
+//! the keys whose last write failed, and whether the store was recovered
+//! empty.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use super::keys::{self, Selectors};
+use super::policy::{CacheAgents, not_cacheable};
+use super::tee::{Chunk, Tee};
+use crate::Body;
+use crate::codec::{self, EventType, WatchDecoder};
+use crate::proxy::RequestInfo;
+use crate::storage::{
+    self, Gvr, Object, ResourceKey, ScopeKey, Space, StagedList, Store, WatchEvent, Write,
+};
+
+/// Largest body the cache accumulates for one object or list page.
+const MAX_CACHED_BODY: usize = 128 << 20;
+/// A paginated list whose next page does not come within this is dropped.
+const STAGING_TTL: Duration = Duration::from_secs(300);
+/// Non-resource paths worth keeping for offline clients (coredns, kubectl).
+pub fn is_cached_document(path: &str) -> bool {
+    let p = path.trim_end_matches('/');
+    if p == "/version" || p == "/api" || p == "/apis" {
+        return true;
+    }
+    let parts: Vec<&str> = p.trim_start_matches('/').split('/').collect();
+    matches!(parts.as_slice(), ["api", _] | ["apis", _] | ["apis", _, _])
+}
+
+/// The document key of a response: the path, plus the `as=` variant for
+/// aggregated discovery (which differs from the plain document).
+pub fn document_key(path: &str, content_type: &str) -> String {
+    let variant = content_type.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (k.trim() == "as").then(|| v.trim().to_owned())
+    });
+    let path = path.trim_end_matches('/');
+    let path = if path.is_empty() { "/" } else { path };
+    match variant {
+        Some(v) => format!("{path}#as={v}"),
+        None => path.to_owned(),
+    }
+}
+
+/// What to do with one proxied response, decided before it arrives.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    Object {
+        resource: ResourceKey,
+    },
+    List {
+        resource: ResourceKey,
+        namespace: Option<String>,
+        selectors: Selectors,
+        limit: Option<u64>,
+        continue_token: Option<String>,
+    },
+    Watch {
+        resource: ResourceKey,
+        namespace: Option<String>,
+        selectors: Selectors,
+    },
+    Document {
+        path: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct CacheManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    agents: CacheAgents,
+    node: String,
+    /// Paginated lists in progress: the continue token the next page will
+    /// carry, and the staging (locked while a page is written, so pages
+    /// whose copies are consumed concurrently still apply in order).
+    stagings: Mutex<HashMap<ScopeKey, (String, SharedStaging)>>,
+    kinds_seen: Mutex<HashSet<Gvr>>,
+    /// Keys whose last write failed → the error (a later success clears).
+    error_keys: Mutex<BTreeMap<String, String>>,
+    recovered: Option<String>,
+}
+
+type SharedStaging = Arc<tokio::sync::Mutex<Staging>>;
+
+struct Staging {
+    list: Option<StagedList>,
+    list_rv: String,
+    started: Instant,
+}
+
+/// How long a page waits for the previous page's copy to be registered.
+const PAGE_WAIT: Duration = Duration::from_secs(10);
+
+impl CacheManager {
+    /// `recovered`: why the store started empty (a corrupt file moved aside).
+    pub fn new(store: Store, agents: CacheAgents, node: &str, recovered: Option<String>) -> Self {
+        CacheManager {
+            inner: Arc::new(Inner {
+                store,
+                agents,
+                node: node.to_owned(),
+                stagings: Mutex::default(),
+                kinds_seen: Mutex::default(),
+                error_keys: Mutex::default(),
+                recovered,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn agents(&self) -> &CacheAgents {
+        &self.inner.agents
+    }
+
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    pub fn recovered(&self) -> Option<&str> {
+        self.inner.recovered.as_deref()
+    }
+
+    /// Number of keys whose last write failed.
+    pub fn error_keys(&self) -> BTreeMap<String, String> {
+        lock(&self.inner.error_keys).clone()
+    }
+
+    pub(crate) fn record_write(&self, key: String, result: Result<(), String>) {
+        let mut keys = lock(&self.inner.error_keys);
+        match result {
+            Ok(()) => {
+                keys.remove(&key);
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cache write failed");
+                keys.insert(key, e);
+            }
+        }
+    }
+
+    /// Whether the response to this request is to be cached, and how.
+    pub fn plan(&self, info: &RequestInfo, method: &Method, uri: &Uri) -> Option<Plan> {
+        if !info.is_resource {
+            return (*method == Method::GET && is_cached_document(&info.path)).then(|| {
+                Plan::Document {
+                    path: info.path.clone(),
+                }
+            });
+        }
+        if let Some(why) = not_cacheable(&self.inner.agents, info) {
+            tracing::trace!(path = %info.path, reason = %why, "not cached");
+            return None;
+        }
+        let q = keys::query(uri);
+        // The space is fixed from the response's Content-Type in `tee`.
+        let resource = keys::resource_key(info, Space::Full);
+        match info.verb.as_str() {
+            "get" | "create" | "update" | "patch" => Some(Plan::Object { resource }),
+            "list" | "watch" => {
+                let selectors = match Selectors::from_query(&q) {
+                    Ok(s) if s.answerable() => s,
+                    Ok(_) => {
+                        tracing::debug!(path = %info.path, "selector reads fields the cache does not keep; not cached");
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::debug!(path = %info.path, error = %e, "bad selector; not cached");
+                        return None;
+                    }
+                };
+                let namespace = (!info.namespace.is_empty()).then(|| info.namespace.clone());
+                if info.verb == "watch" {
+                    Some(Plan::Watch {
+                        resource,
+                        namespace,
+                        selectors,
+                    })
+                } else {
+                    Some(Plan::List {
+                        resource,
+                        namespace,
+                        selectors,
+                        limit: q.limit.filter(|l| *l > 0),
+                        continue_token: q.continue_token.filter(|c| !c.is_empty()),
+                    })
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Called with every response status of a planned request: a 404 on a
+    /// list of a custom resource forgets its kind (the CRD is gone).
+    pub fn on_status(&self, plan: &Plan, status: StatusCode) {
+        if status == StatusCode::NOT_FOUND
+            && let Plan::List { resource, .. } = plan
+            && !keys::is_builtin(&resource.gvr)
+        {
+            let store = self.inner.store.clone();
+            let gvr = resource.gvr.clone();
+            lock(&self.inner.kinds_seen).remove(&gvr);
+            tokio::spawn(async move {
+                match store.forget_gvr(&gvr).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(%gvr, "the apiserver no longer serves this resource; forgot its kind")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%gvr, error = %e, "forgetting a resource kind failed"),
+                }
+            });
+        }
+    }
+
+    /// Wraps a 2xx response body so a copy reaches the cache; the client's
+    /// stream is returned unchanged in content and pace.
+    pub fn tee(&self, plan: Plan, headers: &HeaderMap, body: Body) -> Body {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if let Plan::Document { path } = &plan {
+            let key = document_key(path, &ct);
+            let (tee, rx) = Tee::new(body);
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Some(bytes) = collect(rx).await {
+                    let r = me.inner.store.put_document(&key, &ct, bytes).await;
+                    me.record_write(format!("document {key}"), r.map_err(|e| e.to_string()));
+                }
+            });
+            return tee.boxed_unsync();
+        }
+        let Some(format) = codec::format_for_content_type(&ct) else {
+            tracing::debug!(content_type = %ct, "response format not cacheable");
+            return body;
+        };
+        let Some(space) = keys::response_space(headers) else {
+            return body; // Table and other transforms are never cached
+        };
+        let plan = with_space(plan, space);
+        let (tee, rx) = Tee::new(body);
+        let me = self.clone();
+        tokio::spawn(async move {
+            match plan {
+                Plan::Watch {
+                    resource,
+                    namespace,
+                    selectors,
+                } => {
+                    let scope = selectors.scope(&resource, namespace.as_deref());
+                    me.consume_watch(scope, format, rx).await
+                }
+                other => {
+                    if let Some(bytes) = collect(rx).await {
+                        me.write_response(other, format, bytes).await
+                    } else {
+                        tracing::debug!("response copy incomplete; not cached");
+                    }
+                }
+            }
+        });
+        tee.boxed_unsync()
+    }
+
+    async fn write_response(&self, plan: Plan, format: codec::Format, bytes: Bytes) {
+        match plan {
+            Plan::Object { resource } => self.write_object(&resource, format, &bytes).await,
+            Plan::List {
+                resource,
+                namespace,
+                selectors,
+                limit,
+                continue_token,
+            } => {
+                self.write_list(
+                    resource,
+                    namespace,
+                    selectors,
+                    limit,
+                    continue_token,
+                    format,
+                    &bytes,
+                )
+                .await
+            }
+            Plan::Watch { .. } | Plan::Document { .. } => {}
+        }
+    }
+
+    /// Builds the store object for one object body; None for what is never
+    /// stored (Status, pods without a node, unnamed objects).
+    fn object_from(
+        &self,
+        format: codec::Format,
+        body: Bytes,
+        api_version: &str,
+        kind: &str,
+    ) -> Option<Object> {
+        let info = match codec::object_info(format, &body) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::debug!(error = %e, "object metadata unreadable; not cached");
+                return None;
+            }
+        };
+        if info.is_status() || info.name.is_empty() {
+            return None;
+        }
+        let kind_now = if info.kind.is_empty() {
+            kind
+        } else {
+            &info.kind
+        };
+        if kind_now == "Pod" && info.node_name.is_empty() {
+            return None; // never cache unscheduled pods
+        }
+        let meta = keys::object_meta(&info, api_version, kind);
+        Some(Object {
+            meta,
+            format: keys::to_store_format(format),
+            body,
+        })
+    }
+
+    async fn write_object(&self, resource: &ResourceKey, format: codec::Format, bytes: &Bytes) {
+        let Some(object) = self.object_from(format, bytes.clone(), "", "") else {
+            return;
+        };
+        self.note_kind(resource, &object.meta.kind).await;
+        let key = error_key(resource, &object);
+        let r = self
+            .inner
+            .store
+            .put_if_not_older(resource, object)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        self.record_write(key, r);
+    }
+
+    /// Records the kind of a custom resource once per process.
+    async fn note_kind(&self, resource: &ResourceKey, kind: &str) {
+        if resource.space != Space::Full || kind.is_empty() || keys::is_builtin(&resource.gvr) {
+            return;
+        }
+        if !lock(&self.inner.kinds_seen).insert(resource.gvr.clone()) {
+            return;
+        }
+        if let Err(e) = self.inner.store.put_kind(&resource.gvr, kind).await {
+            lock(&self.inner.kinds_seen).remove(&resource.gvr);
+            tracing::warn!(gvr = %resource.gvr, error = %e, "recording a resource kind failed");
+        }
+    }
+
+    /// Splits a list into store objects (items get type meta / an envelope,
+    /// so each is a self-describing object as a GET would return it).
+    fn list_items(&self, format: codec::Format, bytes: &Bytes) -> Option<ListCopy> {
+        let parts = match codec::split_list(format, bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "list unreadable; not cached");
+                return None;
+            }
+        };
+        let api_version = parts.api_version.to_string();
+        let item_kind = parts.item_kind().to_owned();
+        let mut items = Vec::with_capacity(parts.items.len());
+        for r in &parts.items {
+            let raw = &bytes[r.clone()];
+            let body = match format {
+                codec::Format::Json => {
+                    match codec::json_with_type_meta(raw, &api_version, &item_kind) {
+                        Ok(b) if b.len() == raw.len() => bytes.slice(r.clone()),
+                        Ok(b) => Bytes::from(b),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "list item unreadable; not cached");
+                            return None;
+                        }
+                    }
+                }
+                codec::Format::Protobuf => {
+                    Bytes::from(codec::envelope(&api_version, &item_kind, raw))
+                }
+            };
+            if let Some(o) = self.object_from(format, body, &api_version, &item_kind) {
+                items.push(o);
+            }
+        }
+        Some(ListCopy {
+            items,
+            item_kind,
+            list_rv: parts.meta.resource_version.to_string(),
+            next_continue: parts.meta.continue_token.to_string(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_list(
+        &self,
+        resource: ResourceKey,
+        namespace: Option<String>,
+        selectors: Selectors,
+        limit: Option<u64>,
+        continue_token: Option<String>,
+        format: codec::Format,
+        bytes: &Bytes,
+    ) {
+        let Some(ListCopy {
+            items,
+            item_kind,
+            list_rv,
+            next_continue: next,
+        }) = self.list_items(format, bytes)
+        else {
+            return;
+        };
+        self.note_kind(&resource, &item_kind).await;
+        let scope = selectors.scope(&resource, namespace.as_deref());
+        let sel = selectors.clone();
+        let in_scope = move |m: &storage::ObjectMeta| sel.matches(m);
+        let key = format!("list {scope}");
+
+        let paginated = limit.is_some() || continue_token.is_some();
+        if !paginated || (continue_token.is_none() && next.is_empty()) {
+            let r = self
+                .inner
+                .store
+                .replace_scope(&scope, in_scope, items, list_rv)
+                .await
+                .map_err(|e| e.to_string());
+            self.record_write(key, r);
+            return;
+        }
+        // Paginated: stage pages; the last page (no continue) commits.
+        let (staging, mut guard) = match &continue_token {
+            None => {
+                let staging = Arc::new(tokio::sync::Mutex::new(Staging {
+                    list: Some(self.inner.store.begin_staged(&scope)),
+                    list_rv: list_rv.clone(),
+                    started: Instant::now(),
+                }));
+                let guard = staging.clone().lock_owned().await;
+                let mut st = lock(&self.inner.stagings);
+                st.retain(|_, (_, s)| {
+                    s.try_lock()
+                        .map_or(true, |s| s.started.elapsed() < STAGING_TTL)
+                });
+                st.insert(scope.clone(), (next.clone(), staging.clone()));
+                (staging, guard)
+            }
+            Some(tok) => {
+                let deadline = Instant::now() + PAGE_WAIT;
+                let staging = loop {
+                    let found = lock(&self.inner.stagings)
+                        .get(&scope)
+                        .filter(|(expected, _)| expected == tok)
+                        .map(|(_, s)| s.clone());
+                    if let Some(s) = found {
+                        break s;
+                    }
+                    if Instant::now() > deadline {
+                        tracing::debug!(%scope, "a page of a list whose previous page was not seen; not cached");
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                let guard = staging.clone().lock_owned().await;
+                if let Some((expected, _)) = lock(&self.inner.stagings).get_mut(&scope) {
+                    next.clone_into(expected);
+                }
+                (staging, guard)
+            }
+        };
+        let forget = |me: &Self| {
+            let mut st = lock(&me.inner.stagings);
+            if st
+                .get(&scope)
+                .is_some_and(|(_, s)| Arc::ptr_eq(s, &staging))
+            {
+                st.remove(&scope);
+            }
+        };
+        let Some(list) = guard.list.as_mut() else {
+            return; // an earlier page failed
+        };
+        if let Err(e) = list.stage_page(items).await {
+            guard.list = None;
+            forget(self);
+            self.record_write(key, Err(e.to_string()));
+            return;
+        }
+        if next.is_empty() {
+            forget(self);
+            let rv = guard.list_rv.clone();
+            if let Some(list) = guard.list.take() {
+                let r = list.commit(in_scope, rv).await.map_err(|e| e.to_string());
+                self.record_write(key, r);
+            }
+        }
+    }
+
+    async fn consume_watch(
+        &self,
+        scope: ScopeKey,
+        format: codec::Format,
+        mut rx: mpsc::Receiver<Chunk>,
+    ) {
+        let mut decoder = WatchDecoder::new(format);
+        let mut complete = false;
+        'stream: while let Some(chunk) = rx.recv().await {
+            let data = match chunk {
+                Chunk::Data(d) => d,
+                Chunk::End => {
+                    complete = true;
+                    break;
+                }
+            };
+            decoder.push(&data);
+            loop {
+                let ev = match decoder.next_event() {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%scope, error = %e, "watch stream undecodable; caching stops");
+                        break 'stream;
+                    }
+                };
+                if !self.apply_event(&scope, format, ev).await {
+                    break 'stream;
+                }
+            }
+        }
+        if !complete {
+            // Events may have been lost: a reconnect must relist.
+            tracing::debug!(%scope, "watch copy lost; withdrawing its progress");
+            if let Err(e) = self.inner.store.clear_watch_progress(&scope).await {
+                tracing::debug!(%scope, error = %e, "withdrawing watch progress failed");
+            }
+        }
+    }
+
+    /// Applies one event; false when the stream's copy must stop.
+    async fn apply_event(
+        &self,
+        scope: &ScopeKey,
+        format: codec::Format,
+        ev: codec::WatchEvent,
+    ) -> bool {
+        let event = match ev.event_type {
+            EventType::Error => {
+                // e.g. 410 Gone: whatever progress we had is void.
+                let _ = self.inner.store.clear_watch_progress(scope).await;
+                return true;
+            }
+            EventType::Bookmark => {
+                let rv = codec::object_info(format, ev.object())
+                    .map(|i| i.resource_version.to_string())
+                    .unwrap_or_default();
+                if rv.is_empty() {
+                    return true;
+                }
+                WatchEvent::Bookmark(rv.into())
+            }
+            t => {
+                let Some(object) = self.object_from(format, ev.object_bytes(), "", "") else {
+                    return true;
+                };
+                if object.meta.namespace.as_deref() != scope.namespace.as_deref()
+                    && scope.namespace.is_some()
+                {
+                    return true;
+                }
+                match t {
+                    EventType::Added => WatchEvent::Added(object),
+                    EventType::Modified => WatchEvent::Modified(object),
+                    _ => WatchEvent::Deleted(object),
+                }
+            }
+        };
+        let key = match &event {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => {
+                error_key(&scope.resource, o)
+            }
+            WatchEvent::Bookmark(_) => format!("watch {scope}"),
+        };
+        match self
+            .inner
+            .store
+            .submit(Write::WatchEvent {
+                scope: scope.clone(),
+                event,
+            })
+            .await
+        {
+            Ok(receipt) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let r = receipt
+                        .durable()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string());
+                    me.record_write(key, r);
+                });
+                true
+            }
+            Err(e) => {
+                self.record_write(key, Err(e.to_string()));
+                false
+            }
+        }
+    }
+
+    /// Stores a locally created object (an event posted offline).
+    pub async fn store_local(
+        &self,
+        resource: &ResourceKey,
+        format: codec::Format,
+        body: Bytes,
+    ) -> bool {
+        let Some(object) = self.object_from(format, body, "", "") else {
+            return false;
+        };
+        let key = error_key(resource, &object);
+        let r = self
+            .inner
+            .store
+            .put_if_not_older(resource, object)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let ok = r.is_ok();
+        self.record_write(key, r);
+        ok
+    }
+}
+
+/// A list response split for the store.
+struct ListCopy {
+    items: Vec<Object>,
+    item_kind: String,
+    list_rv: String,
+    next_continue: String,
+}
+
+fn with_space(plan: Plan, space: Space) -> Plan {
+    let set = |r: ResourceKey| ResourceKey { space, ..r };
+    match plan {
+        Plan::Object { resource } => Plan::Object {
+            resource: set(resource),
+        },
+        Plan::List {
+            resource,
+            namespace,
+            selectors,
+            limit,
+            continue_token,
+        } => Plan::List {
+            resource: set(resource),
+            namespace,
+            selectors,
+            limit,
+            continue_token,
+        },
+        Plan::Watch {
+            resource,
+            namespace,
+            selectors,
+        } => Plan::Watch {
+            resource: set(resource),
+            namespace,
+            selectors,
+        },
+        d @ Plan::Document { .. } => d,
+    }
+}
+
+fn error_key(resource: &ResourceKey, o: &Object) -> String {
+    match &o.meta.namespace {
+        Some(ns) => format!("{resource} {ns}/{}", o.meta.name),
+        None => format!("{resource} {}", o.meta.name),
+    }
+}
+
+/// Accumulates a complete copy; None when it was cut short or is too big.
+async fn collect(mut rx: mpsc::Receiver<Chunk>) -> Option<Bytes> {
+    let mut buf = BytesMut::new();
+    let mut single: Option<Bytes> = None;
+    while let Some(c) = rx.recv().await {
+        match c {
+            Chunk::Data(d) => {
+                if buf.is_empty() && single.is_none() {
+                    single = Some(d);
+                    continue;
+                }
+                if let Some(s) = single.take() {
+                    buf.extend_from_slice(&s);
+                }
+                if buf.len() + d.len() > MAX_CACHED_BODY {
+                    return None;
+                }
+                buf.extend_from_slice(&d);
+            }
+            Chunk::End => {
+                return Some(match single {
+                    Some(s) => s,
+                    None => buf.freeze(),
+                });
+            }
+        }
+    }
+    None
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_worth_keeping() {
+        for p in [
+            "/version",
+            "/api",
+            "/api/v1",
+            "/apis",
+            "/apis/discovery.k8s.io/v1",
+            "/apis/apps",
+        ] {
+            assert!(is_cached_document(p), "{p}");
+        }
+        for p in ["/healthz", "/openapi/v2", "/metrics", "/api/v1/pods/x/y"] {
+            assert!(!is_cached_document(p), "{p}");
+        }
+        assert_eq!(
+            document_key(
+                "/apis",
+                "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+            ),
+            "/apis#as=APIGroupDiscoveryList"
+        );
+        assert_eq!(document_key("/version/", "application/json"), "/version");
+    }
+}

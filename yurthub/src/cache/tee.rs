@@ -1,0 +1,157 @@
+//! The response tee: the client's body passes through untouched and at
+//! proxy speed, while a copy of each chunk is offered to the cache through a
+//! bounded channel. The offer never waits: when the cache falls behind (or
+//! its consumer is gone) the tee stops copying and the consumer, seeing the
+//! channel end without [`Chunk::End`], gives up on that response. The client
+//! stream is never blocked or broken by caching (upstream #2792).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::mpsc;
+
+use crate::BoxError;
+
+/// What the consumer receives.
+#[derive(Debug)]
+pub enum Chunk {
+    Data(Bytes),
+    /// The upstream body ended normally: the copy is complete.
+    End,
+}
+
+/// Chunks that may wait for the consumer before the tee gives up.
+pub const CHANNEL_CHUNKS: usize = 1024;
+
+pin_project_lite::pin_project! {
+    pub struct Tee<B> {
+        #[pin]
+        inner: B,
+        tx: Option<mpsc::Sender<Chunk>>,
+    }
+}
+
+impl<B> Tee<B> {
+    pub fn new(inner: B) -> (Tee<B>, mpsc::Receiver<Chunk>) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        (
+            Tee {
+                inner,
+                tx: Some(tx),
+            },
+            rx,
+        )
+    }
+}
+
+impl<B> HttpBody for Tee<B>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(tx)) = (frame.data_ref(), this.tx.as_ref())
+                    && tx.try_send(Chunk::Data(data.clone())).is_err()
+                {
+                    // Behind or gone: stop copying; the consumer sees no End.
+                    *this.tx = None;
+                }
+                // A sized body is not polled again once it reports its end.
+                if this.inner.is_end_stream()
+                    && let Some(tx) = this.tx.take()
+                {
+                    let _ = tx.try_send(Chunk::End);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.tx = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                if let Some(tx) = this.tx.take() {
+                    let _ = tx.try_send(Chunk::End);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    fn chunks(n: usize) -> impl HttpBody<Data = Bytes, Error = BoxError> {
+        StreamBody::new(futures_util::stream::iter(
+            (0..n).map(|i| Ok::<_, BoxError>(Frame::data(Bytes::from(format!("{i};"))))),
+        ))
+    }
+
+    #[tokio::test]
+    async fn complete_copy_ends_with_end() {
+        let (tee, mut rx) = Tee::new(chunks(3));
+        let out = tee.collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"0;1;2;");
+        let mut got = Vec::new();
+        while let Some(c) = rx.recv().await {
+            got.push(c);
+        }
+        assert!(matches!(got.last(), Some(Chunk::End)), "{got:?}");
+        assert_eq!(got.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_sized_body_ends_the_copy_without_a_final_poll() {
+        let (mut tee, mut rx) = Tee::new(http_body_util::Full::new(Bytes::from_static(b"abc")));
+        let frame = tee.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "abc");
+        assert!(tee.is_end_stream());
+        drop(tee);
+        assert!(matches!(rx.recv().await, Some(Chunk::Data(_))));
+        assert!(matches!(rx.recv().await, Some(Chunk::End)));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_consumer_never_blocks_the_client() {
+        // Nobody reads rx: the client still gets every byte.
+        let n = CHANNEL_CHUNKS * 3;
+        let (tee, mut rx) = Tee::new(chunks(n));
+        let out = tokio::time::timeout(std::time::Duration::from_secs(5), tee.collect())
+            .await
+            .expect("client stream is not stalled")
+            .unwrap()
+            .to_bytes();
+        assert_eq!(out.iter().filter(|b| **b == b';').count(), n);
+        let mut count = 0;
+        let mut ended = false;
+        while let Some(c) = rx.recv().await {
+            count += 1;
+            ended |= matches!(c, Chunk::End);
+        }
+        assert_eq!(count, CHANNEL_CHUNKS);
+        assert!(!ended, "an incomplete copy must not look complete");
+    }
+}
