@@ -5,6 +5,7 @@
 //! One module per subcommand; add a new one (e.g. `demo`, `bench`) by adding
 //! a module, a `Command` variant and a match arm.
 
+mod bench;
 mod build_ebpf;
 mod cmd;
 mod lint;
@@ -38,6 +39,8 @@ enum Command {
     /// Regenerate (or --check) the JSON/protobuf schema table of the codec
     /// from the k8s-pb and k8s-openapi sources.
     GenProtoSchema(proto_schema::Args),
+    /// Release-build and run a benchmark: proxy, redirect (root), cache, all.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Lint => lint::run(),
         Command::GenProtoSchema(args) => proto_schema::run(args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
