@@ -8,6 +8,7 @@
 mod bench;
 mod build_ebpf;
 mod cmd;
+mod demo;
 mod lint;
 mod proto_schema;
 mod setup;
@@ -39,6 +40,10 @@ enum Command {
     /// Regenerate (or --check) the JSON/protobuf schema table of the codec
     /// from the k8s-pb and k8s-openapi sources.
     GenProtoSchema(proto_schema::Args),
+    /// Build everything and show yurthub working: the apiserver double on
+    /// loopback, the hub in front of it, kubectl through it, the eBPF
+    /// redirect in a sandbox (as root), then the cloud cut.
+    Demo(demo::Args),
     /// Release-build and run a benchmark: proxy, redirect (root), cache, all.
     Bench(bench::Args),
 }
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Command::Lint => lint::run(),
         Command::GenProtoSchema(args) => proto_schema::run(args),
         Command::Bench(args) => bench::run(&args),
+        Command::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -64,8 +64,19 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    rt.block_on(run(args))
+    match rt.block_on(run(args)) {
+        Err(e) if e.is::<Interrupted>() => {
+            say("demo-sandbox: interrupted; the sandbox is removed");
+            std::process::exit(130)
+        }
+        other => other,
+    }
 }
+
+/// Ctrl-C or SIGTERM arrived; everything was cleaned up on the way out.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+struct Interrupted;
 
 async fn run(args: Args) -> Result<()> {
     let mut interrupt = Interrupt::new()?;
@@ -146,8 +157,8 @@ impl Interrupt {
     async fn run<F: std::future::Future>(&mut self, f: F) -> Result<F::Output> {
         tokio::select! {
             out = f => Ok(out),
-            _ = self.int.recv() => bail!("interrupted; cleaning up"),
-            _ = self.term.recv() => bail!("terminated; cleaning up"),
+            _ = self.int.recv() => Err(Interrupted.into()),
+            _ = self.term.recv() => Err(Interrupted.into()),
         }
     }
 }
@@ -301,12 +312,32 @@ async fn wait_active(net: &NetSandbox, within: Duration) -> Result<serde_json::V
 }
 
 fn print_kubectl(net: &NetSandbox, cgroup: &TestCgroup, ca: &str, token: &str) {
-    let out = kubectl_in_pod(net, cgroup, ca, token, &["get", "pods", "-o", "wide", "--request-timeout=10s", "-v=6"]);
+    // No --request-timeout or other overrides: kubectl uses the in-cluster
+    // configuration only when its client config is otherwise the default.
+    let out = kubectl_in_pod(net, cgroup, ca, token, &["get", "pods", "-o", "wide", "-v=6"]);
+    // stdout whole; from stderr (-v=6) the distinct request lines, which
+    // show the URL dialled, and the errors.
+    let mut seen = Vec::new();
     for line in out.lines() {
-        // -v=6 logs each request; keep the ones that show the URL dialled.
-        let is_log = line.len() > 1 && line.as_bytes()[0].is_ascii_uppercase() && line.as_bytes()[1].is_ascii_digit();
-        if !is_log || line.contains("https://") {
-            say(&format!("  pod$ {line}"));
+        if let Some(l) = line.strip_prefix("OUT ") {
+            say(&format!("  pod$ {l}"));
+        } else if let Some(l) = line.strip_prefix("ERR ") {
+            let request = l.split_once("round_trippers.go").map(|(_, r)| r.split_once("] ").map_or(r, |(_, r)| r));
+            let shown = match request {
+                Some(r) => {
+                    let key = r.split(" in ").next().unwrap_or(r).to_owned();
+                    (!seen.contains(&key)).then(|| {
+                        seen.push(key);
+                        r
+                    })
+                }
+                None => (l.starts_with("Error") || l.starts_with("error")).then_some(l),
+            };
+            if let Some(text) = shown {
+                say(&format!("  pod$ {text}"));
+            }
+        } else {
+            say(&format!("  {line}"));
         }
     }
 }
@@ -346,10 +377,12 @@ fn pod_kubectl(ca: &str, token: &str, args: &[String]) -> Result<String> {
         .env("KUBERNETES_SERVICE_PORT", "443")
         .output()
         .context("run kubectl")?;
-    Ok(format!(
-        "{}{}(exit {})",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        out.status.code().unwrap_or(-1)
-    ))
+    let mut text = String::new();
+    for (prefix, bytes) in [("OUT", &out.stdout), ("ERR", &out.stderr)] {
+        for line in String::from_utf8_lossy(bytes).lines() {
+            text.push_str(&format!("{prefix} {line}\n"));
+        }
+    }
+    text.push_str(&format!("(kubectl exit {})", out.status.code().unwrap_or(-1)));
+    Ok(text)
 }
