@@ -89,7 +89,15 @@ fn cache(bench_args: &[String]) -> Result<()> {
     }
     cmd::run(
         cmd::cargo()
-            .args(["run", "--release", "-p", PACKAGE, "--bin", "bench-cache", "--"])
+            .args([
+                "run",
+                "--release",
+                "-p",
+                PACKAGE,
+                "--bin",
+                "bench-cache",
+                "--",
+            ])
             .args(bench_args),
     )
 }

@@ -73,14 +73,30 @@ pub fn run(args: &Args) -> Result<()> {
     if !args.dev {
         build.arg("--release");
     }
-    build.args(["-p", "yurthub", "-p", "yurthub-e2e", "--bin", "yurthub", "--bin", "apiserver-double", "--bin", "demo-sandbox"]);
+    build.args([
+        "-p",
+        "yurthub",
+        "-p",
+        "yurthub-e2e",
+        "--bin",
+        "yurthub",
+        "--bin",
+        "apiserver-double",
+        "--bin",
+        "demo-sandbox",
+    ]);
     cmd::run(&mut build)?;
     signals.check()?;
     let bin_dir = build_ebpf::target_dir()?.join(profile);
 
     let dir = std::env::temp_dir().join(format!("yurthub-demo-{}", std::process::id()));
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut demo = Demo { dir, bin_dir, signals, procs: Vec::new() };
+    let mut demo = Demo {
+        dir,
+        bin_dir,
+        signals,
+        procs: Vec::new(),
+    };
     let result = demo.run(args);
     demo.cleanup();
     if let Err(err) = &result
@@ -118,11 +134,16 @@ struct Signals {
 
 impl Signals {
     fn install() -> Result<Signals> {
-        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
         for signal in [Signal::SIGINT, Signal::SIGTERM] {
             // SAFETY: the handler only stores to an atomic, which is
             // async-signal-safe; no other handler is replaced.
-            unsafe { sigaction(signal, &action) }.with_context(|| format!("installing a {signal} handler"))?;
+            unsafe { sigaction(signal, &action) }
+                .with_context(|| format!("installing a {signal} handler"))?;
         }
         Ok(Signals { interrupted: false })
     }
@@ -155,9 +176,15 @@ impl Demo {
     fn run(&mut self, args: &Args) -> Result<()> {
         let pki = self.dir.join("pki");
         let api_port = free_port()?;
-        for (what, addr) in [("plain proxy", PROXY), ("secure proxy", SECURE), ("hub server", HUB_SERVER)] {
+        for (what, addr) in [
+            ("plain proxy", PROXY),
+            ("secure proxy", SECURE),
+            ("hub server", HUB_SERVER),
+        ] {
             if TcpListener::bind(addr).is_err() {
-                bail!("{addr} (the hub's default {what} port) is in use; stop what listens there and rerun");
+                bail!(
+                    "{addr} (the hub's default {what} port) is in use; stop what listens there and rerun"
+                );
             }
         }
 
@@ -175,12 +202,23 @@ impl Demo {
             ],
             None,
         )?;
-        self.wait_for("the double to listen and write its PKI", Duration::from_secs(30), |_| {
-            pki.join("hub-serving.key").exists()
-                && TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], api_port)), Duration::from_millis(200))
+        self.wait_for(
+            "the double to listen and write its PKI",
+            Duration::from_secs(30),
+            |_| {
+                pki.join("hub-serving.key").exists()
+                    && TcpStream::connect_timeout(
+                        &SocketAddr::from(([127, 0, 0, 1], api_port)),
+                        Duration::from_millis(200),
+                    )
                     .is_ok()
-        })?;
-        println!("{server} is up; {} pods seeded on node {NODE}; PKI in {}", SEED_PODS, pki.display());
+            },
+        )?;
+        println!(
+            "{server} is up; {} pods seeded on node {NODE}; PKI in {}",
+            SEED_PODS,
+            pki.display()
+        );
 
         step("starting yurthub in front of it");
         let root = self.dir.join("hub");
@@ -188,10 +226,16 @@ impl Demo {
             format!("--server-addr={server}"),
             format!("--node-name={NODE}"),
             "--bootstrap-mode=kubeletcertificate".to_owned(),
-            format!("--kubelet-client-certificate={}", pki.join("hub-client.pem").display()),
+            format!(
+                "--kubelet-client-certificate={}",
+                pki.join("hub-client.pem").display()
+            ),
             format!("--kubelet-ca-file={}", pki.join("ca.crt").display()),
             format!("--tls-cert-file={}", pki.join("hub-serving.crt").display()),
-            format!("--tls-private-key-file={}", pki.join("hub-serving.key").display()),
+            format!(
+                "--tls-private-key-file={}",
+                pki.join("hub-serving.key").display()
+            ),
             // A laptop is not a node: no eBPF on the host's root cgroup, and
             // the pod-facing listener on loopback instead of 169.254.2.1.
             "--redirect-mode=none".to_owned(),
@@ -201,9 +245,11 @@ impl Demo {
         ];
         let hub_refs: Vec<&str> = hub_args.iter().map(String::as_str).collect();
         self.spawn("yurthub", "yurthub", &hub_refs, None)?;
-        self.wait_for("the hub server to answer /v1/healthz", Duration::from_secs(30), |_| {
-            http_get(HUB_SERVER, "/v1/healthz").is_ok_and(|(s, _)| s == 200)
-        })?;
+        self.wait_for(
+            "the hub server to answer /v1/healthz",
+            Duration::from_secs(30),
+            |_| http_get(HUB_SERVER, "/v1/healthz").is_ok_and(|(s, _)| s == 200),
+        )?;
         let ready = self.wait_for("the hub to be ready", Duration::from_secs(30), |_| {
             http_get(HUB_SERVER, "/v1/readyz").is_ok_and(|(s, _)| s == 200)
         });
@@ -222,7 +268,9 @@ impl Demo {
                  current-context: hub\n"
             ),
         )?;
-        println!("(the kubeconfig has no credentials: on loopback the hub lends the node's identity)");
+        println!(
+            "(the kubeconfig has no credentials: on loopback the hub lends the node's identity)"
+        );
         self.kubectl(&kubeconfig, &["get", "pods", "-o", "wide"])?;
         self.kubectl(&kubeconfig, &["get", "nodes"])?;
 
@@ -247,7 +295,9 @@ impl Demo {
                 println!("{reason}");
             }
             None => {
-                step("eBPF redirect: an unmodified in-cluster client in a pod namespace dials 10.96.0.1:443");
+                step(
+                    "eBPF redirect: an unmodified in-cluster client in a pod namespace dials 10.96.0.1:443",
+                );
                 sandbox = Some(self.start_sandbox(api_port, &pki)?);
             }
         }
@@ -275,7 +325,13 @@ impl Demo {
         Ok(())
     }
 
-    fn spawn(&mut self, name: &'static str, bin: &str, args: &[&str], stdin: Option<Stdio>) -> Result<()> {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        bin: &str,
+        args: &[&str],
+        stdin: Option<Stdio>,
+    ) -> Result<()> {
         let log = self.dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let path = self.bin_dir.join(bin);
@@ -294,7 +350,12 @@ impl Demo {
 
     /// Polls `check` every 200 ms for at most `within`, failing early if a
     /// process of the demo exited or Ctrl-C arrived.
-    fn wait_for(&mut self, what: &str, within: Duration, mut check: impl FnMut(&mut Self) -> bool) -> Result<()> {
+    fn wait_for(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut check: impl FnMut(&mut Self) -> bool,
+    ) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
             self.signals.check()?;
@@ -303,7 +364,12 @@ impl Demo {
             }
             for p in &mut self.procs {
                 if let Ok(Some(status)) = p.child.try_wait() {
-                    bail!("{} exited ({status}) while waiting for {what}; see {}/{}.log", p.name, self.dir.display(), p.name);
+                    bail!(
+                        "{} exited ({status}) while waiting for {what}; see {}/{}.log",
+                        p.name,
+                        self.dir.display(),
+                        p.name
+                    );
                 }
             }
             if Instant::now() >= deadline {
@@ -315,7 +381,10 @@ impl Demo {
 
     fn kubectl(&mut self, kubeconfig: &Path, args: &[&str]) -> Result<()> {
         self.signals.check()?;
-        let mut full = vec!["--kubeconfig", kubeconfig.to_str().context("kubeconfig path is UTF-8")?];
+        let mut full = vec![
+            "--kubeconfig",
+            kubeconfig.to_str().context("kubeconfig path is UTF-8")?,
+        ];
         full.extend_from_slice(args);
         if !args.iter().any(|a| a.starts_with("--request-timeout")) {
             full.push("--request-timeout=20s");
@@ -335,7 +404,11 @@ impl Demo {
     }
 
     /// Starts demo-sandbox and forwards its output until it waits for the cut.
-    fn start_sandbox(&mut self, api_port: u16, pki: &Path) -> Result<(std::process::ChildStdin, mpsc::Receiver<String>)> {
+    fn start_sandbox(
+        &mut self,
+        api_port: u16,
+        pki: &Path,
+    ) -> Result<(std::process::ChildStdin, mpsc::Receiver<String>)> {
         let path = self.bin_dir.join("demo-sandbox");
         let hub = self.bin_dir.join("yurthub");
         let work = self.dir.join("sandbox");
@@ -356,7 +429,10 @@ impl Demo {
             .with_context(|| format!("starting {}", path.display()))?;
         let stdin = child.stdin.take().context("demo-sandbox stdin")?;
         let stdout = child.stdout.take().context("demo-sandbox stdout")?;
-        self.procs.push(Proc { name: "demo-sandbox", child });
+        self.procs.push(Proc {
+            name: "demo-sandbox",
+            child,
+        });
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines() {
@@ -372,7 +448,11 @@ impl Demo {
 
     /// Lets the sandbox run its client once more (the cloud is gone now) and
     /// waits for it to clean up and exit.
-    fn finish_sandbox(&mut self, mut stdin: std::process::ChildStdin, lines: &mpsc::Receiver<String>) -> Result<()> {
+    fn finish_sandbox(
+        &mut self,
+        mut stdin: std::process::ChildStdin,
+        lines: &mpsc::Receiver<String>,
+    ) -> Result<()> {
         step("the pod in the sandbox, with the cloud gone");
         let _ = writeln!(stdin);
         drop(stdin);
@@ -387,7 +467,12 @@ impl Demo {
     }
 
     /// Prints the sandbox's lines until `until` (or its end of output).
-    fn forward(&mut self, lines: &mpsc::Receiver<String>, until: Option<&str>, within: Duration) -> Result<()> {
+    fn forward(
+        &mut self,
+        lines: &mpsc::Receiver<String>,
+        until: Option<&str>,
+        within: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
             self.signals.check()?;
@@ -435,7 +520,9 @@ impl Demo {
             let status = loop {
                 match p.child.try_wait() {
                     Ok(Some(status)) => break status.to_string(),
-                    Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(100))
+                    }
                     _ => {
                         let _ = p.child.kill();
                         let _ = p.child.wait();
@@ -467,7 +554,11 @@ fn sandbox_blocker(args: &Args) -> Option<String> {
         }
     }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if !mountinfo.lines().any(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup2 "))) {
+    if !mountinfo.lines().any(|l| {
+        l.split(" - ")
+            .nth(1)
+            .is_some_and(|t| t.starts_with("cgroup2 "))
+    }) {
         return Some("no cgroup v2 hierarchy is mounted".into());
     }
     None
@@ -480,11 +571,16 @@ fn free_port() -> Result<u16> {
 /// An HTTP/1.0 GET (no chunking, the server closes), 5 s bound.
 fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     let sock: SocketAddr = addr.parse()?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2)).with_context(|| format!("connect {addr}"))?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: yurthub-demo\r\nAccept: application/json\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: yurthub-demo\r\nAccept: application/json\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).with_context(|| format!("read {addr}{path}"))?;
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("read {addr}{path}"))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head

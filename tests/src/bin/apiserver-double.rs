@@ -139,9 +139,13 @@ fn seed(server: &ApiServer, args: &Args) -> anyhow::Result<()> {
 }
 
 fn write_hub_certs(pki: &TestPki, dir: &std::path::Path, node: &str) -> anyhow::Result<()> {
-    let (cert, key) = pki.issue_client_cert(&format!("system:node:{node}"), &["system:nodes", "openyurt:yurthub"])?;
+    let (cert, key) = pki.issue_client_cert(
+        &format!("system:node:{node}"),
+        &["system:nodes", "openyurt:yurthub"],
+    )?;
     let pem = dir.join("hub-client.pem");
-    std::fs::write(&pem, format!("{cert}{key}")).with_context(|| format!("writing {}", pem.display()))?;
+    std::fs::write(&pem, format!("{cert}{key}"))
+        .with_context(|| format!("writing {}", pem.display()))?;
     let ips = [[127, 0, 0, 1], [169, 254, 2, 1], [10, 96, 0, 1]].map(std::net::IpAddr::from);
     let (cert, key) = pki.issue_server_cert(
         &[

@@ -73,7 +73,10 @@ const TARGET_IDLE_RSS_MIB: f64 = 30.0;
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.clients > 0 && args.seconds > 0, "--clients and --seconds must be > 0");
+    ensure!(
+        args.clients > 0 && args.seconds > 0,
+        "--clients and --seconds must be > 0"
+    );
     // Two workers: as many as there are cores on the reference machine; the
     // same runtime carries the double and the load in every scenario.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -103,9 +106,21 @@ async fn run(args: Args) -> Result<()> {
     let log_drain = spawn_log_drain(api.clone());
 
     let (cert, key) = pki.issue_client_cert("bench", &["system:masters"])?;
-    let direct = Target::tls(api.addr(), "localhost", pki.ca_pem(), Some((&cert, &key)), None)?;
+    let direct = Target::tls(
+        api.addr(),
+        "localhost",
+        pki.ca_pem(),
+        Some((&cert, &key)),
+        None,
+    )?;
     let via_plain = Target::Plain(hub.proxy);
-    let via_tls = Target::tls(hub.secure, "127.0.0.1", pki.ca_pem(), None, Some(BENCH_TOKEN))?;
+    let via_tls = Target::tls(
+        hub.secure,
+        "127.0.0.1",
+        pki.ca_pem(),
+        None,
+        Some(BENCH_TOKEN),
+    )?;
     wait_serving(&via_plain, &args.user_agent).await?;
     wait_serving(&via_tls, &args.user_agent).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -144,7 +159,14 @@ async fn run(args: Args) -> Result<()> {
     let h = single.run(&via_plain, &get_path).await?;
     let t = single.run(&via_tls, &get_path).await?;
     rows.push(("GET 1 cl", d, h, t));
-    let watch = watch_latency(&api, &direct, &via_plain, args.watch_events, &args.user_agent).await?;
+    let watch = watch_latency(
+        &api,
+        &direct,
+        &via_plain,
+        args.watch_events,
+        &args.user_agent,
+    )
+    .await?;
     let load_rss = peak.stop();
     let after_rss = hub.rss_kib()?;
     let hwm = hub.status_kib("VmHWM")?;
@@ -166,10 +188,21 @@ async fn run(args: Args) -> Result<()> {
     for (what, d, h, _) in rows.iter().filter(|(what, ..)| *what != "GET 1 cl") {
         let p50 = h.p50_ms() / d.p50_ms();
         let thr = h.rps() / d.rps();
-        missed += verdict(&format!("{what}: hub p50 / direct p50 = {p50:.2} (≤ {TARGET_P50_RATIO:.2})"), p50 <= TARGET_P50_RATIO);
-        missed += verdict(&format!("{what}: hub req/s / direct req/s = {thr:.2} (≥ {TARGET_THROUGHPUT_RATIO:.2})"), thr >= TARGET_THROUGHPUT_RATIO);
+        missed += verdict(
+            &format!("{what}: hub p50 / direct p50 = {p50:.2} (≤ {TARGET_P50_RATIO:.2})"),
+            p50 <= TARGET_P50_RATIO,
+        );
+        missed += verdict(
+            &format!(
+                "{what}: hub req/s / direct req/s = {thr:.2} (≥ {TARGET_THROUGHPUT_RATIO:.2})"
+            ),
+            thr >= TARGET_THROUGHPUT_RATIO,
+        );
     }
-    missed += verdict(&format!("hub RSS idle {idle_mib:.1} MiB (< {TARGET_IDLE_RSS_MIB:.0} MiB)"), idle_mib < TARGET_IDLE_RSS_MIB);
+    missed += verdict(
+        &format!("hub RSS idle {idle_mib:.1} MiB (< {TARGET_IDLE_RSS_MIB:.0} MiB)"),
+        idle_mib < TARGET_IDLE_RSS_MIB,
+    );
     if missed > 0 {
         println!("{missed} target(s) MISSED");
     } else {
@@ -263,12 +296,15 @@ impl HubRun {
         let mut args = files.args(&[server.to_owned()], &[]);
         // Production heartbeat settings, and fixed ports we can dial.
         args.retain(|a| {
-            !a.starts_with("--heartbeat-") && !a.starts_with("--proxy-port") && !a.starts_with("--proxy-secure-port")
+            !a.starts_with("--heartbeat-")
+                && !a.starts_with("--proxy-port")
+                && !a.starts_with("--proxy-secure-port")
         });
         args.push(format!("--proxy-port={}", proxy.port()));
         args.push(format!("--proxy-secure-port={}", secure.port()));
         let log = files.dir.path().join("hub.log");
-        let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(&binary)
             .args(&args[1..])
             .env("RUST_LOG", "warn")
@@ -277,7 +313,12 @@ impl HubRun {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(HubRun { child, binary, proxy, secure })
+        Ok(HubRun {
+            child,
+            binary,
+            proxy,
+            secure,
+        })
     }
 
     fn pid(&self) -> u32 {
@@ -355,7 +396,11 @@ impl RssSampler {
                 }
             })
         };
-        RssSampler { stop, peak, thread: Some(thread) }
+        RssSampler {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
     }
 
     fn stop(mut self) -> u64 {
@@ -395,13 +440,17 @@ impl Target {
         for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
             roots.add(c?)?;
         }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots);
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
         let mut config = match identity {
             Some((cert, key)) => {
-                let chain = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-                let key = rustls_pemfile::private_key(&mut key.as_bytes())?.context("no private key in PEM")?;
+                let chain =
+                    rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+                let key = rustls_pemfile::private_key(&mut key.as_bytes())?
+                    .context("no private key in PEM")?;
                 builder.with_client_auth_cert(chain, key)?
             }
             None => builder.with_no_client_auth(),
@@ -430,7 +479,9 @@ impl Target {
                 tcp.set_nodelay(true)?;
                 handshake(TokioIo::new(tcp)).await
             }
-            Target::Tls { addr, name, config, .. } => {
+            Target::Tls {
+                addr, name, config, ..
+            } => {
                 let tcp = tokio::net::TcpStream::connect(addr).await?;
                 tcp.set_nodelay(true)?;
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
@@ -474,14 +525,18 @@ async fn wait_serving(target: &Target, user_agent: &str) -> Result<()> {
     while Instant::now() < deadline {
         let attempt = async {
             let mut s = target.connect().await?;
-            let resp = s.send_request(target.request("/api/v1/namespaces/default/pods", user_agent)?).await?;
+            let resp = s
+                .send_request(target.request("/api/v1/namespaces/default/pods", user_agent)?)
+                .await?;
             let status = resp.status();
             let body = resp.into_body().collect().await?.to_bytes();
             anyhow::Ok((status, body))
         };
         match tokio::time::timeout(Duration::from_secs(3), attempt).await {
             Ok(Ok((StatusCode::OK, _))) => return Ok(()),
-            Ok(Ok((status, body))) => last = format!("{status}: {}", String::from_utf8_lossy(&body)),
+            Ok(Ok((status, body))) => {
+                last = format!("{status}: {}", String::from_utf8_lossy(&body))
+            }
             Ok(Err(e)) => last = format!("{e:#}"),
             Err(_) => last = "timed out".into(),
         }
@@ -514,7 +569,8 @@ impl Stats {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
-        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
+        let i =
+            ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
         self.latencies[i]
     }
     fn p50_ms(&self) -> f64 {
@@ -536,7 +592,12 @@ impl Load {
         let errors = Arc::new(Mutex::new((0u64, None::<String>)));
         let mut workers = Vec::new();
         for _ in 0..self.clients {
-            let (target, path, ua, errors) = (target.clone(), path.to_owned(), self.user_agent.clone(), errors.clone());
+            let (target, path, ua, errors) = (
+                target.clone(),
+                path.to_owned(),
+                self.user_agent.clone(),
+                errors.clone(),
+            );
             workers.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut bytes = 0;
@@ -553,7 +614,11 @@ impl Load {
                         let status = resp.status();
                         let body = resp.into_body().collect().await?.to_bytes();
                         let took = t0.elapsed();
-                        ensure!(status == StatusCode::OK, "{status}: {}", String::from_utf8_lossy(&body));
+                        ensure!(
+                            status == StatusCode::OK,
+                            "{status}: {}",
+                            String::from_utf8_lossy(&body)
+                        );
                         anyhow::Ok((t0, took, body.len()))
                     };
                     match tokio::time::timeout(Duration::from_secs(10), result).await {
@@ -573,7 +638,8 @@ impl Load {
                             conn = None;
                             let mut errs = errors.lock().unwrap_or_else(|p| p.into_inner());
                             errs.0 += 1;
-                            errs.1.get_or_insert_with(|| "request timed out after 10 s".into());
+                            errs.1
+                                .get_or_insert_with(|| "request timed out after 10 s".into());
                         }
                     }
                 }
@@ -588,12 +654,27 @@ impl Load {
             bytes = bytes.max(b);
         }
         latencies.sort_unstable();
-        let (errors, first_error) = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
-        let stats = Stats { label: target.label(), latencies, elapsed: self.measure, errors, first_error, bytes };
+        let (errors, first_error) =
+            std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
+        let stats = Stats {
+            label: target.label(),
+            latencies,
+            elapsed: self.measure,
+            errors,
+            first_error,
+            bytes,
+        };
         if let Some(e) = &stats.first_error {
-            eprintln!("{} {path}: {} errors, first: {e}", stats.label, stats.errors);
+            eprintln!(
+                "{} {path}: {} errors, first: {e}",
+                stats.label, stats.errors
+            );
         }
-        ensure!(!stats.latencies.is_empty(), "{} {path}: no successful request", stats.label);
+        ensure!(
+            !stats.latencies.is_empty(),
+            "{} {path}: no successful request",
+            stats.label
+        );
         Ok(stats)
     }
 }
@@ -630,7 +711,9 @@ fn print_table(rows: &[(&str, Stats, Stats, Stats)]) {
         }
         println!("{:<10} response body {} bytes", "", d.bytes);
     }
-    println!("(x = ratio to direct; the hub rows add a hop, so > 1 for latency and < 1 for req/s is overhead;");
+    println!(
+        "(x = ratio to direct; the hub rows add a hop, so > 1 for latency and < 1 for req/s is overhead;"
+    );
     println!(" \"GET 1 cl\" is one client alone: latency without queueing for the shared cores)");
 }
 
@@ -646,10 +729,18 @@ struct WatchResult {
 /// Opens a watch on the watch namespace directly and one through the hub,
 /// then creates `events` pods 20 ms apart and times each ADDED event's
 /// arrival at both watchers.
-async fn watch_latency(api: &ApiServer, direct: &Target, hub: &Target, events: usize, user_agent: &str) -> Result<WatchResult> {
+async fn watch_latency(
+    api: &ApiServer,
+    direct: &Target,
+    hub: &Target,
+    events: usize,
+    user_agent: &str,
+) -> Result<WatchResult> {
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let rv = api.resource_version();
-    let path = format!("/api/v1/namespaces/{WATCH_NS}/pods?watch=true&resourceVersion={rv}&allowWatchBookmarks=false");
+    let path = format!(
+        "/api/v1/namespaces/{WATCH_NS}/pods?watch=true&resourceVersion={rv}&allowWatchBookmarks=false"
+    );
     let (d_tx, mut d_rx) = tokio::sync::mpsc::unbounded_channel();
     let (h_tx, mut h_rx) = tokio::sync::mpsc::unbounded_channel();
     let d_task = spawn_watcher(direct, &path, user_agent, d_tx).await?;
@@ -659,12 +750,18 @@ async fn watch_latency(api: &ApiServer, direct: &Target, hub: &Target, events: u
     api.create(pod(WATCH_NS, "probe"))?;
     for (rx, who) in [(&mut d_rx, "direct"), (&mut h_rx, "hub")] {
         let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
-        ensure!(matches!(first, Ok(Some((ref n, _))) if n == "probe"), "{who} watch did not deliver the probe event within 10 s");
+        ensure!(
+            matches!(first, Ok(Some((ref n, _))) if n == "probe"),
+            "{who} watch did not deliver the probe event within 10 s"
+        );
     }
 
     for i in 0..events {
         let name = format!("w-{i}");
-        created.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), Instant::now());
+        created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), Instant::now());
         api.create(pod(WATCH_NS, &name))?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -674,7 +771,12 @@ async fn watch_latency(api: &ApiServer, direct: &Target, hub: &Target, events: u
     h_task.abort();
     d.sort_unstable();
     h.sort_unstable();
-    Ok(WatchResult { missing_direct: events - d.len(), missing_hub: events - h.len(), direct: d, hub: h })
+    Ok(WatchResult {
+        missing_direct: events - d.len(),
+        missing_hub: events - h.len(),
+        direct: d,
+        hub: h,
+    })
 }
 
 /// Delivery latencies of up to `events` timed events, waiting at most 5 s
@@ -708,21 +810,33 @@ async fn spawn_watcher(
     tx: tokio::sync::mpsc::UnboundedSender<(String, Instant)>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let mut sender = target.connect().await?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(target.request(path, user_agent)?))
-        .await
-        .with_context(|| format!("{} watch: no response headers within 10 s", target.label()))??;
-    ensure!(resp.status() == StatusCode::OK, "{} watch answered {}", target.label(), resp.status());
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        sender.send_request(target.request(path, user_agent)?),
+    )
+    .await
+    .with_context(|| format!("{} watch: no response headers within 10 s", target.label()))??;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "{} watch answered {}",
+        target.label(),
+        resp.status()
+    );
     let mut body = resp.into_body();
     Ok(tokio::spawn(async move {
         let _keep = sender;
         let mut buf = Vec::new();
         while let Some(Ok(frame)) = body.frame().await {
             let at = Instant::now();
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             buf.extend_from_slice(&data);
             while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
-                let Ok(ev) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+                let Ok(ev) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 if ev["type"] == "ADDED"
                     && let Some(name) = ev["object"]["metadata"]["name"].as_str()
                     && tx.send((name.to_owned(), at)).is_err()
@@ -743,10 +857,28 @@ fn print_watch(w: &WatchResult) {
         v[i].as_secs_f64() * 1e3
     };
     println!();
-    println!("watch event delivery (create in the double -> ADDED event read by the watcher), {} events:", w.direct.len() + w.missing_direct);
-    println!("{:<28} {:>9} {:>9} {:>8}", "path", "p50 ms", "p99 ms", "missing");
-    println!("{:<28} {:>9.3} {:>9.3} {:>8}", "direct (TLS, client cert)", pct(&w.direct, 0.5), pct(&w.direct, 0.99), w.missing_direct);
-    println!("{:<28} {:>9.3} {:>9.3} {:>8}", "hub http (kubelet path)", pct(&w.hub, 0.5), pct(&w.hub, 0.99), w.missing_hub);
+    println!(
+        "watch event delivery (create in the double -> ADDED event read by the watcher), {} events:",
+        w.direct.len() + w.missing_direct
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>8}",
+        "path", "p50 ms", "p99 ms", "missing"
+    );
+    println!(
+        "{:<28} {:>9.3} {:>9.3} {:>8}",
+        "direct (TLS, client cert)",
+        pct(&w.direct, 0.5),
+        pct(&w.direct, 0.99),
+        w.missing_direct
+    );
+    println!(
+        "{:<28} {:>9.3} {:>9.3} {:>8}",
+        "hub http (kubelet path)",
+        pct(&w.hub, 0.5),
+        pct(&w.hub, 0.99),
+        w.missing_hub
+    );
     println!(
         "hub/direct: p50 x{:.2}, p99 x{:.2}; hub adds {:.3} ms at p50",
         pct(&w.hub, 0.5) / pct(&w.direct, 0.5),

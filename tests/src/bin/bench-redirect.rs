@@ -39,8 +39,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
 use yurthub::redirect::{Config, Redirect};
 use yurthub_e2e::sandbox::{
-    BPFFS, NetSandbox, Side, TestCgroup, require_bpffs, require_cgroup2, require_root, run_in_child,
-    unique_name,
+    BPFFS, NetSandbox, Side, TestCgroup, require_bpffs, require_cgroup2, require_root,
+    run_in_child, unique_name,
 };
 
 #[derive(Debug, Parser)]
@@ -80,7 +80,10 @@ fn main() -> Result<()> {
             "{tool} is not installed: run `cargo xtask setup`"
         );
     }
-    ensure!(args.rounds > 0 && args.seconds > 0, "--rounds and --seconds must be > 0");
+    ensure!(
+        args.rounds > 0 && args.seconds > 0,
+        "--rounds and --seconds must be > 0"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -113,12 +116,31 @@ fn main() -> Result<()> {
         args.seconds,
         args.warmup,
         read_trimmed("/proc/sys/kernel/osrelease"),
-        read_trimmed("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        read_trimmed("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    let bench = Bench { net: &net, args: &args };
-    let direct = Scenario { name: "(a) direct to hub address", cgroup: &plain_cgroup, to: hub };
-    let ebpf = Scenario { name: "(b) VIP via eBPF redirect", cgroup: &ebpf_cgroup, to: vip };
-    let dnat = Scenario { name: "(c) VIP via iptables DNAT", cgroup: &plain_cgroup, to: vip };
+    let bench = Bench {
+        net: &net,
+        args: &args,
+    };
+    let direct = Scenario {
+        name: "(a) direct to hub address",
+        cgroup: &plain_cgroup,
+        to: hub,
+    };
+    let ebpf = Scenario {
+        name: "(b) VIP via eBPF redirect",
+        cgroup: &ebpf_cgroup,
+        to: vip,
+    };
+    let dnat = Scenario {
+        name: "(c) VIP via iptables DNAT",
+        cgroup: &plain_cgroup,
+        to: vip,
+    };
 
     // No nat table at all (no conntrack) — only (a) and (b) can run.
     let none = bench.state(&[&direct, &ebpf])?;
@@ -127,11 +149,19 @@ fn main() -> Result<()> {
     iptables_restore(&net, &dnat_rules(args.rules, true))?;
     let many = bench.state(&[&direct, &ebpf, &dnat])?;
 
-    let redirected = redirect.status().vips.iter().find(|v| v.vip == vip).map_or(0, |v| v.redirected);
+    let redirected = redirect
+        .status()
+        .vips
+        .iter()
+        .find(|v| v.vip == vip)
+        .map_or(0, |v| v.redirected);
     drop(beat);
-    let redirect = Arc::try_unwrap(redirect).map_err(|_| anyhow::anyhow!("redirect still shared"))?;
+    let redirect =
+        Arc::try_unwrap(redirect).map_err(|_| anyhow::anyhow!("redirect still shared"))?;
     runtime
-        .block_on(async { tokio::time::timeout(Duration::from_secs(10), redirect.shutdown()).await })
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), redirect.shutdown()).await
+        })
         .context("redirect shutdown within 10 s")?
         .context("redirect shutdown")?;
 
@@ -140,7 +170,10 @@ fn main() -> Result<()> {
 }
 
 fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default().trim().to_owned()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 struct Bench<'a> {
@@ -183,7 +216,10 @@ impl Bench<'_> {
     /// Runs every scenario once per round, interleaved, so that noise from
     /// the rest of the machine lands on all of them alike.
     fn state(&self, scenarios: &[&Scenario<'_>]) -> Result<Vec<(&'static str, Figures)>> {
-        let mut figures: Vec<(&'static str, Figures)> = scenarios.iter().map(|s| (s.name, Figures::default())).collect();
+        let mut figures: Vec<(&'static str, Figures)> = scenarios
+            .iter()
+            .map(|s| (s.name, Figures::default()))
+            .collect();
         for _ in 0..self.args.rounds {
             for (s, (_, f)) in scenarios.iter().zip(figures.iter_mut()) {
                 let (latencies, elapsed) = self.measure(s)?;
@@ -200,7 +236,12 @@ impl Bench<'_> {
     /// Runs the client loop in a forked process in the scenario's cgroup and
     /// the pod namespace (cgroup membership is per process).
     fn measure(&self, s: &Scenario<'_>) -> Result<(Vec<u64>, Duration)> {
-        let (warmup, seconds, max, to) = (self.args.warmup, self.args.seconds, self.args.max_connections, s.to);
+        let (warmup, seconds, max, to) = (
+            self.args.warmup,
+            self.args.seconds,
+            self.args.max_connections,
+            s.to,
+        );
         let out = run_in_child(
             Some(s.cgroup),
             Some(&self.net.path(Side::Pod)),
@@ -226,10 +267,12 @@ impl Bench<'_> {
 fn client_loop(to: SocketAddr, warmup: usize, measure: Duration, max: usize) -> Result<String> {
     let once = || -> Result<Duration> {
         let t0 = Instant::now();
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).with_context(|| format!("connect {to}"))?;
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            .with_context(|| format!("connect {to}"))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut byte = [0u8; 1];
-        s.read_exact(&mut byte).with_context(|| format!("first byte from {to}"))?;
+        s.read_exact(&mut byte)
+            .with_context(|| format!("first byte from {to}"))?;
         let took = t0.elapsed();
         ensure!(byte == *b"h", "{to} answered {byte:?}, not the hub's byte");
         // RST on close: no TIME_WAIT, so the loop never runs out of ports.
@@ -270,14 +313,17 @@ impl OneByteServer {
                 let run = || -> Result<()> {
                     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
                     // Built after setns: the runtime's threads live in the node namespace.
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
                     rt.block_on(async {
                         // Any address of the node: the hub address comes and goes.
                         let listener = tokio::net::TcpListener::bind(("0.0.0.0", HUB_PORT)).await?;
                         let _ = ready_tx.send(Ok(()));
                         while !stop.load(Ordering::Relaxed) {
                             let Ok(Ok((mut s, _))) =
-                                tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
+                                tokio::time::timeout(Duration::from_millis(100), listener.accept())
+                                    .await
                             else {
                                 continue;
                             };
@@ -286,7 +332,11 @@ impl OneByteServer {
                                 let _ = s.set_nodelay(true);
                                 if s.write_all(b"h").await.is_ok() {
                                     let mut sink = [0u8; 16];
-                                    let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+                                    let _ = tokio::time::timeout(
+                                        Duration::from_secs(5),
+                                        s.read(&mut sink),
+                                    )
+                                    .await;
                                 }
                             });
                         }
@@ -299,7 +349,10 @@ impl OneByteServer {
             })
         };
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(())) => Ok(OneByteServer { stop, thread: Some(thread) }),
+            Ok(Ok(())) => Ok(OneByteServer {
+                stop,
+                thread: Some(thread),
+            }),
             Ok(Err(e)) => bail!("hub stand-in server: {e}"),
             Err(_) => bail!("hub stand-in server did not start within 5 s"),
         }
@@ -327,7 +380,9 @@ impl Drop for PinDir {
 fn install(net: &NetSandbox, runtime: &tokio::runtime::Runtime, cfg: Config) -> Result<Redirect> {
     let handle = runtime.handle().clone();
     net.in_thread(Side::Node, move || {
-        handle.block_on(async { tokio::time::timeout(Duration::from_secs(30), Redirect::install(cfg)).await })
+        handle.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), Redirect::install(cfg)).await
+        })
     })
     .context("Redirect::install within 30 s")?
     .map_err(|e| anyhow::anyhow!("Redirect::install: {}", chain(&e)))
@@ -351,7 +406,9 @@ struct Heartbeat {
 
 impl Heartbeat {
     fn start(redirect: &Arc<Redirect>) -> Result<Heartbeat> {
-        redirect.heartbeat().map_err(|e| anyhow::anyhow!("heartbeat: {}", chain(&e)))?;
+        redirect
+            .heartbeat()
+            .map_err(|e| anyhow::anyhow!("heartbeat: {}", chain(&e)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (stop, redirect) = (stop.clone(), redirect.clone());
@@ -362,7 +419,10 @@ impl Heartbeat {
                 }
             })
         };
-        Ok(Heartbeat { stop, thread: Some(thread) })
+        Ok(Heartbeat {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -379,7 +439,9 @@ impl Drop for Heartbeat {
 /// jumped to from OUTPUT holding `unrelated` DNAT rules for other ClusterIPs
 /// (10.97.x.y:443 to documentation addresses), then, if `vip`, the VIP's.
 fn dnat_rules(unrelated: usize, vip: bool) -> String {
-    let mut r = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:BENCH-SERVICES - [0:0]\n");
+    let mut r = String::from(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:BENCH-SERVICES - [0:0]\n",
+    );
     r.push_str("-A OUTPUT -j BENCH-SERVICES\n");
     for i in 0..unrelated {
         let _ = writeln!(
@@ -408,7 +470,11 @@ fn iptables_restore(net: &NetSandbox, rules: &str) -> Result<()> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("run iptables-restore in the pod namespace")?;
-    child.stdin.take().context("stdin")?.write_all(rules.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(rules.as_bytes())?;
     let out = child.wait_with_output()?;
     ensure!(
         out.status.success(),
@@ -419,15 +485,18 @@ fn iptables_restore(net: &NetSandbox, rules: &str) -> Result<()> {
     Ok(())
 }
 
-fn print(
-    none: &[(&'static str, Figures)],
-    one: &[(&'static str, Figures)],
-    many: &[(&'static str, Figures)],
+fn print<'a>(
+    none: &'a [(&'static str, Figures)],
+    one: &'a [(&'static str, Figures)],
+    many: &'a [(&'static str, Figures)],
     redirected: u64,
     rules: usize,
 ) {
     println!();
-    println!("{:<28} {:<34} {:>9} {:>9} {:>10} {:>8}", "pod nat table", "scenario", "p50 µs", "p99 µs", "conns/s", "count");
+    println!(
+        "{:<28} {:<34} {:>9} {:>9} {:>10} {:>8}",
+        "pod nat table", "scenario", "p50 µs", "p99 µs", "conns/s", "count"
+    );
     let states = [
         ("none (no conntrack)".to_owned(), none),
         ("VIP DNAT rule only".to_owned(), one),
@@ -447,8 +516,10 @@ fn print(
         }
     }
     println!("eBPF redirect counter for {VIP}: {redirected} connections");
-    let pick = |rows: &[(&'static str, Figures)], prefix: &str| -> Option<f64> {
-        rows.iter().find(|(n, _)| n.starts_with(prefix)).map(|(_, f)| f.p50())
+    let pick = |rows: &'a [(&'static str, Figures)], prefix: &str| -> Option<&'a Figures> {
+        rows.iter()
+            .find(|(n, _)| n.starts_with(prefix))
+            .map(|(_, f)| f)
     };
     let (Some(a0), Some(b0), Some(a1), Some(b1), Some(c1), Some(an), Some(bn), Some(cn)) = (
         pick(none, "(a)"),
@@ -462,25 +533,62 @@ fn print(
     ) else {
         return;
     };
+    let lat = |x: &Figures, y: &Figures| x.p50() / y.p50();
+    let rate = |x: &Figures, y: &Figures| x.rate() / y.rate();
     println!();
-    println!("p50 ratios:");
-    let line = |what: String, r: f64| println!("  {what:<58} x{r:.3}");
-    line("(b) eBPF / (a) direct, no nat table".into(), b0 / a0);
-    line("(b) eBPF / (a) direct, VIP DNAT rule present".into(), b1 / a1);
-    line("(b) eBPF / (c) DNAT, 1 rule".into(), b1 / c1);
-    line(format!("(b) eBPF / (c) DNAT, {rules} other rules"), bn / cn);
-    line(format!("(c) DNAT: {rules} other rules / 1 rule"), cn / c1);
-    line(format!("(b) eBPF: {rules} other rules / 1 rule"), bn / b1);
-    line(format!("(a) direct: {rules} other rules / 1 rule"), an / a1);
+    println!("{:<52} {:>10} {:>10}", "ratios", "p50", "conns/s");
+    let line = |what: String, x: &Figures, y: &Figures| {
+        println!(
+            "  {what:<50} {:>10} {:>10}",
+            format!("x{:.3}", lat(x, y)),
+            format!("x{:.3}", rate(x, y))
+        );
+    };
+    line("(b) eBPF / (a) direct, no nat table".into(), b0, a0);
+    line(
+        "(b) eBPF / (a) direct, VIP DNAT rule present".into(),
+        b1,
+        a1,
+    );
+    line("(b) eBPF / (c) DNAT, 1 rule".into(), b1, c1);
+    line(format!("(b) eBPF / (c) DNAT, {rules} other rules"), bn, cn);
+    line(format!("(c) DNAT: {rules} other rules / 1 rule"), cn, c1);
+    line(format!("(b) eBPF: {rules} other rules / 1 rule"), bn, b1);
+    line(format!("(a) direct: {rules} other rules / 1 rule"), an, a1);
     println!();
     println!("targets (issue 4):");
-    let verdict = |ok: bool, what: String| println!("  {} {what}", if ok { "met   " } else { "MISSED" });
-    verdict(b0 / a0 <= TARGET_B_VS_A, format!("(b) within 5% of (a): x{:.3}", b0 / a0));
-    verdict(b1 < c1, format!("(b) faster than (c): x{:.3}", b1 / c1));
-    verdict(bn < cn, format!("(b) faster than (c) with {rules} other rules: x{:.3}", bn / cn));
+    let verdict =
+        |ok: bool, what: String| println!("  {} {what}", if ok { "met   " } else { "MISSED" });
     verdict(
-        bn / b1 < cn / c1,
-        format!("(b) flatter than (c) as rules grow: eBPF x{:.3} vs DNAT x{:.3}", bn / b1, cn / c1),
+        lat(b0, a0) <= TARGET_B_VS_A,
+        format!("(b) p50 within 5% of (a): x{:.3}", lat(b0, a0)),
+    );
+    verdict(
+        rate(b0, a0) >= 1.0 / TARGET_B_VS_A,
+        format!("(b) conns/s within 5% of (a): x{:.3}", rate(b0, a0)),
+    );
+    verdict(
+        lat(b1, c1) < 1.0,
+        format!("(b) p50 below (c): x{:.3}", lat(b1, c1)),
+    );
+    verdict(
+        rate(b1, c1) > 1.0,
+        format!("(b) conns/s above (c): x{:.3}", rate(b1, c1)),
+    );
+    verdict(
+        lat(bn, cn) < 1.0,
+        format!(
+            "(b) p50 below (c) with {rules} other rules: x{:.3}",
+            lat(bn, cn)
+        ),
+    );
+    verdict(
+        lat(bn, b1) < lat(cn, c1),
+        format!(
+            "(b) flatter than (c) as rules grow (p50): eBPF x{:.3} vs DNAT x{:.3}",
+            lat(bn, b1),
+            lat(cn, c1)
+        ),
     );
     println!(
         "note: the rules sit in the pod namespace's nat OUTPUT path, which every new connection traverses \

@@ -107,18 +107,25 @@ async fn run(args: Args) -> Result<()> {
         status["active"],
         status["hub"],
         status["vips"],
-        status["programs"].as_array().map_or(0, |p| p.iter().filter(|p| p["attached"] == true).count())
+        status["programs"]
+            .as_array()
+            .map_or(0, |p| p.iter().filter(|p| p["attached"] == true).count())
     ));
 
     let ca = std::fs::read_to_string(args.pki_dir.join("ca.crt")).context("reading ca.crt")?;
     let token = std::fs::read_to_string(args.pki_dir.join("token")).context("reading token")?;
-    say("the pod: kubectl with only KUBERNETES_SERVICE_HOST=10.96.0.1, KUBERNETES_SERVICE_PORT=443 and a mounted service account");
+    say(
+        "the pod: kubectl with only KUBERNETES_SERVICE_HOST=10.96.0.1, KUBERNETES_SERVICE_PORT=443 and a mounted service account",
+    );
     print_kubectl(&net, &cgroup, &ca, &token);
 
     say(WAITING);
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     match interrupt
-        .run(tokio::time::timeout(Duration::from_secs(args.wait_seconds), lines.next_line()))
+        .run(tokio::time::timeout(
+            Duration::from_secs(args.wait_seconds),
+            lines.next_line(),
+        ))
         .await?
     {
         Ok(_) => {}
@@ -151,7 +158,10 @@ struct Interrupt {
 
 impl Interrupt {
     fn new() -> Result<Interrupt> {
-        Ok(Interrupt { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
+        Ok(Interrupt {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
     }
 
     async fn run<F: std::future::Future>(&mut self, f: F) -> Result<F::Output> {
@@ -183,7 +193,9 @@ impl Relay {
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 tokio::spawn(async move {
-                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    if let Ok(mut upstream) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await;
                     }
                 });
@@ -216,21 +228,33 @@ impl HubInNode {
             format!("--server-addr=https://127.0.0.1:{}", args.server_port),
             format!("--node-name={}", args.node),
             "--bootstrap-mode=kubeletcertificate".into(),
-            format!("--kubelet-client-certificate={}", pki.join("hub-client.pem").display()),
+            format!(
+                "--kubelet-client-certificate={}",
+                pki.join("hub-client.pem").display()
+            ),
             format!("--kubelet-ca-file={}", pki.join("ca.crt").display()),
             format!("--tls-cert-file={}", pki.join("hub-serving.crt").display()),
-            format!("--tls-private-key-file={}", pki.join("hub-serving.key").display()),
+            format!(
+                "--tls-private-key-file={}",
+                pki.join("hub-serving.key").display()
+            ),
             "--redirect-mode=ebpf".into(),
             format!("--redirect-cgroup={}", cgroup.display()),
             format!("--redirect-pin-dir={pin_dir}"),
             format!("--root-dir={}", root.display()),
             format!("--disk-cache-path={}", root.join("cache").display()),
         ];
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let bin = args.hub_bin.clone();
         let child = net.in_thread(Side::Node, move || {
             let err = file.try_clone()?;
-            Command::new(&bin).args(&flags).stdin(Stdio::null()).stdout(file).stderr(err).spawn()
+            Command::new(&bin)
+                .args(&flags)
+                .stdin(Stdio::null())
+                .stdout(file)
+                .stderr(err)
+                .spawn()
         });
         let child = child.with_context(|| format!("starting {}", args.hub_bin.display()))?;
         Ok(HubInNode { child, log })
@@ -282,10 +306,16 @@ fn hub_get(net: &NetSandbox, path: &str) -> Result<String> {
         let addr: SocketAddr = HUB_SERVER.parse()?;
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n"
+        )?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
-        Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+        Ok(out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default())
     })
 }
 
@@ -298,7 +328,9 @@ async fn wait_active(net: &NetSandbox, within: Duration) -> Result<serde_json::V
             Ok(body) => match serde_json::from_str::<serde_json::Value>(&body) {
                 Ok(s)
                     if s["active"] == true
-                        && s["vips"].as_array().is_some_and(|v| v.iter().any(|v| v["vip"] == VIP)) =>
+                        && s["vips"]
+                            .as_array()
+                            .is_some_and(|v| v.iter().any(|v| v["vip"] == VIP)) =>
                 {
                     return Ok(s);
                 }
@@ -314,7 +346,13 @@ async fn wait_active(net: &NetSandbox, within: Duration) -> Result<serde_json::V
 fn print_kubectl(net: &NetSandbox, cgroup: &TestCgroup, ca: &str, token: &str) {
     // No --request-timeout or other overrides: kubectl uses the in-cluster
     // configuration only when its client config is otherwise the default.
-    let out = kubectl_in_pod(net, cgroup, ca, token, &["get", "pods", "-o", "wide", "-v=6"]);
+    let out = kubectl_in_pod(
+        net,
+        cgroup,
+        ca,
+        token,
+        &["get", "pods", "-o", "wide", "-v=6"],
+    );
     // stdout whole; from stderr (-v=6) the distinct request lines, which
     // show the URL dialled, and the errors.
     let mut seen = Vec::new();
@@ -322,7 +360,9 @@ fn print_kubectl(net: &NetSandbox, cgroup: &TestCgroup, ca: &str, token: &str) {
         if let Some(l) = line.strip_prefix("OUT ") {
             say(&format!("  pod$ {l}"));
         } else if let Some(l) = line.strip_prefix("ERR ") {
-            let request = l.split_once("round_trippers.go").map(|(_, r)| r.split_once("] ").map_or(r, |(_, r)| r));
+            let request = l
+                .split_once("round_trippers.go")
+                .map(|(_, r)| r.split_once("] ").map_or(r, |(_, r)| r));
             let shown = match request {
                 Some(r) => {
                     let key = r.split(" in ").next().unwrap_or(r).to_owned();
@@ -345,23 +385,45 @@ fn print_kubectl(net: &NetSandbox, cgroup: &TestCgroup, ca: &str, token: &str) {
 /// Runs kubectl in the pod: test cgroup, pod network namespace, and a
 /// private mount namespace with the service account mounted as kubelet
 /// would; returns its exit code and output as text.
-fn kubectl_in_pod(net: &NetSandbox, cgroup: &TestCgroup, ca: &str, token: &str, args: &[&str]) -> String {
+fn kubectl_in_pod(
+    net: &NetSandbox,
+    cgroup: &TestCgroup,
+    ca: &str,
+    token: &str,
+    args: &[&str],
+) -> String {
     let (ca, token) = (ca.to_owned(), token.trim().to_owned());
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    sandbox::run_in_child(Some(cgroup.path()), Some(&net.path(Side::Pod)), Duration::from_secs(60), move || {
-        match pod_kubectl(&ca, &token, &args) {
+    sandbox::run_in_child(
+        Some(cgroup.path()),
+        Some(&net.path(Side::Pod)),
+        Duration::from_secs(60),
+        move || match pod_kubectl(&ca, &token, &args) {
             Ok(text) => text,
             Err(e) => format!("(kubectl could not run: {e:#})"),
-        }
-    })
+        },
+    )
 }
 
 fn pod_kubectl(ca: &str, token: &str, args: &[String]) -> Result<String> {
     use nix::mount::{MsFlags, mount};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare mount namespace")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("make / private")?;
-    mount(Some("tmpfs"), "/run", Some("tmpfs"), MsFlags::empty(), None::<&str>).context("tmpfs on /run")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("make / private")?;
+    mount(
+        Some("tmpfs"),
+        "/run",
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("tmpfs on /run")?;
     let sa = Path::new("/var/run/secrets/kubernetes.io/serviceaccount");
     std::fs::create_dir_all(sa)?;
     std::fs::write(sa.join("ca.crt"), ca)?;
@@ -383,6 +445,9 @@ fn pod_kubectl(ca: &str, token: &str, args: &[String]) -> Result<String> {
             text.push_str(&format!("{prefix} {line}\n"));
         }
     }
-    text.push_str(&format!("(kubectl exit {})", out.status.code().unwrap_or(-1)));
+    text.push_str(&format!(
+        "(kubectl exit {})",
+        out.status.code().unwrap_or(-1)
+    ));
     Ok(text)
 }
