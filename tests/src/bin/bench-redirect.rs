@@ -508,7 +508,7 @@ fn print<'a>(states: &[&'a State; 4], redirected: u64, rules: usize) {
         "none (no conntrack)".to_owned(),
         "VIP DNAT rule only".to_owned(),
         format!("{rules} other rules + VIP"),
-        format!("same, only for 10.96/12"),
+        format!("{rules} rules, jump for 10.96/12"),
     ];
     for (state, rows) in labels.iter().zip(states) {
         for (name, f) in rows.iter() {
