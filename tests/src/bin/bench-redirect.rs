@@ -501,7 +501,7 @@ fn print<'a>(states: &[&'a State; 4], redirected: u64, rules: usize) {
     let [none, one, many, scoped] = *states;
     println!();
     println!(
-        "{:<28} {:<34} {:>9} {:>9} {:>10} {:>8}",
+        "{:<30} {:<34} {:>9} {:>9} {:>10} {:>8}",
         "pod nat table", "scenario", "p50 µs", "p99 µs", "conns/s", "count"
     );
     let labels = [
@@ -513,7 +513,7 @@ fn print<'a>(states: &[&'a State; 4], redirected: u64, rules: usize) {
     for (state, rows) in labels.iter().zip(states) {
         for (name, f) in rows.iter() {
             println!(
-                "{:<28} {:<34} {:>9.1} {:>9.1} {:>10.0} {:>8}",
+                "{:<30} {:<34} {:>9.1} {:>9.1} {:>10.0} {:>8}",
                 state,
                 name,
                 f.p50(),
