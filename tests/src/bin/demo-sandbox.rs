@@ -118,6 +118,14 @@ async fn run(args: Args) -> Result<()> {
         "the pod: kubectl with only KUBERNETES_SERVICE_HOST=10.96.0.1, KUBERNETES_SERVICE_PORT=443 and a mounted service account",
     );
     print_kubectl(&net, &cgroup, &ca, &token);
+    if let Ok(body) = hub_get(&net, "/v1/redirect")
+        && let Ok(s) = serde_json::from_str::<serde_json::Value>(&body)
+    {
+        say(&format!(
+            "/v1/redirect after the pod's requests: vips={}",
+            s["vips"]
+        ));
+    }
 
     say(WAITING);
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
