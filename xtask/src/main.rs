@@ -5,8 +5,10 @@
 //! One module per subcommand; add a new one (e.g. `demo`, `bench`) by adding
 //! a module, a `Command` variant and a match arm.
 
+mod bench;
 mod build_ebpf;
 mod cmd;
+mod demo;
 mod lint;
 mod proto_schema;
 mod setup;
@@ -38,6 +40,12 @@ enum Command {
     /// Regenerate (or --check) the JSON/protobuf schema table of the codec
     /// from the k8s-pb and k8s-openapi sources.
     GenProtoSchema(proto_schema::Args),
+    /// Build everything and show yurthub working: the apiserver double on
+    /// loopback, the hub in front of it, kubectl through it, the eBPF
+    /// redirect in a sandbox (as root), then the cloud cut.
+    Demo(demo::Args),
+    /// Release-build and run a benchmark: proxy, redirect (root), cache, all.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +55,8 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Lint => lint::run(),
         Command::GenProtoSchema(args) => proto_schema::run(args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,13 @@
 //! (a system:masters client certificate) and `admin.kubeconfig` into
 //! `--pki-dir`, optionally seeds pods bound to `--node`, logs every request
 //! and runs until SIGTERM or Ctrl-C.
+//!
+//! `--hub-certs-for NODE` also writes what a yurthub on that node needs in
+//! `kubeletcertificate` bootstrap mode: `hub-client.pem` (kubelet's client
+//! certificate and key, `system:node:NODE` in `system:nodes`) and
+//! `hub-serving.crt`/`hub-serving.key` (the pod-facing listener's serving
+//! certificate, for the `kubernetes` Service names, 127.0.0.1, the hub
+//! address 169.254.2.1 and the VIP 10.96.0.1).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +45,9 @@ struct Args {
     /// Events kept for watches before older resourceVersions expire.
     #[arg(long, default_value_t = 100_000)]
     history_window: usize,
+    /// Also write hub-client.pem and hub-serving.crt/key for a hub on NODE.
+    #[arg(long, value_name = "NODE")]
+    hub_certs_for: Option<String>,
 }
 
 const ADMIN_TOKEN_FILE: &str = "token";
@@ -81,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
         &server.kubeconfig(&Credential::Token(token.clone()))?,
     )?;
 
+    if let Some(node) = &args.hub_certs_for {
+        write_hub_certs(&pki, &args.pki_dir, node)?;
+    }
     seed(&server, &args)?;
     tracing::info!(
         url = %server.url(),
@@ -122,5 +135,27 @@ fn seed(server: &ApiServer, args: &Args) -> anyhow::Result<()> {
             "spec": {"nodeName": args.node, "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}]},
         }))?;
     }
+    Ok(())
+}
+
+fn write_hub_certs(pki: &TestPki, dir: &std::path::Path, node: &str) -> anyhow::Result<()> {
+    let (cert, key) = pki.issue_client_cert(
+        &format!("system:node:{node}"),
+        &["system:nodes", "openyurt:yurthub"],
+    )?;
+    let pem = dir.join("hub-client.pem");
+    std::fs::write(&pem, format!("{cert}{key}"))
+        .with_context(|| format!("writing {}", pem.display()))?;
+    let ips = [[127, 0, 0, 1], [169, 254, 2, 1], [10, 96, 0, 1]].map(std::net::IpAddr::from);
+    let (cert, key) = pki.issue_server_cert(
+        &[
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ],
+        &ips,
+    )?;
+    TestPki::write_pair(dir, "hub-serving", &cert, &key)?;
     Ok(())
 }

@@ -1,0 +1,888 @@
+//! `cargo xtask bench proxy`: the online proxy path, measured against the
+//! apiserver double on loopback in one run.
+//!
+//! Baseline: 16 clients talk TLS (HTTP/1.1, one keep-alive connection each,
+//! a client certificate) straight to the double. Then the same clients go
+//! through a real hub process (the release `yurthub-under-test` binary, so
+//! its RSS is the daemon's own): over the plain loopback listener (the
+//! kubelet path, the hub lends its node identity upstream) and over the TLS
+//! listener with a bearer token (the pod path). Measured per path:
+//! - GET of one pod and LIST of 500 pods: latency p50/p99 and requests/s,
+//!   after a warm-up, for a bounded time;
+//! - watch event delivery: time from `create` in the double to the ADDED
+//!   event arriving at a watcher, direct and through the hub, both watching
+//!   at once;
+//! - the hub's VmRSS idle (after start, before load) and its peak under load.
+//!
+//! The double, the load generator and the hub share the machine's cores;
+//! the double and load generator run alike in the baseline and hub runs,
+//! the hub's run additionally pays for the hub's CPU — which is what a node
+//! pays too. Targets (issue 3) are reported as met or MISSED; nothing here
+//! adapts to make them pass.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use bytes::Bytes;
+use clap::Parser;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use yurthub_e2e::apiserver::ApiServer;
+use yurthub_e2e::hub::{HubFiles, NODE, free_port};
+use yurthub_e2e::pki::TestPki;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark: the apiserver double directly vs through a yurthub process")]
+struct Args {
+    /// Concurrent clients (one keep-alive connection each).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Measured seconds per scenario.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Warm-up seconds per scenario (not measured).
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// Objects in the LIST.
+    #[arg(long, default_value_t = 500)]
+    list_size: usize,
+    /// Watch events to time.
+    #[arg(long, default_value_t = 200)]
+    watch_events: usize,
+    /// User-Agent of the load (its component decides the hub's cache policy
+    /// once the cache lands; "kubelet" measures a cached component).
+    #[arg(long, default_value = "bench-proxy/0.1")]
+    user_agent: String,
+}
+
+const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
+const LIST_NS: &str = "bench-list";
+const WATCH_NS: &str = "bench-watch";
+const TARGET_P50_RATIO: f64 = 1.10;
+const TARGET_THROUGHPUT_RATIO: f64 = 0.85;
+const TARGET_IDLE_RSS_MIB: f64 = 30.0;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.clients > 0 && args.seconds > 0,
+        "--clients and --seconds must be > 0"
+    );
+    // Two workers: as many as there are cores on the reference machine; the
+    // same runtime carries the double and the load in every scenario.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let pki = Arc::new(TestPki::new()?);
+    let api = Arc::new(
+        ApiServer::builder()
+            .pki(pki.clone())
+            .token(
+                BENCH_TOKEN,
+                yurthub_e2e::apiserver::User::new("bench", &["system:masters"]),
+            )
+            .start()
+            .await?,
+    );
+    seed(&api, args.list_size)?;
+    let files = HubFiles::new(&pki);
+    let hub = HubRun::start(&files, &api.url())?;
+    // The request log of the double would grow by every request measured.
+    let log_drain = spawn_log_drain(api.clone());
+
+    let (cert, key) = pki.issue_client_cert("bench", &["system:masters"])?;
+    let direct = Target::tls(
+        api.addr(),
+        "localhost",
+        pki.ca_pem(),
+        Some((&cert, &key)),
+        None,
+    )?;
+    let via_plain = Target::Plain(hub.proxy);
+    let via_tls = Target::tls(
+        hub.secure,
+        "127.0.0.1",
+        pki.ca_pem(),
+        None,
+        Some(BENCH_TOKEN),
+    )?;
+    wait_serving(&via_plain, &args.user_agent).await?;
+    wait_serving(&via_tls, &args.user_agent).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = hub.rss_kib()?;
+
+    println!(
+        "bench-proxy: {} clients, {} s measured after {} s warm-up per scenario, LIST of {} pods, {} cores",
+        args.clients,
+        args.seconds,
+        args.warmup,
+        args.list_size,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("hub process: pid {} ({})", hub.pid(), hub.binary.display());
+
+    let get_path = format!("/api/v1/namespaces/{LIST_NS}/pods/pod-0");
+    let list_path = format!("/api/v1/namespaces/{LIST_NS}/pods");
+    let load = Load {
+        clients: args.clients,
+        warmup: Duration::from_secs(args.warmup),
+        measure: Duration::from_secs(args.seconds),
+        user_agent: args.user_agent.clone(),
+    };
+    let mut rows = Vec::new();
+    let peak = RssSampler::start(hub.pid());
+    for (what, path) in [("GET pod", &get_path), ("LIST 500", &list_path)] {
+        let d = load.run(&direct, path).await?;
+        let h = load.run(&via_plain, path).await?;
+        let t = load.run(&via_tls, path).await?;
+        rows.push((what, d, h, t));
+    }
+    // Context, not a target: the same GET from one client, where latency is
+    // not queueing for the shared cores.
+    let single = Load { clients: 1, ..load };
+    let d = single.run(&direct, &get_path).await?;
+    let h = single.run(&via_plain, &get_path).await?;
+    let t = single.run(&via_tls, &get_path).await?;
+    rows.push(("GET 1 cl", d, h, t));
+    let watch = watch_latency(
+        &api,
+        &direct,
+        &via_plain,
+        args.watch_events,
+        &args.user_agent,
+    )
+    .await?;
+    let load_rss = peak.stop();
+    let after_rss = hub.rss_kib()?;
+    let hwm = hub.status_kib("VmHWM")?;
+    log_drain.abort();
+
+    print_table(&rows);
+    print_watch(&watch);
+    let idle_mib = idle_rss as f64 / 1024.0;
+    println!();
+    println!(
+        "hub RSS: idle {idle_mib:.1} MiB, peak under load {:.1} MiB (sampled every 100 ms), after load {:.1} MiB, VmHWM {:.1} MiB",
+        load_rss as f64 / 1024.0,
+        after_rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    println!();
+    println!("targets (issue 3), kubelet path (plain loopback listener):");
+    let mut missed = 0;
+    for (what, d, h, _) in rows.iter().filter(|(what, ..)| *what != "GET 1 cl") {
+        let p50 = h.p50_ms() / d.p50_ms();
+        let thr = h.rps() / d.rps();
+        missed += verdict(
+            &format!("{what}: hub p50 / direct p50 = {p50:.2} (≤ {TARGET_P50_RATIO:.2})"),
+            p50 <= TARGET_P50_RATIO,
+        );
+        missed += verdict(
+            &format!(
+                "{what}: hub req/s / direct req/s = {thr:.2} (≥ {TARGET_THROUGHPUT_RATIO:.2})"
+            ),
+            thr >= TARGET_THROUGHPUT_RATIO,
+        );
+    }
+    missed += verdict(
+        &format!("hub RSS idle {idle_mib:.1} MiB (< {TARGET_IDLE_RSS_MIB:.0} MiB)"),
+        idle_mib < TARGET_IDLE_RSS_MIB,
+    );
+    if missed > 0 {
+        println!("{missed} target(s) MISSED");
+    } else {
+        println!("all targets met");
+    }
+
+    hub.stop();
+    api.shutdown().await;
+    drop(files);
+    Ok(())
+}
+
+fn verdict(what: &str, ok: bool) -> usize {
+    println!("  {} {what}", if ok { "met   " } else { "MISSED" });
+    usize::from(!ok)
+}
+
+/// A Node for the hub, `list_size` pods shaped like real ones (~1.5 KiB of
+/// JSON each) to GET and LIST, and an empty namespace to watch.
+fn seed(api: &ApiServer, list_size: usize) -> Result<()> {
+    api.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}))?;
+    for ns in [LIST_NS, WATCH_NS] {
+        api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
+    }
+    for i in 0..list_size {
+        api.create(pod(LIST_NS, &format!("pod-{i}")))?;
+    }
+    Ok(())
+}
+
+fn pod(ns: &str, name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {"app": "bench", "tier": "backend", "pod-template-hash": "7c9f8d6b5d"},
+            "annotations": {"kubectl.kubernetes.io/default-container": "main"},
+        },
+        "spec": {
+            "nodeName": NODE,
+            "serviceAccountName": "default",
+            "containers": [{
+                "name": "main",
+                "image": "registry.k8s.io/e2e-test-images/agnhost:2.52",
+                "args": ["netexec", "--http-port=8080"],
+                "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 10},
+                "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}],
+            }],
+            "volumes": [{"name": "kube-api-access", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            ]}}],
+            "tolerations": [
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            ],
+        },
+    })
+}
+
+fn spawn_log_drain(api: Arc<ApiServer>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            api.clear_requests();
+        }
+    })
+}
+
+// === the hub process ===
+
+/// The release hub binary, started with the test flags (loopback listeners,
+/// kubelet-certificate bootstrap from the double's CA); killed on drop.
+struct HubRun {
+    child: Child,
+    binary: PathBuf,
+    proxy: SocketAddr,
+    secure: SocketAddr,
+}
+
+impl HubRun {
+    fn start(files: &HubFiles, server: &str) -> Result<HubRun> {
+        let binary = sibling_binary("yurthub-under-test")?;
+        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let secure = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut args = files.args(&[server.to_owned()], &[]);
+        // Production heartbeat settings, and fixed ports we can dial.
+        args.retain(|a| {
+            !a.starts_with("--heartbeat-")
+                && !a.starts_with("--proxy-port")
+                && !a.starts_with("--proxy-secure-port")
+        });
+        args.push(format!("--proxy-port={}", proxy.port()));
+        args.push(format!("--proxy-secure-port={}", secure.port()));
+        let log = files.dir.path().join("hub.log");
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(&binary)
+            .args(&args[1..])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(HubRun {
+            child,
+            binary,
+            proxy,
+            secure,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmRSS")
+    }
+
+    fn status_kib(&self, field: &str) -> Result<u64> {
+        status_kib(self.pid(), field)
+    }
+
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for HubRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary cargo built next to this one (target/<profile>/).
+fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current exe")?;
+    let path = exe.parent().context("exe has a directory")?.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p yurthub-e2e --bin {name}` (cargo xtask bench does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+/// Samples a process's VmRSS every 100 ms on its own thread; keeps the peak.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, peak) = (stop.clone(), peak.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(kib) = status_kib(pid, "VmRSS") {
+                        peak.fetch_max(kib, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        RssSampler {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+// === clients ===
+
+/// Where a client connects and how it authenticates.
+#[derive(Clone)]
+enum Target {
+    /// Plain HTTP (the hub's loopback listener).
+    Plain(SocketAddr),
+    /// TLS (HTTP/1.1 by ALPN), with a client certificate or a bearer token.
+    Tls {
+        addr: SocketAddr,
+        name: rustls_pki_types::ServerName<'static>,
+        config: Arc<rustls::ClientConfig>,
+        token: Option<String>,
+    },
+}
+
+impl Target {
+    fn tls(
+        addr: SocketAddr,
+        server_name: &str,
+        ca_pem: &str,
+        identity: Option<(&str, &str)>,
+        token: Option<&str>,
+    ) -> Result<Target> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+            roots.add(c?)?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((cert, key)) => {
+                let chain =
+                    rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+                let key = rustls_pemfile::private_key(&mut key.as_bytes())?
+                    .context("no private key in PEM")?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Target::Tls {
+            addr,
+            name: rustls_pki_types::ServerName::try_from(server_name.to_owned())?,
+            config: Arc::new(config),
+            token: token.map(str::to_owned),
+        })
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Target::Plain(_) => "hub http (kubelet path)",
+            Target::Tls { token: Some(_), .. } => "hub https (pod path, token)",
+            Target::Tls { token: None, .. } => "direct (TLS, client cert)",
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
+        match self {
+            Target::Plain(addr) => {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                handshake(TokioIo::new(tcp)).await
+            }
+            Target::Tls {
+                addr, name, config, ..
+            } => {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), tcp)
+                    .await
+                    .with_context(|| format!("TLS handshake with {addr}"))?;
+                handshake(TokioIo::new(tls)).await
+            }
+        }
+    }
+
+    fn request(&self, path: &str, user_agent: &str) -> Result<Request<Full<Bytes>>> {
+        let mut b = Request::builder()
+            .uri(path)
+            .header("host", "kubernetes")
+            .header("user-agent", user_agent)
+            .header("accept", "application/json");
+        if let Target::Tls { token: Some(t), .. } = self {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        Ok(b.body(Full::new(Bytes::new()))?)
+    }
+}
+
+async fn handshake<T>(io: TokioIo<T>) -> Result<SendRequest<Full<Bytes>>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Polls a GET through the hub until it answers 200 (the hub judged its
+/// upstream healthy), for at most 30 s.
+async fn wait_serving(target: &Target, user_agent: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::from("no attempt");
+    while Instant::now() < deadline {
+        let attempt = async {
+            let mut s = target.connect().await?;
+            let resp = s
+                .send_request(target.request("/api/v1/namespaces/default/pods", user_agent)?)
+                .await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        };
+        match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+            Ok(Ok((StatusCode::OK, _))) => return Ok(()),
+            Ok(Ok((status, body))) => {
+                last = format!("{status}: {}", String::from_utf8_lossy(&body))
+            }
+            Ok(Err(e)) => last = format!("{e:#}"),
+            Err(_) => last = "timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("{} did not serve within 30 s: {last}", target.label())
+}
+
+/// A bounded closed-loop load: each client sends its next request as soon
+/// as the previous response was read whole.
+struct Load {
+    clients: usize,
+    warmup: Duration,
+    measure: Duration,
+    user_agent: String,
+}
+
+/// Latencies of one scenario.
+struct Stats {
+    label: &'static str,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: u64,
+    first_error: Option<String>,
+    bytes: usize,
+}
+
+impl Stats {
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i =
+            ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
+        self.latencies[i]
+    }
+    fn p50_ms(&self) -> f64 {
+        self.percentile(0.50).as_secs_f64() * 1e3
+    }
+    fn p99_ms(&self) -> f64 {
+        self.percentile(0.99).as_secs_f64() * 1e3
+    }
+    fn rps(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+impl Load {
+    async fn run(&self, target: &Target, path: &str) -> Result<Stats> {
+        let start = Instant::now();
+        let measure_from = start + self.warmup;
+        let end = measure_from + self.measure;
+        let errors = Arc::new(Mutex::new((0u64, None::<String>)));
+        let mut workers = Vec::new();
+        for _ in 0..self.clients {
+            let (target, path, ua, errors) = (
+                target.clone(),
+                path.to_owned(),
+                self.user_agent.clone(),
+                errors.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut bytes = 0;
+                let mut conn: Option<SendRequest<Full<Bytes>>> = None;
+                while Instant::now() < end {
+                    let result = async {
+                        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+                            conn = Some(target.connect().await?);
+                        }
+                        let sender = conn.as_mut().context("connection")?;
+                        sender.ready().await?;
+                        let t0 = Instant::now();
+                        let resp = sender.send_request(target.request(&path, &ua)?).await?;
+                        let status = resp.status();
+                        let body = resp.into_body().collect().await?.to_bytes();
+                        let took = t0.elapsed();
+                        ensure!(
+                            status == StatusCode::OK,
+                            "{status}: {}",
+                            String::from_utf8_lossy(&body)
+                        );
+                        anyhow::Ok((t0, took, body.len()))
+                    };
+                    match tokio::time::timeout(Duration::from_secs(10), result).await {
+                        Ok(Ok((t0, took, len))) => {
+                            if t0 >= measure_from && t0 + took <= end {
+                                latencies.push(took);
+                                bytes = len;
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            conn = None;
+                            let mut errs = errors.lock().unwrap_or_else(|p| p.into_inner());
+                            errs.0 += 1;
+                            errs.1.get_or_insert_with(|| format!("{e:#}"));
+                        }
+                        Err(_) => {
+                            conn = None;
+                            let mut errs = errors.lock().unwrap_or_else(|p| p.into_inner());
+                            errs.0 += 1;
+                            errs.1
+                                .get_or_insert_with(|| "request timed out after 10 s".into());
+                        }
+                    }
+                }
+                (latencies, bytes)
+            }));
+        }
+        let mut latencies = Vec::new();
+        let mut bytes = 0;
+        for w in workers {
+            let (l, b) = w.await?;
+            latencies.extend(l);
+            bytes = bytes.max(b);
+        }
+        latencies.sort_unstable();
+        let (errors, first_error) =
+            std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
+        let stats = Stats {
+            label: target.label(),
+            latencies,
+            elapsed: self.measure,
+            errors,
+            first_error,
+            bytes,
+        };
+        if let Some(e) = &stats.first_error {
+            eprintln!(
+                "{} {path}: {} errors, first: {e}",
+                stats.label, stats.errors
+            );
+        }
+        ensure!(
+            !stats.latencies.is_empty(),
+            "{} {path}: no successful request",
+            stats.label
+        );
+        Ok(stats)
+    }
+}
+
+fn print_table(rows: &[(&str, Stats, Stats, Stats)]) {
+    println!();
+    println!(
+        "{:<10} {:<28} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7}",
+        "request", "path", "p50 ms", "p99 ms", "req/s", "p50 x", "p99 x", "req/s x", "errors"
+    );
+    for (what, d, h, t) in rows {
+        for s in [d, h, t] {
+            let (r50, r99, rr) = if std::ptr::eq(s, d) {
+                ("".to_owned(), "".to_owned(), "".to_owned())
+            } else {
+                (
+                    format!("{:.2}", s.p50_ms() / d.p50_ms()),
+                    format!("{:.2}", s.p99_ms() / d.p99_ms()),
+                    format!("{:.2}", s.rps() / d.rps()),
+                )
+            };
+            println!(
+                "{:<10} {:<28} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>8} {:>8} {:>7}",
+                what,
+                s.label,
+                s.p50_ms(),
+                s.p99_ms(),
+                s.rps(),
+                r50,
+                r99,
+                rr,
+                s.errors
+            );
+        }
+        println!("{:<10} response body {} bytes", "", d.bytes);
+    }
+    println!(
+        "(x = ratio to direct; the hub rows add a hop, so > 1 for latency and < 1 for req/s is overhead;"
+    );
+    println!(" \"GET 1 cl\" is one client alone: latency without queueing for the shared cores)");
+}
+
+// === watch delivery ===
+
+struct WatchResult {
+    direct: Vec<Duration>,
+    hub: Vec<Duration>,
+    missing_direct: usize,
+    missing_hub: usize,
+}
+
+/// Opens a watch on the watch namespace directly and one through the hub,
+/// then creates `events` pods 20 ms apart and times each ADDED event's
+/// arrival at both watchers.
+async fn watch_latency(
+    api: &ApiServer,
+    direct: &Target,
+    hub: &Target,
+    events: usize,
+    user_agent: &str,
+) -> Result<WatchResult> {
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let rv = api.resource_version();
+    let path = format!(
+        "/api/v1/namespaces/{WATCH_NS}/pods?watch=true&resourceVersion={rv}&allowWatchBookmarks=false"
+    );
+    let (d_tx, mut d_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (h_tx, mut h_rx) = tokio::sync::mpsc::unbounded_channel();
+    let d_task = spawn_watcher(direct, &path, user_agent, d_tx).await?;
+    let h_task = spawn_watcher(hub, &path, user_agent, h_tx).await?;
+
+    // Both streams are open once a probe event reaches both.
+    api.create(pod(WATCH_NS, "probe"))?;
+    for (rx, who) in [(&mut d_rx, "direct"), (&mut h_rx, "hub")] {
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        ensure!(
+            matches!(first, Ok(Some((ref n, _))) if n == "probe"),
+            "{who} watch did not deliver the probe event within 10 s"
+        );
+    }
+
+    for i in 0..events {
+        let name = format!("w-{i}");
+        created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), Instant::now());
+        api.create(pod(WATCH_NS, &name))?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut d = arrivals(&created, &mut d_rx, events).await;
+    let mut h = arrivals(&created, &mut h_rx, events).await;
+    d_task.abort();
+    h_task.abort();
+    d.sort_unstable();
+    h.sort_unstable();
+    Ok(WatchResult {
+        missing_direct: events - d.len(),
+        missing_hub: events - h.len(),
+        direct: d,
+        hub: h,
+    })
+}
+
+/// Delivery latencies of up to `events` timed events, waiting at most 5 s
+/// for stragglers.
+async fn arrivals(
+    created: &Mutex<HashMap<String, Instant>>,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    events: usize,
+) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while out.len() < events {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((name, at))) => {
+                if let Some(t0) = created.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
+                    out.push(at.saturating_duration_since(*t0));
+                }
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Streams a watch; sends (pod name, arrival instant) for each ADDED event.
+async fn spawn_watcher(
+    target: &Target,
+    path: &str,
+    user_agent: &str,
+    tx: tokio::sync::mpsc::UnboundedSender<(String, Instant)>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let mut sender = target.connect().await?;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        sender.send_request(target.request(path, user_agent)?),
+    )
+    .await
+    .with_context(|| format!("{} watch: no response headers within 10 s", target.label()))??;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "{} watch answered {}",
+        target.label(),
+        resp.status()
+    );
+    let mut body = resp.into_body();
+    Ok(tokio::spawn(async move {
+        let _keep = sender;
+        let mut buf = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let at = Instant::now();
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let Ok(ev) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if ev["type"] == "ADDED"
+                    && let Some(name) = ev["object"]["metadata"]["name"].as_str()
+                    && tx.send((name.to_owned(), at)).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+fn print_watch(w: &WatchResult) {
+    let pct = |v: &[Duration], p: f64| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i].as_secs_f64() * 1e3
+    };
+    println!();
+    println!(
+        "watch event delivery (create in the double -> ADDED event read by the watcher), {} events:",
+        w.direct.len() + w.missing_direct
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>8}",
+        "path", "p50 ms", "p99 ms", "missing"
+    );
+    println!(
+        "{:<28} {:>9.3} {:>9.3} {:>8}",
+        "direct (TLS, client cert)",
+        pct(&w.direct, 0.5),
+        pct(&w.direct, 0.99),
+        w.missing_direct
+    );
+    println!(
+        "{:<28} {:>9.3} {:>9.3} {:>8}",
+        "hub http (kubelet path)",
+        pct(&w.hub, 0.5),
+        pct(&w.hub, 0.99),
+        w.missing_hub
+    );
+    println!(
+        "hub/direct: p50 x{:.2}, p99 x{:.2}; hub adds {:.3} ms at p50",
+        pct(&w.hub, 0.5) / pct(&w.direct, 0.5),
+        pct(&w.hub, 0.99) / pct(&w.direct, 0.99),
+        pct(&w.hub, 0.5) - pct(&w.direct, 0.5)
+    );
+}

@@ -1,0 +1,125 @@
+//! `cargo xtask bench proxy|redirect|cache|all`: release builds of the
+//! benchmark binaries in `tests/src/bin/`, run with their output shown as
+//! is. Setup runs first when a tool is missing.
+//!
+//! - `proxy`: `bench-proxy` (the apiserver double directly vs through a
+//!   `yurthub-under-test` process, on loopback);
+//! - `redirect`: `bench-redirect` (eBPF connect redirect vs direct vs
+//!   iptables DNAT in a sandbox; needs root);
+//! - `cache`: `bench-cache` (the cache; run with `cargo run`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{build_ebpf, cmd, setup};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Which benchmark.
+    #[arg(value_enum)]
+    pub which: Which,
+    /// Arguments for the benchmark binary (after `--`), e.g. `-- --seconds 10`.
+    #[arg(last = true)]
+    pub bench_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    Proxy,
+    Redirect,
+    Cache,
+    All,
+}
+
+const PACKAGE: &str = "yurthub-e2e";
+
+pub fn run(args: &Args) -> Result<()> {
+    setup::ensure()?;
+    let all = [Which::Proxy, Which::Redirect, Which::Cache];
+    let selected: Vec<Which> = if args.which == Which::All {
+        all.to_vec()
+    } else {
+        vec![args.which]
+    };
+    let mut failed = Vec::new();
+    for which in &selected {
+        eprintln!("=== bench {which:?} ===");
+        let result = match which {
+            Which::Proxy => build_and_run("bench-proxy", &["yurthub-under-test"], &args.bench_args),
+            Which::Redirect => redirect(&args.bench_args),
+            Which::Cache => cache(&args.bench_args),
+            Which::All => unreachable!("expanded above"),
+        };
+        if let Err(err) = result {
+            if selected.len() == 1 {
+                return Err(err);
+            }
+            eprintln!("bench {which:?} failed: {err:#}");
+            failed.push(format!("{which:?}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("benchmarks failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn redirect(bench_args: &[String]) -> Result<()> {
+    let uid = cmd::effective_uid()?;
+    if uid != 0 {
+        bail!(
+            "bench redirect loads eBPF programs and creates network namespaces: it needs root, \
+             but the effective uid is {uid}. Run `sudo -E cargo xtask bench redirect`."
+        );
+    }
+    build_and_run("bench-redirect", &[], bench_args)
+}
+
+/// The cache benchmark is another helper's binary; say so plainly while it
+/// is not in the tree yet.
+fn cache(bench_args: &[String]) -> Result<()> {
+    let source = cmd::workspace_root().join("tests/src/bin/bench-cache.rs");
+    if !source.exists() {
+        bail!(
+            "the cache benchmark binary does not exist yet ({} is missing); \
+             it lands with the cache work",
+            source.display()
+        );
+    }
+    cmd::run(
+        cmd::cargo()
+            .args([
+                "run",
+                "--release",
+                "-p",
+                PACKAGE,
+                "--bin",
+                "bench-cache",
+                "--",
+            ])
+            .args(bench_args),
+    )
+}
+
+/// `cargo build --release` of `bin` (and `extra` binaries it runs), then
+/// runs `bin` from the release directory.
+fn build_and_run(bin: &str, extra: &[&str], bench_args: &[String]) -> Result<()> {
+    let mut build = cmd::cargo();
+    build.args(["build", "--release", "-p", PACKAGE, "--bin", bin]);
+    for e in extra {
+        build.args(["--bin", e]);
+    }
+    cmd::run(&mut build)?;
+    let path = release_binary(bin)?;
+    cmd::run(std::process::Command::new(&path).args(bench_args))
+        .with_context(|| format!("benchmark {bin}"))
+}
+
+fn release_binary(bin: &str) -> Result<PathBuf> {
+    let path = build_ebpf::target_dir()?.join("release").join(bin);
+    if !path.exists() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
