@@ -163,6 +163,7 @@ impl Hub {
 /// The yurthub binary, for process-level tests.
 pub struct HubProcess {
     pub child: Child,
+    log: tempfile::NamedTempFile,
 }
 
 /// The `yurthub-under-test` binary cargo builds next to this package's
@@ -183,15 +184,24 @@ pub fn hub_binary() -> PathBuf {
 }
 
 impl HubProcess {
+    /// Starts the binary; its output goes to a log file (a pipe nobody
+    /// reads would block a busy hub), see [`HubProcess::log`].
     pub fn spawn(args: &[String]) -> HubProcess {
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let (out, err) = (log.reopen().expect("log"), log.reopen().expect("log"));
         let child = Command::new(hub_binary())
             .args(&args[1..])
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("spawn yurthub");
-        HubProcess { child }
+        HubProcess { child, log }
+    }
+
+    /// What the process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// Sends a signal; returns the exit status within `within`.

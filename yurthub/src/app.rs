@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::{CacheManager, Local, policy::CacheAgents};
 use crate::certificates::Certificates;
 use crate::config::{Bootstrap, Config, RedirectMode, WorkingMode};
+use crate::filters::{ClusterView, FilterRegistry, FilterSettings, PoolSource};
 use crate::hub::{HubServer, Readiness};
 use crate::metrics::Metrics;
 use crate::proxy::{Listener, Proxy, ProxyParts, server};
@@ -115,6 +116,35 @@ impl App {
             )
         });
 
+        // Response filters and the cloud-side state they and the cache read.
+        let view = Arc::new(ClusterView::new(
+            &cfg.node_name,
+            &cfg.nodepool_name,
+            cfg.proxy_secure_addr,
+            PoolSource::from_flag(cfg.enable_pool_service_topology),
+        ));
+        let filters = cfg.enable_resource_filter.then(|| {
+            Arc::new(FilterRegistry::new(
+                &FilterSettings::from_config(&cfg),
+                view.clone(),
+            ))
+        });
+        let synced = Arc::new(crate::cloudsync::Synced::default());
+        let sync = crate::cloudsync::Sync {
+            lb: lb.clone(),
+            transports: transports.clone(),
+            namespace: cfg.namespace.clone(),
+            node: cfg.node_name.clone(),
+            cache: cache.clone(),
+            filters: filters.clone(),
+            view: Some(view.clone()),
+        };
+        {
+            let (synced, lb, filters, view) =
+                (synced.clone(), lb.clone(), filters.clone(), view.clone());
+            readiness.add(move || synced.not_ready_reason(&lb, filters.as_deref(), Some(&view)));
+        }
+
         let proxy = Proxy::new(ProxyParts {
             mode: cfg.working_mode,
             lb: lb.clone(),
@@ -125,6 +155,7 @@ impl App {
             max_body: cfg.max_request_body_bytes,
             shutdown: shutdown.clone(),
             local,
+            filters,
         });
 
         let (redirect, redirect_reason) = match cfg.redirect_mode {
@@ -181,6 +212,13 @@ impl App {
             h.initial_probe().await;
             h.spawn(shutdown.clone());
         }
+        // After the initial probe, so the first round can reach the cloud.
+        sync.spawn(
+            synced.clone(),
+            cfg.heartbeat.interval.min(Duration::from_secs(5)),
+            shutdown.clone(),
+        );
+        synced.first_round(cfg.heartbeat.timeout * 3).await;
         if let Some(c) = &cache {
             crate::cache::gc::Gc {
                 cache: c.clone(),
@@ -189,14 +227,6 @@ impl App {
                 frequency: cfg.gc_frequency,
             }
             .spawn(Duration::from_secs(600), shutdown.clone());
-            crate::cache::hubcfg::spawn(
-                c.clone(),
-                lb.clone(),
-                transports.clone(),
-                cfg.namespace.clone(),
-                cfg.heartbeat.interval,
-                shutdown.clone(),
-            );
             if let Some(h) = &health {
                 spawn_lease_keeper(
                     c.clone(),

@@ -221,6 +221,11 @@ pub struct RunArgs {
     pub enable_resource_filter: bool,
     #[arg(long, value_delimiter = ',')]
     pub disabled_resource_filters: Vec<String>,
+    /// Filters to turn on that are off by default here: the pod-steering
+    /// filters (masterservice, forwardkubesvctraffic, serviceenvupdater) are
+    /// off with --redirect-mode=ebpf, which makes them unnecessary.
+    #[arg(long, value_delimiter = ',')]
+    pub enabled_resource_filters: Vec<String>,
     #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = ArgAction::Set)]
     pub enable_pool_service_topology: bool,
     #[arg(

@@ -103,6 +103,8 @@ pub struct Config {
     pub gc_frequency: Duration,
     pub min_request_timeout: Duration,
     pub enable_resource_filter: bool,
+    pub enable_pool_service_topology: bool,
+    pub enabled_resource_filters: Vec<String>,
     pub disabled_resource_filters: Vec<String>,
     pub max_request_body_bytes: u64,
     pub profiling: bool,
@@ -355,6 +357,13 @@ impl Config {
             min_request_timeout: parse_duration(&a.min_request_timeout)
                 .map_err(|e| err("--min-request-timeout", e))?,
             enable_resource_filter: a.enable_resource_filter,
+            enable_pool_service_topology: a.enable_pool_service_topology,
+            enabled_resource_filters: a
+                .enabled_resource_filters
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
             disabled_resource_filters: a
                 .disabled_resource_filters
                 .iter()

@@ -14,6 +14,7 @@ pub mod app;
 pub mod cache;
 pub mod certificates;
 pub mod cli;
+pub mod cloudsync;
 pub mod codec;
 pub mod config;
 pub mod dump;

@@ -5,16 +5,9 @@
 //! answers for the same components; a deleted ConfigMap reverts to the
 //! defaults.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use bytes::Bytes;
-use http::{Method, StatusCode};
-use tokio_util::sync::CancellationToken;
 
 use super::manager::CacheManager;
-use crate::remote::transport::Transports;
-use crate::remote::{LoadBalancer, call_json};
 
 const NAME: &str = "yurt-hub-cfg";
 /// Where the last `cache_agents` value is kept in the store.
@@ -29,67 +22,17 @@ pub fn restore(cache: &CacheManager) {
     }
 }
 
-/// Polls the ConfigMap through a healthy backend every `interval`.
-pub fn spawn(
-    cache: CacheManager,
-    lb: Arc<LoadBalancer>,
-    transports: Transports,
-    namespace: String,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    tokio::spawn(async move {
-        let path = format!(
-            "/api/v1/namespaces/{namespace}/configmaps?labelSelector=openyurt.io%2Fconfigmap-name%3D{NAME}&fieldSelector=metadata.name%3D{NAME}"
-        );
-        let mut last: Option<String> = None;
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let Some(backend) = lb.pick() else { continue };
-            let list = match call_json(
-                &transports,
-                &backend,
-                Method::GET,
-                &path,
-                None,
-                Duration::from_secs(10),
-            )
-            .await
-            {
-                Ok((StatusCode::OK, v)) => v,
-                Ok((code, _)) => {
-                    tracing::debug!(%code, "reading {NAME} failed");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "reading {NAME} failed");
-                    continue;
-                }
-            };
-            let agents = list["items"]
-                .as_array()
-                .and_then(|items| items.first())
-                .and_then(|cm| cm["data"]["cache_agents"].as_str())
-                .unwrap_or("")
-                .to_owned();
-            if last.as_deref() == Some(agents.as_str()) {
-                continue;
-            }
-            tracing::info!(%agents, "cache agents configured by {NAME}");
-            cache.agents().set_configured(&agents);
-            match cache
-                .store()
-                .put_document(DOCUMENT, "text/plain", Bytes::from(agents.clone()))
-                .await
-            {
-                Ok(()) => last = Some(agents),
-                Err(e) => tracing::warn!(error = %e, "persisting the cache agents failed"),
-            }
-        }
-    });
+/// Applies a `cache_agents` value (empty: the defaults only) and keeps it
+/// in the store for offline restarts. The ConfigMap itself is polled by
+/// `cloudsync`, which also feeds the filters from it.
+pub async fn apply(cache: &CacheManager, agents: &str) {
+    tracing::info!(%agents, "cache agents configured by {NAME}");
+    cache.agents().set_configured(agents);
+    if let Err(e) = cache
+        .store()
+        .put_document(DOCUMENT, "text/plain", Bytes::from(agents.to_owned()))
+        .await
+    {
+        tracing::warn!(error = %e, "persisting the cache agents failed");
+    }
 }

@@ -28,7 +28,7 @@ pub struct FilterSettings {
     pub disabled_resource_filters: Vec<String>,
     /// Pod-steering filters to keep although `--redirect-mode=ebpf` turns them
     /// off by default (compatibility, e.g. for pods the redirect cannot reach).
-    /// A name in `disabled_resource_filters` still wins. No flag sets this yet.
+    /// A name in `disabled_resource_filters` still wins (`--enabled-resource-filters`).
     pub enabled_resource_filters: Vec<String>,
     pub working_mode: WorkingMode,
     pub redirect_mode: RedirectMode,
@@ -41,7 +41,7 @@ impl FilterSettings {
         FilterSettings {
             enable_resource_filter: config.enable_resource_filter,
             disabled_resource_filters: config.disabled_resource_filters.clone(),
-            enabled_resource_filters: Vec::new(),
+            enabled_resource_filters: config.enabled_resource_filters.clone(),
             working_mode: config.working_mode,
             redirect_mode: config.redirect_mode,
             node_name: config.node_name.clone(),

@@ -170,3 +170,29 @@ where
         self.inner.size_hint()
     }
 }
+
+/// Decompresses a gzip-encoded body as it streams. The hub asks the cloud
+/// for gzip (edge links are where bytes cost) but must see plain bytes to
+/// filter and cache; the node-local hop to the client is uncompressed.
+pub fn gunzip(body: crate::Body) -> crate::Body {
+    use futures_util::TryStreamExt;
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::BodyDataStream::new(body).map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(bytes);
+    let decoder = async_compression::tokio::bufread::GzipDecoder::new(reader);
+    let stream = tokio_util::io::ReaderStream::new(decoder)
+        .map_ok(Frame::data)
+        .map_err(|e| -> BoxError { Box::new(e) });
+    http_body_util::StreamBody::new(stream).boxed_unsync()
+}
+
+/// A body produced by running `f` over the whole of `body` once it has
+/// arrived (get/list filtering needs the complete object or list).
+pub fn map_whole<F>(body: crate::Body, f: F) -> crate::Body
+where
+    F: FnOnce(Bytes) -> Bytes + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let fut = async move { body.collect().await.map(|c| Frame::data(f(c.to_bytes()))) };
+    http_body_util::StreamBody::new(futures_util::stream::once(fut)).boxed_unsync()
+}

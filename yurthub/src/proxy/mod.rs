@@ -41,6 +41,7 @@ pub use request_info::RequestInfo;
 
 use crate::cache::{Local, LocalRequest};
 use crate::config::WorkingMode;
+use crate::filters::FilterRegistry;
 use crate::hub::Readiness;
 use crate::metrics::{DurationLabels, Metrics, RequestLabels};
 use crate::remote::LoadBalancer;
@@ -73,6 +74,7 @@ struct Inner {
     max_body: u64,
     shutdown: CancellationToken,
     local: Option<Local>,
+    filters: Option<Arc<FilterRegistry>>,
     node_refresh: std::sync::atomic::AtomicBool,
 }
 
@@ -88,6 +90,8 @@ pub struct ProxyParts {
     pub shutdown: CancellationToken,
     /// The cache and its offline answers (edge mode).
     pub local: Option<Local>,
+    /// Response filters (None when --enable-resource-filter=false).
+    pub filters: Option<Arc<FilterRegistry>>,
 }
 
 impl Proxy {
@@ -103,6 +107,7 @@ impl Proxy {
                 max_body: p.max_body,
                 shutdown: p.shutdown,
                 local: p.local,
+                filters: p.filters,
                 node_refresh: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -282,12 +287,50 @@ impl Proxy {
         let traffic = m.proxy_traffic.get_or_create(labels).clone();
         let stops = vec![backend.epoch(), self.inner.shutdown.child_token()];
         let mut body = body::Proxied::new(body, stops, traffic, in_flight).boxed_unsync();
-        if parts.status.is_success()
-            && let (Some(plan), Some(local)) = (plan, &self.inner.local)
-        {
+        if !parts.status.is_success() {
+            return Response::from_parts(parts, body);
+        }
+        // Filters and the cache need plain bytes: gzip from the cloud is
+        // decoded here (the hop to the client is node-local).
+        let chain = self.filter_chain(info);
+        if (chain.is_some() || plan.is_some()) && is_gzip(&parts.headers) {
+            body = body::gunzip(body);
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        if parts.headers.contains_key(header::CONTENT_ENCODING) {
+            // An encoding we cannot read: pass it through, untouched and uncached.
+            return Response::from_parts(parts, body);
+        }
+        let format = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::codec::format_for_content_type);
+        if let (Some(chain), Some(format)) = (chain, format) {
+            // The filtered form is what clients and the cache see (§6.1).
+            body = if info.verb == "watch" {
+                chain.watch_body(format, body).boxed_unsync()
+            } else {
+                let verb = info.verb.clone();
+                body::map_whole(body, move |b| chain.filter_body(&verb, format, b))
+            };
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        if let (Some(plan), Some(local)) = (plan, &self.inner.local) {
             body = local.cache().tee(plan, &parts.headers, body);
         }
         Response::from_parts(parts, body)
+    }
+
+    /// The filters that apply to this response, if any (only whole objects
+    /// and their status are filtered, as upstream).
+    fn filter_chain(&self, info: &RequestInfo) -> Option<crate::filters::FilterChain> {
+        let registry = self.inner.filters.as_ref()?;
+        if !info.is_resource || !(info.subresource.is_empty() || info.subresource == "status") {
+            return None;
+        }
+        registry.chain_for(&info.component, &info.verb, &info.resource)
     }
 
     /// No healthy backend: the request is answered from the cache.
@@ -436,6 +479,12 @@ async fn splice(
         Ok((up, down)) => tracing::debug!(%path, up, down, "upgraded stream closed"),
         Err(e) => tracing::debug!(%path, error = %e, "upgraded stream ended with an error"),
     }
+}
+
+fn is_gzip(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"))
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
