@@ -25,6 +25,7 @@ const POD_TOKEN: &str = "pod-sa-token-0123456789";
 struct NodeSide {
     api: Arc<ApiServer>,
     hub_server: SocketAddr,
+    proxy: SocketAddr,
     pki: Arc<TestPki>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -67,17 +68,18 @@ impl NodeSide {
                 args.retain(|a| !a.starts_with("--hub-address") && !a.starts_with("--redirect-mode") && !a.starts_with("--proxy-secure-port"));
                 args.extend(args_extra);
                 let hub = Hub::start(&args).await;
-                tx.send((api.clone(), hub.hub_server, pki.clone(), files.clone())).expect("report");
+                tx.send((api.clone(), hub.hub_server, hub.proxy, pki.clone(), files.clone())).expect("report");
                 let _ = stop_rx.await;
                 hub.stop().await;
             });
         });
-        let (api, hub_server, pki, files) = rx
+        let (api, hub_server, proxy, pki, files) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("hub starts in the node namespace");
         NodeSide {
             api,
             hub_server,
+            proxy,
             pki,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -103,7 +105,12 @@ impl Drop for NodeSide {
 
 /// A GET to the hub server from inside the node namespace.
 fn hub_get(sandbox: &NetSandbox, addr: SocketAddr, path: &str) -> String {
-    let path = path.to_string();
+    hub_get_as(sandbox, addr, path, "test/1")
+}
+
+/// The same with a User-Agent (the component filters and the cache key on).
+fn hub_get_as(sandbox: &NetSandbox, addr: SocketAddr, path: &str, ua: &str) -> String {
+    let (path, ua) = (path.to_string(), ua.to_string());
     sandbox.in_thread(Side::Node, move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
@@ -257,6 +264,17 @@ fn in_cluster_kubectl_in_a_pod_reaches_the_apiserver_through_the_hub() {
         )),
         "{metrics}"
     );
+
+    // With the kernel redirect nothing needs rewriting: kubelet sees the real
+    // kubernetes Service (masterservice and friends are off by default).
+    let services = hub_get_as(
+        &sandbox,
+        node.proxy,
+        "/api/v1/namespaces/default/services/kubernetes",
+        "kubelet/v1.34.0",
+    );
+    let svc: Value = serde_json::from_str(&services).expect("service JSON");
+    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1", "{svc}");
 
     // A clean stop removes programs, pins and the hub address.
     node.stop();

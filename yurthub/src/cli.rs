@@ -8,11 +8,13 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// yurthub: the edge-node reverse proxy and cache for the kube-apiserver.
+/// A repeated flag takes its last value, as with Go's pflag.
 #[derive(Debug, Parser)]
 #[command(
     name = "yurthub",
     disable_version_flag = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -61,6 +63,7 @@ pub struct CleanupArgs {
 /// The daemon's flags. Bool flags accept `--flag`, `--flag=true` and
 /// `--flag=false` like Go's pflag.
 #[derive(Debug, Args, Clone)]
+#[command(args_override_self = true)]
 pub struct RunArgs {
     /// Print the version and exit.
     #[arg(long, action = ArgAction::SetTrue)]
