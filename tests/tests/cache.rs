@@ -787,3 +787,63 @@ async fn a_full_disk_fails_writes_cleanly_and_keeps_serving() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_cap_evicts_events_first_then_refuses_growth() {
+    let e = env().await;
+    let hub = Hub::start(&e.files.args(&[e.api.url()], &["--cache-max-bytes=300000"])).await;
+    let p = hub.proxy_url();
+    for i in 0..20 {
+        e.api
+            .create(json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": format!("ev{i}"), "namespace": "default"},
+                "involvedObject": {"kind": "Pod", "name": "x", "namespace": "default"},
+                "reason": "R", "message": "m".repeat(4000)}))
+            .unwrap();
+    }
+    let r = get(
+        &e.c,
+        &format!("{p}/api/v1/namespaces/default/events"),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_objects(&e.c, &hub.hub_url(), 20).await;
+    let blob = "x".repeat(100 * 1024);
+    for i in 0..4 {
+        e.api
+            .create(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("big{i}"), "namespace": "default"}, "data": {"b": blob}}))
+            .unwrap();
+        let r = get(
+            &e.c,
+            &format!("{p}/api/v1/namespaces/default/configmaps/big{i}"),
+            KUBELET,
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "the client is served whatever the cap"
+        );
+    }
+    eventually(
+        Duration::from_secs(10),
+        "events evicted and growth refused",
+        || async {
+            let doc = cache_doc(&e.c, &hub.hub_url()).await;
+            doc["evictedEvents"].as_u64().unwrap_or(0) > 0
+                && doc["capacityRefusals"].as_u64().unwrap_or(0) > 0
+                && doc["payloadBytes"].as_u64().unwrap_or(u64::MAX) <= 300_000
+        },
+    )
+    .await;
+    let m = get(&e.c, &format!("{}/metrics", hub.hub_url()), "test")
+        .await
+        .text();
+    assert!(
+        metric_value(&m, "node_yurthub_error_keys_count").is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+    hub.stop().await;
+}
