@@ -847,3 +847,70 @@ async fn the_size_cap_evicts_events_first_then_refuses_growth() {
     );
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_gone_from_the_cloud_are_collected_in_both_groups() {
+    let e = env().await;
+    let args = e.files.args(&[e.api.url()], &[]);
+    let hub = Hub::start(&args).await;
+    let p = hub.proxy_url();
+    for n in ["keep", "gone"] {
+        e.api
+            .create(json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": n, "namespace": "default"},
+                "involvedObject": {"kind": "Pod", "name": "x", "namespace": "default"},
+                "reason": "R", "message": "m"}))
+            .unwrap();
+        e.api
+            .create(json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                "metadata": {"name": format!("{n}-new"), "namespace": "default"},
+                "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "c",
+                "reportingInstance": "i", "action": "A", "reason": "R"}))
+            .unwrap();
+    }
+    for (ua, path) in [
+        (KUBELET, "/api/v1/namespaces/default/events"),
+        (
+            KUBE_PROXY,
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+        ),
+    ] {
+        let r = get(&e.c, &format!("{p}{path}"), ua).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        assert_eq!(r.json()["items"].as_array().unwrap().len(), 2, "{path}");
+    }
+    wait_objects(&e.c, &hub.hub_url(), 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cache_doc(&e.c, &hub.hub_url()).await["objects"]
+        .as_u64()
+        .unwrap();
+    hub.stop().await;
+    e.api.delete_now("v1", "Event", "default", "gone").unwrap();
+    e.api
+        .delete_now("events.k8s.io/v1", "Event", "default", "gone-new")
+        .unwrap();
+    let hub = Hub::start(&args).await;
+    eventually(
+        Duration::from_secs(10),
+        "both deleted events collected",
+        || async { cache_doc(&e.c, &hub.hub_url()).await["objects"].as_u64() == Some(before - 2) },
+    )
+    .await;
+    go_offline(&e, &hub).await;
+    let p = hub.proxy_url();
+    let r = get(
+        &e.c,
+        &format!("{p}/api/v1/namespaces/default/events"),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(names(&r.json()), ["keep"]);
+    let r = get(
+        &e.c,
+        &format!("{p}/apis/events.k8s.io/v1/namespaces/default/events"),
+        KUBE_PROXY,
+    )
+    .await;
+    assert_eq!(names(&r.json()), ["keep-new"]);
+    hub.stop().await;
+}
