@@ -179,6 +179,12 @@ impl CacheManager {
             tracing::trace!(path = %info.path, reason = %why, "not cached");
             return None;
         }
+        if uri
+            .query()
+            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "dryRun"))
+        {
+            return None; // a dry run changes nothing upstream
+        }
         let q = keys::query(uri);
         // The space is fixed from the response's Content-Type in `tee`.
         let resource = keys::resource_key(info, Space::Full);
