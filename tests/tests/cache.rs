@@ -787,3 +787,130 @@ async fn a_full_disk_fails_writes_cleanly_and_keeps_serving() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_size_cap_evicts_events_first_then_refuses_growth() {
+    let e = env().await;
+    let hub = Hub::start(&e.files.args(&[e.api.url()], &["--cache-max-bytes=300000"])).await;
+    let p = hub.proxy_url();
+    for i in 0..20 {
+        e.api
+            .create(json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": format!("ev{i}"), "namespace": "default"},
+                "involvedObject": {"kind": "Pod", "name": "x", "namespace": "default"},
+                "reason": "R", "message": "m".repeat(4000)}))
+            .unwrap();
+    }
+    let r = get(
+        &e.c,
+        &format!("{p}/api/v1/namespaces/default/events"),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_objects(&e.c, &hub.hub_url(), 20).await;
+    let blob = "x".repeat(100 * 1024);
+    for i in 0..4 {
+        e.api
+            .create(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("big{i}"), "namespace": "default"}, "data": {"b": blob}}))
+            .unwrap();
+        let r = get(
+            &e.c,
+            &format!("{p}/api/v1/namespaces/default/configmaps/big{i}"),
+            KUBELET,
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "the client is served whatever the cap"
+        );
+    }
+    eventually(
+        Duration::from_secs(10),
+        "events evicted and growth refused",
+        || async {
+            let doc = cache_doc(&e.c, &hub.hub_url()).await;
+            doc["evictedEvents"].as_u64().unwrap_or(0) > 0
+                && doc["capacityRefusals"].as_u64().unwrap_or(0) > 0
+                && doc["payloadBytes"].as_u64().unwrap_or(u64::MAX) <= 300_000
+        },
+    )
+    .await;
+    let m = get(&e.c, &format!("{}/metrics", hub.hub_url()), "test")
+        .await
+        .text();
+    assert!(
+        metric_value(&m, "node_yurthub_error_keys_count").is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_gone_from_the_cloud_are_collected_in_both_groups() {
+    let e = env().await;
+    let args = e.files.args(&[e.api.url()], &[]);
+    let hub = Hub::start(&args).await;
+    let p = hub.proxy_url();
+    for n in ["keep", "gone"] {
+        e.api
+            .create(json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": n, "namespace": "default"},
+                "involvedObject": {"kind": "Pod", "name": "x", "namespace": "default"},
+                "reason": "R", "message": "m"}))
+            .unwrap();
+        e.api
+            .create(json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                "metadata": {"name": format!("{n}-new"), "namespace": "default"},
+                "eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "c",
+                "reportingInstance": "i", "action": "A", "reason": "R"}))
+            .unwrap();
+    }
+    for (ua, path) in [
+        (KUBELET, "/api/v1/namespaces/default/events"),
+        (
+            KUBE_PROXY,
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+        ),
+    ] {
+        let r = get(&e.c, &format!("{p}{path}"), ua).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        assert_eq!(r.json()["items"].as_array().unwrap().len(), 2, "{path}");
+    }
+    wait_objects(&e.c, &hub.hub_url(), 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cache_doc(&e.c, &hub.hub_url()).await["objects"]
+        .as_u64()
+        .unwrap();
+    hub.stop().await;
+    e.api.delete_now("v1", "Event", "default", "gone").unwrap();
+    e.api
+        .delete_now("events.k8s.io/v1", "Event", "default", "gone-new")
+        .unwrap();
+    let hub = Hub::start(&args).await;
+    eventually(
+        Duration::from_secs(10),
+        "both deleted events collected",
+        || async { cache_doc(&e.c, &hub.hub_url()).await["objects"].as_u64() == Some(before - 2) },
+    )
+    .await;
+    go_offline(&e, &hub).await;
+    let p = hub.proxy_url();
+    let r = get(
+        &e.c,
+        &format!("{p}/api/v1/namespaces/default/events"),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(names(&r.json()), ["keep"]);
+    let r = get(
+        &e.c,
+        &format!("{p}/apis/events.k8s.io/v1/namespaces/default/events"),
+        KUBE_PROXY,
+    )
+    .await;
+    assert_eq!(names(&r.json()), ["keep-new"]);
+    hub.stop().await;
+}

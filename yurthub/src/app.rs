@@ -341,7 +341,11 @@ fn open_cache(cfg: &Config) -> Option<CacheManager> {
         tracing::error!(path = %dir.display(), error = %e, "cannot create the cache directory; running without a cache");
         return None;
     }
-    match crate::storage::Store::open(dir, crate::storage::Options::default()) {
+    let options = crate::storage::Options {
+        max_bytes: cfg.cache_max_bytes,
+        ..crate::storage::Options::default()
+    };
+    match crate::storage::Store::open(dir, options) {
         Ok(opened) => {
             let recovered = opened.recovery.map(|r| {
                 let why = format!("{r:?}");

@@ -214,6 +214,10 @@ pub struct RunArgs {
     pub root_dir: PathBuf,
     #[arg(long, default_value = "/etc/kubernetes/cache/")]
     pub disk_cache_path: PathBuf,
+    /// Cap on the cache store's contents in bytes; cached events are evicted
+    /// first, then growing writes are refused. 0 disables the cap.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub cache_max_bytes: u64,
     /// Minutes between events GC runs (jittered 1x-3x); 0 means 60.
     #[arg(long, default_value_t = 120)]
     pub gc_frequency: u64,

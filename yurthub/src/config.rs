@@ -100,6 +100,8 @@ pub struct Config {
     pub cluster_domain: String,
     pub root_dir: PathBuf,
     pub disk_cache_path: PathBuf,
+    /// `--cache-max-bytes`; None = no cap.
+    pub cache_max_bytes: Option<u64>,
     pub gc_frequency: Duration,
     pub min_request_timeout: Duration,
     pub enable_resource_filter: bool,
@@ -353,6 +355,7 @@ impl Config {
             cluster_domain: a.cluster_domain.clone(),
             root_dir: a.root_dir.clone(),
             disk_cache_path: a.disk_cache_path.clone(),
+            cache_max_bytes: (a.cache_max_bytes > 0).then_some(a.cache_max_bytes),
             gc_frequency: Duration::from_secs(gc_minutes * 60),
             min_request_timeout: parse_duration(&a.min_request_timeout)
                 .map_err(|e| err("--min-request-timeout", e))?,

@@ -4,7 +4,7 @@
 //! * pods: once at start, when a backend is healthy, the kubelet pods
 //!   cached for this node that the apiserver no longer lists are removed
 //!   (upstream builds its comparison keys wrongly and never matches);
-//! * events: every `--gc-frequency` (jittered ×1–×3), the cached events of
+//! * events: at start and every `--gc-frequency` (jittered ×1–×3), the cached events of
 //!   every component, in both `events.v1.core` and
 //!   `events.v1.events.k8s.io` (upstream only looks at the latter), are
 //!   checked against the cloud and removed when it answers 404.
@@ -48,6 +48,12 @@ impl Gc {
             match self.pods().await {
                 Ok(n) => tracing::info!(removed = n, "pod GC done"),
                 Err(e) => tracing::info!(reason = %e, "pod GC skipped"),
+            }
+            // Events too, once at start: a hub restarted after a long time
+            // away does not wait a whole period to shed stale events.
+            match self.events().await {
+                Ok(n) => tracing::info!(removed = n, "events GC done"),
+                Err(e) => tracing::info!(reason = %e, "events GC stopped"),
             }
             loop {
                 let jitter = 1.0 + 2.0 * rand::random::<f64>();

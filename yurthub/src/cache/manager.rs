@@ -179,6 +179,12 @@ impl CacheManager {
             tracing::trace!(path = %info.path, reason = %why, "not cached");
             return None;
         }
+        if uri
+            .query()
+            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "dryRun"))
+        {
+            return None; // a dry run changes nothing upstream
+        }
         let q = keys::query(uri);
         // The space is fixed from the response's Content-Type in `tee`.
         let resource = keys::resource_key(info, Space::Full);
@@ -308,7 +314,7 @@ impl CacheManager {
                     limit,
                     continue_token,
                     format,
-                    &bytes,
+                    bytes,
                 )
                 .await
             }
@@ -432,17 +438,20 @@ impl CacheManager {
         limit: Option<u64>,
         continue_token: Option<String>,
         format: codec::Format,
-        bytes: &Bytes,
+        bytes: Bytes,
     ) {
         let Some(ListCopy {
             items,
             item_kind,
             list_rv,
             next_continue: next,
-        }) = self.list_items(format, bytes)
+        }) = self.list_items(format, &bytes)
         else {
             return;
         };
+        // Protobuf items were re-enveloped: the list body is no longer
+        // needed while the store writes (JSON items still share it).
+        drop(bytes);
         self.note_kind(&resource, &item_kind).await;
         let scope = selectors.scope(&resource, namespace.as_deref());
         let sel = selectors.clone();
@@ -712,29 +721,29 @@ fn error_key(resource: &ResourceKey, o: &Object) -> String {
 }
 
 /// Accumulates a complete copy; None when it was cut short or is too big.
+/// Chunks are kept as they came and joined once at the end (no doubling
+/// reallocations over a large list).
 async fn collect(mut rx: mpsc::Receiver<Chunk>) -> Option<Bytes> {
-    let mut buf = BytesMut::new();
-    let mut single: Option<Bytes> = None;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
     while let Some(c) = rx.recv().await {
         match c {
             Chunk::Data(d) => {
-                if buf.is_empty() && single.is_none() {
-                    single = Some(d);
-                    continue;
-                }
-                if let Some(s) = single.take() {
-                    buf.extend_from_slice(&s);
-                }
-                if buf.len() + d.len() > MAX_CACHED_BODY {
+                total += d.len();
+                if total > MAX_CACHED_BODY {
                     return None;
                 }
-                buf.extend_from_slice(&d);
+                chunks.push(d);
             }
             Chunk::End => {
-                return Some(match single {
-                    Some(s) => s,
-                    None => buf.freeze(),
-                });
+                if chunks.len() == 1 {
+                    return chunks.pop();
+                }
+                let mut buf = BytesMut::with_capacity(total);
+                for c in chunks.drain(..) {
+                    buf.extend_from_slice(&c);
+                }
+                return Some(buf.freeze());
             }
         }
     }
