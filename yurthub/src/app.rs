@@ -95,7 +95,9 @@ impl App {
                         token: t.clone(),
                         pins: ca_cert_hashes.clone(),
                     },
-                    (None, None) => unreachable!("config requires --bootstrap-file or --join-token"),
+                    (None, None) => {
+                        unreachable!("config requires --bootstrap-file or --join-token")
+                    }
                 };
                 let settings = client::Settings {
                     node: cfg.node_name.clone(),

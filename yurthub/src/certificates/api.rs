@@ -187,7 +187,10 @@ impl ApiClient {
             let mut req = Request::builder()
                 .method(method)
                 .uri(path)
-                .header(header::HOST, self.base.authority().map(|a| a.as_str()).unwrap_or(""))
+                .header(
+                    header::HOST,
+                    self.base.authority().map(|a| a.as_str()).unwrap_or(""),
+                )
                 .header(header::USER_AGENT, crate::user_agent())
                 .header(header::ACCEPT, "application/json");
             if let Some(t) = &self.bearer {

@@ -190,13 +190,20 @@ pub enum Requester {
 
 /// Judges a CSR against the policy without side effects. For approvals of
 /// client CSRs the caller still runs the SubjectAccessReview.
-pub fn evaluate(csr: &Value, policy: &Policy, facts: &ClusterFacts) -> (Decision, Option<Requester>) {
+pub fn evaluate(
+    csr: &Value,
+    policy: &Policy,
+    facts: &ClusterFacts,
+) -> (Decision, Option<Requester>) {
     let signer = csr
         .pointer("/spec/signerName")
         .and_then(Value::as_str)
         .unwrap_or("");
     if signer != CLIENT_SIGNER && signer != SERVING_SIGNER {
-        return (Decision::Ignore(format!("signer {signer:?} is not a yurthub signer")), None);
+        return (
+            Decision::Ignore(format!("signer {signer:?} is not a yurthub signer")),
+            None,
+        );
     }
     let asked = match parse_request(csr) {
         Ok(a) => a,
@@ -209,15 +216,27 @@ pub fn evaluate(csr: &Value, policy: &Policy, facts: &ClusterFacts) -> (Decision
         .to_owned();
     let groups = strings(csr, "/spec/groups");
     let usages = strings(csr, "/spec/usages");
-    let node = asked.cn.strip_prefix("system:node:").unwrap_or("").to_owned();
+    let node = asked
+        .cn
+        .strip_prefix("system:node:")
+        .unwrap_or("")
+        .to_owned();
     let deny = |why: String| (Decision::Deny(why), None);
 
     if signer == CLIENT_SIGNER {
         if !asked.orgs.iter().any(|o| o == "openyurt:yurthub") {
-            return (Decision::Ignore("client CSR without organization openyurt:yurthub is not a yurthub CSR".into()), None);
+            return (
+                Decision::Ignore(
+                    "client CSR without organization openyurt:yurthub is not a yurthub CSR".into(),
+                ),
+                None,
+            );
         }
         if node.is_empty() {
-            return deny(format!("common name {:?} is not system:node:<node>", asked.cn));
+            return deny(format!(
+                "common name {:?} is not system:node:<node>",
+                asked.cn
+            ));
         }
         if !asked.orgs.iter().any(|o| o == "system:nodes") {
             return deny("organizations must include system:nodes".into());
@@ -227,10 +246,14 @@ pub fn evaluate(csr: &Value, policy: &Policy, facts: &ClusterFacts) -> (Decision
                 && !o.starts_with("openyurt:tenant:")
                 && !policy.allowed_organizations.contains(o)
         }) {
-            return deny(format!("organization {bad:?} is not allowed for a yurthub client certificate"));
+            return deny(format!(
+                "organization {bad:?} is not allowed for a yurthub client certificate"
+            ));
         }
         if !asked.dns.is_empty() || !asked.ips.is_empty() || asked.other_sans > 0 {
-            return deny("a client certificate request must not carry subject alternative names".into());
+            return deny(
+                "a client certificate request must not carry subject alternative names".into(),
+            );
         }
         if !usages_ok(&usages, "client auth") {
             return deny(format!("usages {usages:?} are not the client usages"));
@@ -260,14 +283,29 @@ pub fn evaluate(csr: &Value, policy: &Policy, facts: &ClusterFacts) -> (Decision
     let allowed_dns: BTreeSet<String> = super::serving::dns_names(&policy.cluster_domain)
         .into_iter()
         .collect();
-    if !asked.dns.iter().any(|d| d == "kubernetes" || d.starts_with("kubernetes.default")) {
-        return (Decision::Ignore("serving CSR without kubernetes.default names is not a yurthub CSR".into()), None);
+    if !asked
+        .dns
+        .iter()
+        .any(|d| d == "kubernetes" || d.starts_with("kubernetes.default"))
+    {
+        return (
+            Decision::Ignore(
+                "serving CSR without kubernetes.default names is not a yurthub CSR".into(),
+            ),
+            None,
+        );
     }
     if node.is_empty() {
-        return deny(format!("common name {:?} is not system:node:<node>", asked.cn));
+        return deny(format!(
+            "common name {:?} is not system:node:<node>",
+            asked.cn
+        ));
     }
     if asked.orgs != ["system:nodes"] {
-        return deny(format!("organizations {:?} are not exactly [system:nodes]", asked.orgs));
+        return deny(format!(
+            "organizations {:?} are not exactly [system:nodes]",
+            asked.orgs
+        ));
     }
     if username != asked.cn || !groups.iter().any(|g| g == "system:nodes") {
         return deny(format!(
@@ -290,7 +328,10 @@ pub fn evaluate(csr: &Value, policy: &Policy, facts: &ClusterFacts) -> (Decision
         .chain(&facts.node_ips)
         .chain(&policy.hub_addresses)
         .copied()
-        .chain(["127.0.0.1".parse::<IpAddr>().expect("literal"), "::1".parse().expect("literal")])
+        .chain([
+            "127.0.0.1".parse::<IpAddr>().expect("literal"),
+            "::1".parse().expect("literal"),
+        ])
         .collect();
     if let Some(bad) = asked.ips.iter().find(|ip| !allowed_ips.contains(ip)) {
         return deny(format!(
@@ -328,7 +369,11 @@ pub fn client_from_kubeconfig(path: Option<&Path>) -> Result<ApiClient, Error> {
                 std::fs::read_to_string(sa.join(f))
                     .map_err(|e| Error::NoConfig(format!("{}: {e}", sa.join(f).display())))
             };
-            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host
+            };
             (
                 format!("https://{host}:{port}"),
                 read("ca.crt")?,
@@ -341,7 +386,9 @@ pub fn client_from_kubeconfig(path: Option<&Path>) -> Result<ApiClient, Error> {
         path: path.map(Path::to_owned).unwrap_or_default(),
         reason,
     };
-    let base: Uri = server.parse().map_err(|e| cfg_err(format!("server {server:?}: {e}")))?;
+    let base: Uri = server
+        .parse()
+        .map_err(|e| cfg_err(format!("server {server:?}: {e}")))?;
     let roots = api::roots_from_pem(&ca_pem).map_err(cfg_err)?;
     let resolver: Option<Arc<dyn rustls::client::ResolvesClientCert>> = match client_pem {
         Some((cert, key)) => {
@@ -401,7 +448,9 @@ impl Approver {
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
             .unwrap_or("");
-        let path = format!("{CSR_PATH}?watch=1&resourceVersion={rv}&timeoutSeconds=30&allowWatchBookmarks=true");
+        let path = format!(
+            "{CSR_PATH}?watch=1&resourceVersion={rv}&timeoutSeconds=30&allowWatchBookmarks=true"
+        );
         let resp = self.api.send(Method::GET, &path, None).await?;
         if !resp.status().is_success() {
             // 410 and friends: the next cycle relists.
@@ -421,7 +470,9 @@ impl Approver {
                 }
                 Ok(Some(Ok(f))) => f,
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             buf.extend_from_slice(&data);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line = buf.split_to(pos + 1);
@@ -447,14 +498,17 @@ impl Approver {
     }
 
     async fn consider(&self, csr: &Value) {
-        let name = csr.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let name = csr
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let decided = csr
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| matches!(c["type"].as_str(), Some("Approved" | "Denied")))
-                })
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| matches!(c["type"].as_str(), Some("Approved" | "Denied")))
+            })
             || csr
                 .pointer("/status/certificate")
                 .and_then(Value::as_str)
@@ -488,15 +542,24 @@ impl Approver {
         match decision {
             Decision::Ignore(why) => tracing::debug!(csr = name, why, "not a yurthub CSR; ignored"),
             Decision::Approve { kind, node } => {
-                let msg = format!("approved by {COMPONENT}: yurthub {kind} certificate for node {node}");
-                match self.set_condition(csr, "Approved", "AutoApproved", &msg).await {
+                let msg =
+                    format!("approved by {COMPONENT}: yurthub {kind} certificate for node {node}");
+                match self
+                    .set_condition(csr, "Approved", "AutoApproved", &msg)
+                    .await
+                {
                     Ok(()) => tracing::info!(csr = name, kind, node, "approved"),
-                    Err(e) => tracing::warn!(csr = name, error = %e, "approving failed; will retry"),
+                    Err(e) => {
+                        tracing::warn!(csr = name, error = %e, "approving failed; will retry")
+                    }
                 }
             }
             Decision::Deny(why) => {
                 let msg = format!("denied by {COMPONENT}: {why}");
-                match self.set_condition(csr, "Denied", "YurthubPolicy", &msg).await {
+                match self
+                    .set_condition(csr, "Denied", "YurthubPolicy", &msg)
+                    .await
+                {
                     Ok(()) => {
                         tracing::warn!(csr = name, why, "denied");
                         self.event(csr, &msg).await;
@@ -513,7 +576,11 @@ impl Approver {
         }
         let svc = self
             .api
-            .json(Method::GET, "/api/v1/namespaces/default/services/kubernetes", None)
+            .json(
+                Method::GET,
+                "/api/v1/namespaces/default/services/kubernetes",
+                None,
+            )
             .await?;
         let mut facts = ClusterFacts {
             service_ips: crate::redirector::service_vips(&svc)
@@ -586,7 +653,10 @@ impl Approver {
         reason: &str,
         message: &str,
     ) -> Result<(), api::Error> {
-        let name = csr.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let name = csr
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let mut obj = csr.clone();
         let now = now_rfc3339();
         let condition = json!({"type": kind, "status": "True", "reason": reason,
@@ -609,7 +679,10 @@ impl Approver {
     }
 
     async fn event(&self, csr: &Value, message: &str) {
-        let name = csr.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let name = csr
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let now = now_rfc3339();
         let suffix: String = (0..10)
             .map(|_| char::from(b"0123456789abcdef"[rand::random_range(0..16)]))
@@ -635,7 +708,11 @@ impl Approver {
         });
         if let Err(e) = self
             .api
-            .json(Method::POST, "/api/v1/namespaces/default/events", Some(&event))
+            .json(
+                Method::POST,
+                "/api/v1/namespaces/default/events",
+                Some(&event),
+            )
             .await
         {
             tracing::warn!(csr = name, error = %e, "recording the denial event failed");
@@ -654,7 +731,10 @@ fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -697,52 +777,154 @@ mod tests {
     }
 
     const HUB: &[&str] = &["openyurt:yurthub", "system:nodes"];
-    const SVC: &[&str] = &["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"];
+    const SVC: &[&str] = &[
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ];
 
     #[test]
     fn client_csrs_from_the_node_or_a_bootstrapper_are_approved() {
         let p = Policy::default();
-        let c = csr(CLIENT_SIGNER, &client_subject("n1", HUB), "system:node:n1", &["system:nodes"], &CLIENT_USAGES);
+        let c = csr(
+            CLIENT_SIGNER,
+            &client_subject("n1", HUB),
+            "system:node:n1",
+            &["system:nodes"],
+            &CLIENT_USAGES,
+        );
         assert_eq!(
             evaluate(&c, &p, &facts()),
-            (Decision::Approve { kind: "client", node: "n1".into() }, Some(Requester::SelfNode))
+            (
+                Decision::Approve {
+                    kind: "client",
+                    node: "n1".into()
+                },
+                Some(Requester::SelfNode)
+            )
         );
-        let c = csr(CLIENT_SIGNER, &client_subject("n1", HUB), "system:bootstrap:abcdef", &["system:bootstrappers"], &CLIENT_USAGES);
+        let c = csr(
+            CLIENT_SIGNER,
+            &client_subject("n1", HUB),
+            "system:bootstrap:abcdef",
+            &["system:bootstrappers"],
+            &CLIENT_USAGES,
+        );
         assert_eq!(evaluate(&c, &p, &facts()).1, Some(Requester::Bootstrapper));
     }
 
     #[test]
     fn client_csrs_for_another_node_or_extra_groups_are_denied() {
         let p = Policy::default();
-        let c = csr(CLIENT_SIGNER, &client_subject("n2", HUB), "system:node:n1", &["system:nodes"], &CLIENT_USAGES);
+        let c = csr(
+            CLIENT_SIGNER,
+            &client_subject("n2", HUB),
+            "system:node:n1",
+            &["system:nodes"],
+            &CLIENT_USAGES,
+        );
         let (d, _) = evaluate(&c, &p, &facts());
-        assert!(matches!(&d, Decision::Deny(w) if w.contains("neither")), "{d:?}");
-        let c = csr(CLIENT_SIGNER, &client_subject("n1", &["openyurt:yurthub", "system:nodes", "system:masters"]), "system:node:n1", &[], &CLIENT_USAGES);
+        assert!(
+            matches!(&d, Decision::Deny(w) if w.contains("neither")),
+            "{d:?}"
+        );
+        let c = csr(
+            CLIENT_SIGNER,
+            &client_subject(
+                "n1",
+                &["openyurt:yurthub", "system:nodes", "system:masters"],
+            ),
+            "system:node:n1",
+            &[],
+            &CLIENT_USAGES,
+        );
         let (d, _) = evaluate(&c, &p, &facts());
-        assert!(matches!(&d, Decision::Deny(w) if w.contains("system:masters")), "{d:?}");
-        let c = csr(CLIENT_SIGNER, &client_subject("n1", HUB), "system:node:n1", &[], &["client auth", "digital signature", "server auth"]);
+        assert!(
+            matches!(&d, Decision::Deny(w) if w.contains("system:masters")),
+            "{d:?}"
+        );
+        let c = csr(
+            CLIENT_SIGNER,
+            &client_subject("n1", HUB),
+            "system:node:n1",
+            &[],
+            &["client auth", "digital signature", "server auth"],
+        );
         assert!(matches!(evaluate(&c, &p, &facts()).0, Decision::Deny(_)));
-        let c = csr(CLIENT_SIGNER, &client_subject("n1", &["system:nodes"]), "x", &[], &CLIENT_USAGES);
+        let c = csr(
+            CLIENT_SIGNER,
+            &client_subject("n1", &["system:nodes"]),
+            "x",
+            &[],
+            &CLIENT_USAGES,
+        );
         assert!(matches!(evaluate(&c, &p, &facts()).0, Decision::Ignore(_)));
     }
 
     #[test]
     fn serving_csrs_are_limited_to_the_documented_names() {
         let p = Policy::default();
-        let ok = serving_subject("n1", SVC, &["10.96.0.1", "169.254.2.1", "127.0.0.1", "192.168.0.5"]);
-        let c = csr(SERVING_SIGNER, &ok, "system:node:n1", &["system:nodes"], &SERVING_USAGES);
-        assert!(matches!(evaluate(&c, &p, &facts()).0, Decision::Approve { kind: "serving", .. }));
+        let ok = serving_subject(
+            "n1",
+            SVC,
+            &["10.96.0.1", "169.254.2.1", "127.0.0.1", "192.168.0.5"],
+        );
+        let c = csr(
+            SERVING_SIGNER,
+            &ok,
+            "system:node:n1",
+            &["system:nodes"],
+            &SERVING_USAGES,
+        );
+        assert!(matches!(
+            evaluate(&c, &p, &facts()).0,
+            Decision::Approve {
+                kind: "serving",
+                ..
+            }
+        ));
         let extra_dns = serving_subject("n1", &["kubernetes", "evil.example.com"], &[]);
-        let c = csr(SERVING_SIGNER, &extra_dns, "system:node:n1", &["system:nodes"], &SERVING_USAGES);
-        assert!(matches!(&evaluate(&c, &p, &facts()).0, Decision::Deny(w) if w.contains("evil.example.com")));
+        let c = csr(
+            SERVING_SIGNER,
+            &extra_dns,
+            "system:node:n1",
+            &["system:nodes"],
+            &SERVING_USAGES,
+        );
+        assert!(
+            matches!(&evaluate(&c, &p, &facts()).0, Decision::Deny(w) if w.contains("evil.example.com"))
+        );
         let extra_ip = serving_subject("n1", SVC, &["8.8.8.8"]);
-        let c = csr(SERVING_SIGNER, &extra_ip, "system:node:n1", &["system:nodes"], &SERVING_USAGES);
-        assert!(matches!(&evaluate(&c, &p, &facts()).0, Decision::Deny(w) if w.contains("8.8.8.8")));
+        let c = csr(
+            SERVING_SIGNER,
+            &extra_ip,
+            "system:node:n1",
+            &["system:nodes"],
+            &SERVING_USAGES,
+        );
+        assert!(
+            matches!(&evaluate(&c, &p, &facts()).0, Decision::Deny(w) if w.contains("8.8.8.8"))
+        );
         let other = serving_subject("n2", SVC, &["127.0.0.1"]);
-        let c = csr(SERVING_SIGNER, &other, "system:node:n1", &["system:nodes"], &SERVING_USAGES);
-        assert!(matches!(&evaluate(&c, &p, &facts()).0, Decision::Deny(w) if w.contains("not the node")));
+        let c = csr(
+            SERVING_SIGNER,
+            &other,
+            "system:node:n1",
+            &["system:nodes"],
+            &SERVING_USAGES,
+        );
+        assert!(
+            matches!(&evaluate(&c, &p, &facts()).0, Decision::Deny(w) if w.contains("not the node"))
+        );
         let kubelet = serving_subject("n1", &["n1.example"], &["192.168.0.5"]);
-        let c = csr(SERVING_SIGNER, &kubelet, "system:node:n1", &["system:nodes"], &SERVING_USAGES);
+        let c = csr(
+            SERVING_SIGNER,
+            &kubelet,
+            "system:node:n1",
+            &["system:nodes"],
+            &SERVING_USAGES,
+        );
         assert!(matches!(evaluate(&c, &p, &facts()).0, Decision::Ignore(_)));
     }
 }

@@ -209,19 +209,19 @@ pub fn verify_detached_jws(jws: &str, content: &str, token: &JoinToken) -> bool 
 
 #[derive(Debug, Deserialize, Default)]
 struct Kubeconfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     clusters: Vec<Named<ClusterEntry>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     users: Vec<Named<UserEntry>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     contexts: Vec<Named<ContextEntry>>,
-    #[serde(rename = "current-context", default)]
+    #[serde(rename = "current-context", default, deserialize_with = "nullable")]
     current_context: String,
 }
 
 #[derive(Debug, Deserialize)]
 struct Named<T> {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     name: String,
     #[serde(flatten)]
     item: T,
@@ -229,54 +229,75 @@ struct Named<T> {
 
 #[derive(Debug, Deserialize, Default)]
 struct ClusterEntry {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     cluster: ClusterFields,
 }
 
 #[derive(Debug, Deserialize, Default)]
 struct ClusterFields {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     server: String,
-    #[serde(rename = "certificate-authority-data", default)]
+    #[serde(
+        rename = "certificate-authority-data",
+        default,
+        deserialize_with = "nullable"
+    )]
     ca_data: String,
-    #[serde(rename = "certificate-authority", default)]
+    #[serde(
+        rename = "certificate-authority",
+        default,
+        deserialize_with = "nullable"
+    )]
     ca_file: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
 struct UserEntry {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     user: UserFields,
 }
 
 #[derive(Debug, Deserialize, Default)]
 struct UserFields {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     token: String,
-    #[serde(rename = "tokenFile", default)]
+    #[serde(rename = "tokenFile", default, deserialize_with = "nullable")]
     token_file: String,
-    #[serde(rename = "client-certificate-data", default)]
+    #[serde(
+        rename = "client-certificate-data",
+        default,
+        deserialize_with = "nullable"
+    )]
     cert_data: String,
-    #[serde(rename = "client-key-data", default)]
+    #[serde(rename = "client-key-data", default, deserialize_with = "nullable")]
     key_data: String,
-    #[serde(rename = "client-certificate", default)]
+    #[serde(rename = "client-certificate", default, deserialize_with = "nullable")]
     cert_file: String,
-    #[serde(rename = "client-key", default)]
+    #[serde(rename = "client-key", default, deserialize_with = "nullable")]
     key_file: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
 struct ContextEntry {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     context: ContextFields,
 }
 
 #[derive(Debug, Deserialize, Default)]
 struct ContextFields {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     cluster: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     user: String,
+}
+
+/// kubeadm writes `contexts: null` and `users: null` in cluster-info.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// The parts of a kubeconfig the hub uses: server, CA PEM, bearer token.
@@ -298,7 +319,10 @@ impl std::fmt::Debug for ParsedKubeconfig {
 }
 
 /// Parses a kubeconfig's current context (or its first cluster and user).
-pub fn parse_kubeconfig(text: &str, base_dir: &std::path::Path) -> Result<ParsedKubeconfig, String> {
+pub fn parse_kubeconfig(
+    text: &str,
+    base_dir: &std::path::Path,
+) -> Result<ParsedKubeconfig, String> {
     let kc: Kubeconfig = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
     let ctx = kc
         .contexts
@@ -374,8 +398,8 @@ pub fn from_file(path: &std::path::Path) -> Result<Credentials, Error> {
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let kc = parse_kubeconfig(&text, path.parent().unwrap_or(std::path::Path::new(".")))
-        .map_err(err)?;
+    let kc =
+        parse_kubeconfig(&text, path.parent().unwrap_or(std::path::Path::new("."))).map_err(err)?;
     if kc.ca_pem.is_empty() {
         return Err(err("no certificate-authority(-data)".into()));
     }
@@ -402,11 +426,14 @@ pub async fn discover(
             Ok(c) => return Ok(c),
             Err(e) => {
                 tracing::warn!(server = %server, error = %e, "token discovery failed");
-                // A forged or mismatching answer is not retried elsewhere
-                // silently: it is reported as it is.
+                // A forged, unsigned or mismatching answer is a verdict on
+                // the token or the cluster, not on this server: report it.
                 if matches!(
                     e,
-                    Error::BadSignature { .. } | Error::PinMismatch { .. } | Error::Changed { .. }
+                    Error::BadSignature { .. }
+                        | Error::NoSignature { .. }
+                        | Error::PinMismatch { .. }
+                        | Error::Changed { .. }
                 ) {
                     return Err(e);
                 }
@@ -425,7 +452,11 @@ async fn discover_one(
 ) -> Result<Credentials, Error> {
     let name = server.to_string();
     let insecure = api::tls_with_verifier(Arc::new(AcceptAnyServer::new()), None);
-    let first = fetch(ApiClient::new(server.clone(), insecure).with_hook(hook.clone()), &name).await?;
+    let first = fetch(
+        ApiClient::new(server.clone(), insecure).with_hook(hook.clone()),
+        &name,
+    )
+    .await?;
     let data = &first["data"];
     let kubeconfig = data["kubeconfig"]
         .as_str()
@@ -472,7 +503,11 @@ async fn discover_one(
         }
     }
     let secure = api::tls_with_roots(roots, None);
-    let second = fetch(ApiClient::new(server.clone(), secure).with_hook(hook), &name).await?;
+    let second = fetch(
+        ApiClient::new(server.clone(), secure).with_hook(hook),
+        &name,
+    )
+    .await?;
     if second["data"]["kubeconfig"].as_str() != Some(kubeconfig) {
         return Err(Error::Changed { server: name });
     }
@@ -615,5 +650,14 @@ mod tests {
         assert_eq!(kc.server, "https://b");
         assert_eq!(kc.ca_pem, "PEM");
         assert_eq!(kc.token, "tok");
+        // cluster-info as kubeadm publishes it.
+        let ci = format!(
+            "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: {ca}\n    server: https://x\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\nkind: Config\npreferences: {{}}\nusers: null\n"
+        );
+        let kc = parse_kubeconfig(&ci, std::path::Path::new("/")).unwrap();
+        assert_eq!(
+            (kc.server.as_str(), kc.ca_pem.as_str()),
+            ("https://x", "PEM")
+        );
     }
 }

@@ -231,7 +231,9 @@ impl ClientIdentity {
         if let Some(ca) = s.settings.store.read_ca() {
             match api::roots_from_pem(&ca) {
                 Ok(r) => s.certs.set_roots(r),
-                Err(e) => tracing::warn!(error = %e, path = %s.settings.store.ca_file().display(), "stored cluster CA unusable"),
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %s.settings.store.ca_file().display(), "stored cluster CA unusable")
+                }
             }
         }
         if let Some(installed) = load_identity(&s.settings.store, Kind::Client) {
@@ -251,8 +253,7 @@ impl ClientIdentity {
         match source {
             Source::File(p) => Ok(bootstrap::from_file(&p)?),
             Source::Token { token, pins } => {
-                let creds =
-                    bootstrap::discover(&s.servers, &token, &pins, s.hook.clone()).await?;
+                let creds = bootstrap::discover(&s.servers, &token, &pins, s.hook.clone()).await?;
                 if let Some(server) = s.servers.first()
                     && let Err(e) = super::store::write_atomic(
                         &s.store.bootstrap_kubeconfig(),
@@ -287,18 +288,18 @@ impl ClientIdentity {
                     _ = tokio::time::sleep(wait) => {}
                 }
             } else if current.is_some() {
-                tracing::error!("the hub's client certificate has EXPIRED; re-bootstrapping (POST /v1/token if the bootstrap token expired too)");
+                tracing::error!(
+                    "the hub's client certificate has EXPIRED; re-bootstrapping (POST /v1/token if the bootstrap token expired too)"
+                );
             }
             let result = match &current {
-                Some(info) if !info.is_expired(SystemTime::now()) => {
-                    match self.rotate().await {
-                        Err(Error::Issue(e)) if e.is_unauthorized() => {
-                            tracing::warn!(error = %e, "the current certificate was refused; bootstrapping");
-                            self.bootstrap().await
-                        }
-                        other => other,
+                Some(info) if !info.is_expired(SystemTime::now()) => match self.rotate().await {
+                    Err(Error::Issue(e)) if e.is_unauthorized() => {
+                        tracing::warn!(error = %e, "the current certificate was refused; bootstrapping");
+                        self.bootstrap().await
                     }
-                }
+                    other => other,
+                },
                 _ => self.bootstrap().await,
             };
             match result {
@@ -365,7 +366,8 @@ impl ClientIdentity {
 
     fn install(&self, issued: Issued) -> Result<(), Error> {
         let s = &self.shared;
-        let ck = csr::certified_key(&issued.chain_pem, &issued.key_pem).map_err(issue::Error::from)?;
+        let ck =
+            csr::certified_key(&issued.chain_pem, &issued.key_pem).map_err(issue::Error::from)?;
         s.settings
             .store
             .write_identity(Kind::Client, &issued.chain_pem, &issued.key_pem)?;
@@ -394,19 +396,22 @@ impl ClientIdentity {
                     .or_else(|| s.settings.store.read_ca())
                     .unwrap_or_default();
                 let pin = bootstrap::ca_cert_hash(&ca).ok_or_else(|| {
-                    TokenError::Failed("no cluster CA is known to pin the new token's cluster-info to".into())
+                    TokenError::Failed(
+                        "no cluster CA is known to pin the new token's cluster-info to".into(),
+                    )
                 })?;
                 Pins::parse(&[pin]).map_err(|e| TokenError::Failed(e.to_string()))?
             }
         };
-        let creds = bootstrap::discover(&s.settings.servers, &token, &pins, s.settings.hook.clone())
-            .await
-            .map_err(|e| match e {
-                bootstrap::Error::NoSignature { .. }
-                | bootstrap::Error::BadSignature { .. }
-                | bootstrap::Error::PinMismatch { .. } => TokenError::Invalid(e.to_string()),
-                other => TokenError::Failed(other.to_string()),
-            })?;
+        let creds =
+            bootstrap::discover(&s.settings.servers, &token, &pins, s.settings.hook.clone())
+                .await
+                .map_err(|e| match e {
+                    bootstrap::Error::NoSignature { .. }
+                    | bootstrap::Error::BadSignature { .. }
+                    | bootstrap::Error::PinMismatch { .. } => TokenError::Invalid(e.to_string()),
+                    other => TokenError::Failed(other.to_string()),
+                })?;
         let server = s
             .settings
             .servers
@@ -428,7 +433,6 @@ impl ClientIdentity {
         Ok(())
     }
 }
-
 
 /// Reads a stored identity; an expired one is still returned (offline, it
 /// is better than nothing) after an error is logged.

@@ -72,7 +72,7 @@ fn request_der(key: &KeyPair, subject: &Subject) -> Result<Vec<u8>, Error> {
         rdns.extend(set(&seq(&[oid(OID_O), utf8(o)].concat())));
     }
     rdns.extend(set(&seq(
-        &[oid(OID_CN), utf8(&subject.common_name)].concat(),
+        &[oid(OID_CN), utf8(&subject.common_name)].concat()
     )));
     let name = seq(&rdns);
 
@@ -102,12 +102,9 @@ fn request_der(key: &KeyPair, subject: &Subject) -> Result<Vec<u8>, Error> {
     let signature = key.sign(&info).map_err(Error::Sign)?;
     let mut bits = vec![0u8];
     bits.extend(signature);
-    Ok(seq(&[
-        info,
-        seq(&oid(OID_ECDSA_SHA256)),
-        tlv(0x03, &bits),
-    ]
-    .concat()))
+    Ok(seq(
+        &[info, seq(&oid(OID_ECDSA_SHA256)), tlv(0x03, &bits)].concat()
+    ))
 }
 
 // Encoded OID bodies.
@@ -310,10 +307,7 @@ mod tests {
         let (_, csr) = X509CertificationRequest::from_der(&der).unwrap();
         csr.verify_signature().expect("self-signature verifies");
         let s = &csr.certification_request_info.subject;
-        let orgs: Vec<_> = s
-            .iter_organization()
-            .map(|a| a.as_str().unwrap())
-            .collect();
+        let orgs: Vec<_> = s.iter_organization().map(|a| a.as_str().unwrap()).collect();
         assert_eq!(orgs, ["openyurt:yurthub", "system:nodes", "extra"]);
         assert_eq!(
             s.iter_common_name().next().unwrap().as_str().unwrap(),

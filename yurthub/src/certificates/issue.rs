@@ -85,10 +85,7 @@ pub async fn issue(
     let suffix: String = (0..8)
         .map(|_| char::from(b"0123456789abcdef"[rand::random_range(0..16)]))
         .collect();
-    let node = order
-        .subject
-        .common_name
-        .trim_start_matches("system:node:");
+    let node = order.subject.common_name.trim_start_matches("system:node:");
     let mut name = format!("{}-{node}-{suffix}", order.prefix);
     name.truncate(253);
     let body = json!({

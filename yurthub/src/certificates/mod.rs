@@ -142,7 +142,11 @@ impl Slot {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
     pub fn get(&self) -> Option<Arc<CertifiedKey>> {
-        self.0.value.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .value
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     /// Incremented by every [`Slot::set`].
     pub fn generation(&self) -> u64 {
@@ -350,7 +354,8 @@ impl Certificates {
                             time::OffsetDateTime::from_unix_timestamp(d.as_secs() as i64).ok()
                         })
                         .and_then(|t| {
-                            t.format(&time::format_description::well_known::Rfc3339).ok()
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .ok()
                         })
                 };
                 serde_json::json!({

@@ -93,7 +93,11 @@ async fn run(client: ClientIdentity, mut settings: ServingSettings) {
             .certs
             .client_slot()
             .get()
-            .and_then(|ck| ck.cert.first().and_then(|c| CertInfo::from_der(c.as_ref()).ok()))
+            .and_then(|ck| {
+                ck.cert
+                    .first()
+                    .and_then(|c| CertInfo::from_der(c.as_ref()).ok())
+            })
             .is_some_and(|i| !i.is_expired(now));
         if !client_ok {
             client_ready_since = None;
@@ -107,9 +111,11 @@ async fn run(client: ClientIdentity, mut settings: ServingSettings) {
         let since = *client_ready_since.get_or_insert_with(Instant::now);
         let vips = settings.vips.borrow().clone();
         let ips = ip_sans(&vips, settings.hub_address, settings.node_ip);
-        let current = slot
-            .get()
-            .and_then(|ck| ck.cert.first().and_then(|c| CertInfo::from_der(c.as_ref()).ok()));
+        let current = slot.get().and_then(|ck| {
+            ck.cert
+                .first()
+                .and_then(|c| CertInfo::from_der(c.as_ref()).ok())
+        });
         let generation = slot.generation();
         let due = match (&current, deadline) {
             (Some(_), Some((g, d))) if g == generation => d,
@@ -122,7 +128,8 @@ async fn run(client: ClientIdentity, mut settings: ServingSettings) {
         };
         let fits = current.as_ref().is_some_and(|i| {
             i.ip_addresses.iter().collect::<BTreeSet<_>>() == ips.iter().collect::<BTreeSet<_>>()
-                && i.dns_names.iter().collect::<BTreeSet<_>>() == dns.iter().collect::<BTreeSet<_>>()
+                && i.dns_names.iter().collect::<BTreeSet<_>>()
+                    == dns.iter().collect::<BTreeSet<_>>()
         });
         let needed = !fits || now >= due;
         if !needed {
@@ -143,7 +150,9 @@ async fn run(client: ClientIdentity, mut settings: ServingSettings) {
             continue;
         }
         if vips.is_empty() {
-            tracing::warn!("the apiserver VIPs are not known yet; requesting a serving certificate without them");
+            tracing::warn!(
+                "the apiserver VIPs are not known yet; requesting a serving certificate without them"
+            );
         }
         let order = Order {
             prefix: "yurthub-serving",
@@ -199,7 +208,10 @@ mod tests {
 
     #[test]
     fn sans_cover_vips_hub_loopback_and_node_once() {
-        let vips: Vec<SocketAddr> = vec!["10.96.0.1:443".parse().unwrap(), "10.96.0.1:6443".parse().unwrap()];
+        let vips: Vec<SocketAddr> = vec![
+            "10.96.0.1:443".parse().unwrap(),
+            "10.96.0.1:6443".parse().unwrap(),
+        ];
         let ips = ip_sans(
             &vips,
             "169.254.2.1".parse().unwrap(),

@@ -146,7 +146,7 @@ impl Store {
                     "{}.stale-{stamp}",
                     from.file_name().unwrap_or_default().to_string_lossy()
                 ));
-                fs::rename(from, &beside).map(|()| ())
+                fs::rename(from, &beside)
             });
             res.map_err(|source| Error::MoveAside {
                 from: from.clone(),
@@ -206,7 +206,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         .mode(0o600)
         .open(&tmp)
         .map_err(err)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err)?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(err)?;
     drop(f);
     fs::rename(&tmp, path).map_err(err)?;
     fs::File::open(dir)

@@ -133,7 +133,11 @@ impl HubServer {
         };
         let token = serde_json::from_slice::<Value>(&body)
             .ok()
-            .and_then(|v| v.get("jointoken").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|v| {
+                v.get("jointoken")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_default();
         if token.trim().is_empty() {
             return text(

@@ -118,7 +118,11 @@ impl Transports {
                 {
                     let hub = self.hub.read().unwrap_or_else(|p| p.into_inner());
                     if hub.generation == current {
-                        return if upgrade { hub.upgrade.clone() } else { hub.pooled.clone() };
+                        return if upgrade {
+                            hub.upgrade.clone()
+                        } else {
+                            hub.pooled.clone()
+                        };
                     }
                 }
                 let mut hub = self.hub.write().unwrap_or_else(|p| p.into_inner());
@@ -131,7 +135,11 @@ impl Transports {
                     };
                     tracing::info!("client certificate changed; new upstream connections use it");
                 }
-                if upgrade { hub.upgrade.clone() } else { hub.pooled.clone() }
+                if upgrade {
+                    hub.upgrade.clone()
+                } else {
+                    hub.pooled.clone()
+                }
             }
         }
     }
