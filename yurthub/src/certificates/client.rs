@@ -270,19 +270,29 @@ impl ClientIdentity {
     async fn run(self) {
         let s = self.shared.clone();
         let mut backoff = Duration::from_secs(1);
+        // Drawn once per installed certificate: once it has passed, a failed
+        // rotation is retried with backoff instead of waiting for a new draw.
+        let mut deadline: Option<(u64, SystemTime)> = None;
         loop {
-            let current = s.certs.client_slot().get().and_then(|ck| {
-                ck.cert
-                    .first()
-                    .and_then(|c| CertInfo::from_der(c.as_ref()).ok())
-            });
+            let slot = s.certs.client_slot();
+            let generation = slot.generation();
+            let current = slot.info();
             let now = SystemTime::now();
             if let Some(info) = &current
                 && !info.is_expired(now)
             {
-                let deadline = info.rotation_deadline();
-                let wait = deadline.duration_since(now).unwrap_or_default();
-                tracing::info!(not_after = ?info.not_after, rotate_in = ?wait, "client certificate valid");
+                let due = match deadline {
+                    Some((g, d)) if g == generation => d,
+                    _ => {
+                        let d = info.rotation_deadline();
+                        deadline = Some((generation, d));
+                        d
+                    }
+                };
+                let wait = due.duration_since(now).unwrap_or_default();
+                if !wait.is_zero() {
+                    tracing::info!(not_after = ?info.not_after, rotate_in = ?wait, "client certificate valid");
+                }
                 tokio::select! {
                     _ = s.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}

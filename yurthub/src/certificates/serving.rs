@@ -131,6 +131,11 @@ async fn run(client: ClientIdentity, mut settings: ServingSettings) {
                 && i.dns_names.iter().collect::<BTreeSet<_>>()
                     == dns.iter().collect::<BTreeSet<_>>()
         });
+        if current.as_ref().is_some_and(|i| i.is_expired(now)) {
+            tracing::error!(
+                "the serving certificate has EXPIRED; pods will refuse the hub until a new one is issued"
+            );
+        }
         let needed = !fits || now >= due;
         if !needed {
             let wait = due.duration_since(now).unwrap_or_default();
