@@ -866,3 +866,95 @@ async fn an_identity_of_another_cluster_is_moved_aside() {
     );
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_kubeconfig_file_works_like_a_join_token() {
+    let api = builder().start().await.expect("double");
+    create_node(&api);
+    let token = api
+        .create_bootstrap_token(TOKEN_ID, TOKEN_SECRET, &[])
+        .expect("token");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bootstrap.conf");
+    std::fs::write(&file, api.kubeconfig(&Credential::Token(token)).unwrap()).unwrap();
+    let root = dir.path().join("root");
+    let mut args = token_args(&api, &root, "", "", &[]);
+    args.retain(|a| !a.starts_with("--join-token") && !a.starts_with("--discovery-token"));
+    args.push(format!("--bootstrap-file={}", file.display()));
+    let hub = Hub::start(&args).await;
+    wait_ready(&hub, Duration::from_secs(60)).await;
+    let st = cert_status(&hub).await;
+    assert_eq!(
+        st["client"]["commonName"],
+        format!("system:node:{NODE}"),
+        "{st}"
+    );
+    let ca = std::fs::read_to_string(root.join("pki/ca.crt")).unwrap();
+    assert_eq!(ca.trim(), api.ca_pem().trim());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_that_expire_offline_are_kept_then_renewed_by_bootstrap() {
+    let api = builder()
+        .cluster_signing_duration(Duration::from_secs(20))
+        .signing_backdate(Duration::from_secs(1))
+        .start()
+        .await
+        .expect("double");
+    create_node(&api);
+    let token = api
+        .create_bootstrap_token(TOKEN_ID, TOKEN_SECRET, &[])
+        .expect("token");
+    let dir = tempfile::tempdir().expect("dir");
+    let hub = Hub::start(&token_args(
+        &api,
+        &dir.path().join("root"),
+        &token,
+        &pin(&api),
+        &[],
+    ))
+    .await;
+    wait_ready(&hub, Duration::from_secs(60)).await;
+
+    // The cloud goes away for longer than the certificates live.
+    api.shutdown().await;
+    eventually(
+        Duration::from_secs(40),
+        "the client certificate expires offline",
+        || async { cert_status(&hub).await["client"]["expired"] == true },
+    )
+    .await;
+    assert_eq!(
+        readyz(&hub).await,
+        (StatusCode::OK, "OK".to_owned()),
+        "an expired identity is kept: the hub goes on serving (loudly), unlike upstream"
+    );
+    let before: Vec<Value> = csrs(&api)
+        .iter()
+        .map(|c| c["metadata"]["name"].clone())
+        .collect();
+    api.restart().await.expect("cloud is back");
+
+    eventually(
+        Duration::from_secs(90),
+        "both certificates are valid again",
+        || async {
+            let st = cert_status(&hub).await;
+            st["client"]["expired"] == false && st["serving"]["expired"] == false
+        },
+    )
+    .await;
+    let renewed: Vec<Value> = csrs(&api)
+        .into_iter()
+        .filter(|c| !before.contains(&c["metadata"]["name"]))
+        .collect();
+    assert!(
+        renewed
+            .iter()
+            .any(|c| c["spec"]["signerName"] == csr::CLIENT_SIGNER
+                && c["spec"]["username"] == format!("system:bootstrap:{TOKEN_ID}")),
+        "the expired client certificate was replaced through the bootstrap token"
+    );
+    hub.stop().await;
+}
