@@ -31,6 +31,8 @@ pub enum Error {
     },
     #[error("certificates: {0}")]
     Certificates(#[from] crate::certificates::client::Error),
+    #[error("--bootstrap-mode=token needs --bootstrap-file or --join-token")]
+    NoBootstrap,
 }
 
 /// A running hub.
@@ -95,9 +97,7 @@ impl App {
                         token: t.clone(),
                         pins: ca_cert_hashes.clone(),
                     },
-                    (None, None) => {
-                        unreachable!("config requires --bootstrap-file or --join-token")
-                    }
+                    (None, None) => return Err(Error::NoBootstrap),
                 };
                 let settings = client::Settings {
                     node: cfg.node_name.clone(),
