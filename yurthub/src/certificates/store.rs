@@ -140,14 +140,23 @@ impl Store {
                 .unwrap_or_else(|| format!("item-{i}"));
             let to = dest.join(name);
             // A cache on another filesystem cannot be renamed into root-dir:
-            // rename it next to itself instead.
-            let res = fs::rename(from, &to).or_else(|_| {
-                let beside = from.with_file_name(format!(
-                    "{}.stale-{stamp}",
-                    from.file_name().unwrap_or_default().to_string_lossy()
-                ));
-                fs::rename(from, &beside)
-            });
+            // rename it next to itself; a mount point cannot be renamed at
+            // all: move its contents into a stale-<stamp> directory inside it.
+            let res = fs::rename(from, &to)
+                .or_else(|_| {
+                    let beside = from.with_file_name(format!(
+                        "{}.stale-{stamp}",
+                        from.file_name().unwrap_or_default().to_string_lossy()
+                    ));
+                    fs::rename(from, &beside)
+                })
+                .or_else(|e| {
+                    if from.is_dir() {
+                        move_contents(from, &format!("stale-{stamp}"))
+                    } else {
+                        Err(e)
+                    }
+                });
             res.map_err(|source| Error::MoveAside {
                 from: from.clone(),
                 to: to.clone(),
@@ -156,6 +165,20 @@ impl Store {
         }
         Ok(dest)
     }
+}
+
+/// Moves every entry of `dir` into `dir/<sub>/`.
+fn move_contents(dir: &Path, sub: &str) -> std::io::Result<()> {
+    let inner = dir.join(sub);
+    fs::DirBuilder::new().mode(0o700).create(&inner)?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == sub {
+            continue;
+        }
+        fs::rename(entry.path(), inner.join(entry.file_name()))?;
+    }
+    Ok(())
 }
 
 /// Splits a PEM file into (certificate blocks, private key block).
@@ -262,5 +285,20 @@ mod tests {
         assert_eq!(fs::read_to_string(dest.join("pki/ca.crt")).unwrap(), "CA");
         assert_eq!(fs::read_to_string(dest.join("cache/x")).unwrap(), "y");
         assert!(dest.join("yurthub.conf").exists());
+    }
+
+    #[test]
+    fn contents_move_when_the_directory_itself_cannot() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), "1").unwrap();
+        fs::create_dir(d.path().join("b")).unwrap();
+        move_contents(d.path(), "stale-1").unwrap();
+        let left: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["stale-1"]);
+        assert_eq!(fs::read_to_string(d.path().join("stale-1/a")).unwrap(), "1");
+        assert!(d.path().join("stale-1/b").is_dir());
     }
 }
