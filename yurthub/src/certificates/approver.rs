@@ -33,6 +33,21 @@
 //! denied, with the reason in the Denied condition and a Warning Event.
 //! Everything else (kubelet's own CSRs, users' certificates, other signers)
 //! is left alone for other approvers.
+//!
+//! Least-privilege RBAC for its service account (ClusterRole):
+//!
+//! | apiGroups | resources | resourceNames | verbs |
+//! |---|---|---|---|
+//! | certificates.k8s.io | certificatesigningrequests | | get, list, watch |
+//! | certificates.k8s.io | certificatesigningrequests/approval | | update |
+//! | certificates.k8s.io | signers | kubernetes.io/kube-apiserver-client, kubernetes.io/kubelet-serving | approve |
+//! | authorization.k8s.io | subjectaccessreviews | | create |
+//! | "" | nodes | | get |
+//! | "" | services | kubernetes | get (namespace default) |
+//! | "" | events | | create (namespace default) |
+//!
+//! (`approve` on the signers is what the apiserver checks for both
+//! approving and denying.)
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
