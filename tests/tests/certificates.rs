@@ -100,7 +100,7 @@ impl ApproverProcess {
             .args(["--hub-address=127.0.0.1", "--v=2"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawn approve-csrs");
         ApproverProcess(child)
