@@ -193,7 +193,14 @@ async fn pod_get(hub: &Hub, api: &ApiServer, server_name: &str) -> Result<hub::R
         api.ca_pem(),
         None,
         get_request(
-            &format!("https://{server_name}/api/v1/namespaces/default/services/kubernetes"),
+            &format!(
+                "https://{}/api/v1/namespaces/default/services/kubernetes",
+                if server_name.contains(':') {
+                    format!("[{server_name}]")
+                } else {
+                    server_name.to_owned()
+                }
+            ),
             "pod/1.0",
             &[("authorization", &format!("Bearer {POD_TOKEN}"))],
         ),
@@ -956,5 +963,53 @@ async fn certificates_that_expire_offline_are_kept_then_renewed_by_bootstrap() {
                 && c["spec"]["username"] == format!("system:bootstrap:{TOKEN_ID}")),
         "the expired client certificate was replaced through the bootstrap token"
     );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_apiserver_vip_gets_a_new_serving_certificate() {
+    let api = builder().start().await.expect("double");
+    create_node(&api);
+    let token = api
+        .create_bootstrap_token(TOKEN_ID, TOKEN_SECRET, &[])
+        .expect("token");
+    let dir = tempfile::tempdir().expect("dir");
+    let hub = Hub::start(&token_args(
+        &api,
+        &dir.path().join("root"),
+        &token,
+        &pin(&api),
+        &[],
+    ))
+    .await;
+    wait_ready(&hub, Duration::from_secs(60)).await;
+    const VIP6: &str = "fd00:10:96::1";
+    assert!(
+        pod_get(&hub, &api, VIP6).await.is_err(),
+        "not a name of the first certificate"
+    );
+
+    // The cluster turns dual-stack: default/kubernetes gains an IPv6 ClusterIP.
+    let mut svc = api
+        .get("v1", "Service", "default", "kubernetes")
+        .expect("service");
+    svc["spec"]["clusterIPs"] = json!([VIP, VIP6]);
+    api.update(svc).expect("update service");
+    eventually(
+        Duration::from_secs(60),
+        "the serving certificate covers the new VIP",
+        || async {
+            cert_status(&hub).await["serving"]["ipAddresses"]
+                .to_string()
+                .contains(VIP6)
+        },
+    )
+    .await;
+    for name in [VIP, VIP6] {
+        let r = pod_get(&hub, &api, name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.status, StatusCode::OK);
+    }
     hub.stop().await;
 }
