@@ -203,8 +203,9 @@ pub enum Requester {
     Bootstrapper,
 }
 
-/// Judges a CSR against the policy without side effects. For approvals of
-/// client CSRs the caller still runs the SubjectAccessReview.
+/// Judges a CSR against the policy without side effects. When an approval
+/// comes with a [`Requester`] (client CSRs), the caller still runs the
+/// SubjectAccessReview for it.
 pub fn evaluate(
     csr: &Value,
     policy: &Policy,
@@ -353,12 +354,14 @@ pub fn evaluate(
             "IP address {bad} is not the apiserver service, the hub address, loopback or an address of node {node:?}"
         ));
     }
+    // No SubjectAccessReview here: kube-controller-manager has no rule for
+    // kubelet-serving; the requester is the node itself (checked above).
     (
         Decision::Approve {
             kind: "serving",
             node,
         },
-        Some(Requester::SelfNode),
+        None,
     )
 }
 
