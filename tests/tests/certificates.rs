@@ -94,6 +94,18 @@ struct ApproverProcess(Child);
 
 impl ApproverProcess {
     fn spawn(kubeconfig: &Path) -> ApproverProcess {
+        // Other builds sharing the target directory may have replaced the
+        // binary: say so instead of timing out later.
+        let help = Command::new(hub::hub_binary())
+            .args(["approve-csrs", "--help"])
+            .output()
+            .expect("run yurthub-under-test");
+        assert!(
+            help.status.success(),
+            "{} has no approve-csrs subcommand (a stale or foreign build?): {}",
+            hub::hub_binary().display(),
+            String::from_utf8_lossy(&help.stderr)
+        );
         let child = Command::new(hub::hub_binary())
             .args(["approve-csrs", "--kubeconfig"])
             .arg(kubeconfig)
@@ -253,7 +265,7 @@ async fn join_token_bootstrap_issues_both_certificates_through_the_approver() {
     );
     assert_eq!(pending["spec"]["signerName"], csr::CLIENT_SIGNER);
 
-    let _approver = ApproverProcess::spawn(&admin_kubeconfig(&api, dir.path()));
+    let _approver = InProcessApprover::start(&admin_kubeconfig(&api, dir.path()));
     wait_ready(&hub, Duration::from_secs(60)).await;
 
     // Both CSRs, approved by our approver, each requested by whom it should be.
@@ -1012,4 +1024,58 @@ async fn a_new_apiserver_vip_gets_a_new_serving_certificate() {
         assert_eq!(r.status, StatusCode::OK);
     }
     hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approve_csrs_subcommand_approves_a_hub_csr() {
+    let api = builder()
+        .csr_auto_approve(false)
+        .start()
+        .await
+        .expect("double");
+    create_node(&api);
+    let dir = tempfile::tempdir().expect("dir");
+    let node_kc = dir.path().join("node1.conf");
+    std::fs::write(
+        &node_kc,
+        api.kubeconfig(&Credential::ClientCert {
+            cn: format!("system:node:{NODE}"),
+            orgs: vec!["system:nodes".into(), "openyurt:yurthub".into()],
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let client = csr::Subject {
+        common_name: format!("system:node:{NODE}"),
+        organizations: vec!["openyurt:yurthub".into(), "system:nodes".into()],
+        dns_names: vec![],
+        ip_addresses: vec![],
+    };
+    submit(
+        &node_kc,
+        "renewal",
+        csr::CLIENT_SIGNER,
+        &client,
+        &csr::CLIENT_USAGES,
+    )
+    .await;
+    submit(
+        &node_kc,
+        "sneaky",
+        csr::SERVING_SIGNER,
+        &serving_subject(NODE, &["kubernetes.default.svc", "evil.example.com"], &[]),
+        &csr::SERVING_USAGES,
+    )
+    .await;
+    let _approver = ApproverProcess::spawn(&admin_kubeconfig(&api, dir.path()));
+    let get_csr = |n: &str| api.get("certificates.k8s.io/v1", "CertificateSigningRequest", "", n);
+    eventually(
+        Duration::from_secs(30),
+        "the process decides both CSRs",
+        || async {
+            get_csr("renewal").is_some_and(|c| c.pointer("/status/certificate").is_some())
+                && get_csr("sneaky").is_some_and(|c| condition(&c, "Denied").is_some())
+        },
+    )
+    .await;
 }
