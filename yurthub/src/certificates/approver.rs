@@ -50,7 +50,7 @@
 //! approving and denying.)
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +95,7 @@ impl Default for Policy {
     fn default() -> Policy {
         Policy {
             cluster_domain: "cluster.local".into(),
-            hub_addresses: vec!["169.254.2.1".parse().expect("literal IP")],
+            hub_addresses: vec![IpAddr::V4(Ipv4Addr::new(169, 254, 2, 1))],
             allowed_organizations: Vec::new(),
         }
     }
@@ -345,8 +345,8 @@ pub fn evaluate(
         .chain(&policy.hub_addresses)
         .copied()
         .chain([
-            "127.0.0.1".parse::<IpAddr>().expect("literal"),
-            "::1".parse().expect("literal"),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
         ])
         .collect();
     if let Some(bad) = asked.ips.iter().find(|ip| !allowed_ips.contains(ip)) {
