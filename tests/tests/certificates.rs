@@ -496,17 +496,18 @@ async fn short_lived_certificates_rotate_without_a_failed_request() {
         "at least one client rotation: {}",
         issued.len()
     );
-    let first_serial = {
-        let pem = base64::engine::general_purpose::STANDARD
-            .decode(&issued[0])
-            .expect("b64");
-        let der = rustls_pemfile::certs(&mut pem.as_slice())
-            .next()
-            .expect("cert")
-            .expect("pem");
-        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
-        cert.raw_serial_as_string()
-    };
+    // The first certificate is the one whose expiry /v1/certificates
+    // reported at the start (CSRs list by name, not by age).
+    let first_serial = issued
+        .iter()
+        .find_map(|b64| {
+            let pem = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+            let der = rustls_pemfile::certs(&mut pem.as_slice()).next()?.ok()?;
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+            (cert.validity().not_after.timestamp() == old_expiry.unix_timestamp())
+                .then(|| cert.raw_serial_as_string())
+        })
+        .expect("the first client certificate is among the issued ones");
     assert!(
         !serials.contains(&first_serial),
         "after the first certificate expired upstream still saw it: {serials:?}"
