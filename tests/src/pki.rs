@@ -137,6 +137,18 @@ impl TestPki {
         usages: &[&str],
         lifetime: Duration,
     ) -> Result<String, PkiError> {
+        self.sign_csr_backdated(csr_pem, usages, lifetime, Duration::hours(1))
+    }
+
+    /// [`TestPki::sign_csr`] with `notBefore` = now − `backdate` and
+    /// `notAfter` = now + `lifetime`.
+    pub fn sign_csr_backdated(
+        &self,
+        csr_pem: &str,
+        usages: &[&str],
+        lifetime: Duration,
+        backdate: Duration,
+    ) -> Result<String, PkiError> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
         // rcgen's parser keeps one value per attribute type; read CN and
         // every O from the request ourselves.
@@ -176,7 +188,9 @@ impl TestPki {
                 _ => {}
             }
         }
-        set_validity(params, lifetime);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - backdate;
+        params.not_after = now + lifetime;
         Ok(csr.signed_by(&self.issuer)?.pem())
     }
 

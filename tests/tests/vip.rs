@@ -118,7 +118,7 @@ fn hub_get_as(sandbox: &NetSandbox, addr: SocketAddr, path: &str, ua: &str) -> S
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: {ua}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut out = String::new();

@@ -31,8 +31,10 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Unsupported(String),
+    #[error("certificates: {0}")]
+    Certificates(#[from] crate::certificates::client::Error),
+    #[error("--bootstrap-mode=token needs --bootstrap-file or --join-token")]
+    NoBootstrap,
 }
 
 /// A running hub.
@@ -55,31 +57,78 @@ impl App {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
 
-        let certs = match &cfg.bootstrap {
-            Bootstrap::KubeletCertificate {
-                client_certificate,
-                ca_file,
-            } => Certificates::from_files(
-                ca_file.clone(),
-                (client_certificate.clone(), client_certificate.clone()),
-                cfg.tls_cert_file
-                    .clone()
-                    .zip(cfg.tls_private_key_file.clone()),
-            ),
-            Bootstrap::Token { .. } => {
-                return Err(Error::Unsupported(
-                    "--bootstrap-mode=token (CSR-issued certificates) is not available in this build yet; \
-                     use --bootstrap-mode=kubeletcertificate"
-                        .into(),
-                ));
-            }
-        };
-        certs.spawn_reloader(Duration::from_secs(10), shutdown.clone());
-
         // The hub's own upstream sockets are exempt from the kernel redirect
         // (no loop when an upstream server is the VIP itself).
         let hook: crate::remote::transport::SocketHook =
             Arc::new(|s: &socket2::Socket| redirect::prepare_upstream_socket(s));
+        // The apiserver VIPs: fixed by flag, or learned (and persisted) from
+        // default/kubernetes; the redirect and the serving certificate follow them.
+        let (vips_tx, vips_rx) = tokio::sync::watch::channel(if cfg.apiserver_vips.is_empty() {
+            redirector::stored_vips(&cfg.root_dir)
+        } else {
+            cfg.apiserver_vips.clone()
+        });
+        let serving_files = cfg
+            .tls_cert_file
+            .clone()
+            .zip(cfg.tls_private_key_file.clone());
+
+        let (certs, client_identity) = match &cfg.bootstrap {
+            Bootstrap::KubeletCertificate {
+                client_certificate,
+                ca_file,
+            } => (
+                Certificates::from_files(
+                    ca_file.clone(),
+                    (client_certificate.clone(), client_certificate.clone()),
+                    serving_files,
+                ),
+                None,
+            ),
+            Bootstrap::Token {
+                bootstrap_file,
+                join_token,
+                ca_cert_hashes,
+            } => {
+                use crate::certificates::{client, serving, store};
+                let store = store::Store::new(cfg.root_dir.clone());
+                let manage_serving = serving_files.is_none();
+                let certs = Certificates::managed(store.ca_file(), serving_files);
+                let bootstrap = match (bootstrap_file, join_token) {
+                    (Some(f), _) => client::BootstrapSource::File(f.clone()),
+                    (None, Some(t)) => client::BootstrapSource::JoinToken {
+                        token: t.clone(),
+                        pins: ca_cert_hashes.clone(),
+                    },
+                    (None, None) => return Err(Error::NoBootstrap),
+                };
+                let settings = client::Settings {
+                    node: cfg.node_name.clone(),
+                    extra_organizations: cfg.hub_cert_organizations.clone(),
+                    servers: cfg.servers.clone(),
+                    store,
+                    bootstrap,
+                    hook: Some(hook.clone()),
+                    cache_dirs: vec![cfg.disk_cache_path.clone()],
+                };
+                let identity =
+                    client::ClientIdentity::start(settings, certs.clone(), shutdown.clone())
+                        .await?;
+                if manage_serving {
+                    serving::spawn(
+                        &identity,
+                        serving::ServingSettings {
+                            cluster_domain: cfg.cluster_domain.clone(),
+                            hub_address: cfg.hub_address,
+                            node_ip: cfg.node_ip,
+                            vips: vips_rx.clone(),
+                        },
+                    );
+                }
+                (certs, Some(identity))
+            }
+        };
+        certs.spawn_reloader(Duration::from_secs(10), shutdown.clone());
         let transports = Transports::new(&certs, metrics.closable_conns.clone(), Some(hook));
         // Cloud mode has no health checker: every backend counts as healthy.
         let initially_healthy = cfg.working_mode == WorkingMode::Cloud;
@@ -181,7 +230,22 @@ impl App {
                 "/v1/redirect".into(),
                 Arc::new(move || r.status_json(&redirect_reason)),
             );
+            let c = certs.clone();
+            docs.insert("/v1/certificates".into(), Arc::new(move || c.status_json()));
         }
+        let token_handler: Option<crate::hub::TokenHandler> = client_identity.map(|id| {
+            let handler: crate::hub::TokenHandler = Arc::new(move |token: String| {
+                let id = id.clone();
+                Box::pin(async move {
+                    use crate::certificates::client::TokenError;
+                    id.update_token(&token).await.map_err(|e| match e {
+                        TokenError::Invalid(w) => crate::hub::TokenRejection::Invalid(w),
+                        TokenError::Failed(w) => crate::hub::TokenRejection::Failed(w),
+                    })
+                })
+            });
+            handler
+        });
 
         // The hub server first: healthz answers while everything else starts.
         let hub_server_addr = match cfg.hub_server_addr {
@@ -192,7 +256,8 @@ impl App {
                     source,
                 })?;
                 let bound = l.local_addr().unwrap_or(addr);
-                let hub = HubServer::new(readiness.clone(), Arc::new(registry), docs);
+                let hub = HubServer::new(readiness.clone(), Arc::new(registry), docs)
+                    .with_token_handler(token_handler);
                 server::serve(
                     l,
                     None,
@@ -237,13 +302,14 @@ impl App {
                 );
             }
         }
-        if cfg.redirect_mode == RedirectMode::Ebpf && cfg.apiserver_vips.is_empty() {
+        if cfg.apiserver_vips.is_empty() {
             redirector::spawn_vip_learner(
                 redirect.clone(),
                 lb.clone(),
                 transports.clone(),
                 cfg.root_dir.clone(),
                 cfg.heartbeat.timeout,
+                vips_tx,
                 shutdown.clone(),
             );
         }

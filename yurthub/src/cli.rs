@@ -31,6 +31,9 @@ pub enum Command {
     /// Import an OpenYurt cache directory (`<component>/<resource>.<version>.<group>/<ns>/<name>`)
     /// into the cache store. Run it before the first start on a node migrating from OpenYurt.
     ImportCache(ImportCacheArgs),
+    /// Approve the hub's client and serving CSRs (and deny look-alikes that
+    /// break the rules), like yurt-manager's csrapprover. Runs until stopped.
+    ApproveCsrs(ApproveCsrsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +43,26 @@ pub struct ImportCacheArgs {
     /// This hub's cache store directory.
     #[arg(long, default_value = "/etc/kubernetes/cache/")]
     pub disk_cache_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveCsrsArgs {
+    /// kubeconfig to use; default: the in-cluster service account.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Cluster DNS domain allowed in kubernetes.default.svc.<domain>.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Hub addresses allowed as IP SANs of serving certificates.
+    #[arg(long, value_delimiter = ',', default_value = "169.254.2.1,fd00::2:1")]
+    pub hub_address: Vec<String>,
+    /// Extra organizations (groups) allowed in hub client certificates
+    /// (the hubs' --hub-cert-organizations); openyurt:tenant:* always is.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_organizations: Vec<String>,
+    /// Log verbosity like klog's --v.
+    #[arg(long = "v", default_value_t = 0)]
+    pub verbosity: u8,
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,9 @@ pub enum Bootstrap {
     Token {
         bootstrap_file: Option<PathBuf>,
         join_token: Option<String>,
+        /// `--discovery-token-ca-cert-hash` pins; empty only with
+        /// `--discovery-token-unsafe-skip-ca-verification`.
+        ca_cert_hashes: Vec<String>,
     },
     /// Reuse the kubelet's client certificate and the cluster CA.
     KubeletCertificate {
@@ -287,6 +290,15 @@ impl Config {
                     bootstrap_file: (!a.bootstrap_file.is_empty())
                         .then(|| PathBuf::from(&a.bootstrap_file)),
                     join_token: (!a.join_token.is_empty()).then(|| a.join_token.clone()),
+                    ca_cert_hashes: if a.discovery_token_unsafe_skip_ca_verification {
+                        Vec::new()
+                    } else {
+                        a.discovery_token_ca_cert_hash
+                            .iter()
+                            .filter(|s| !s.is_empty())
+                            .cloned()
+                            .collect()
+                    },
                 }
             }
             "kubeletcertificate" => Bootstrap::KubeletCertificate {

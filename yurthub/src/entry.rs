@@ -19,6 +19,7 @@ pub fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Cleanup(args)) => return cleanup(args),
         Some(Command::ImportCache(args)) => return import_cache(args),
+        Some(Command::ApproveCsrs(args)) => return approve_csrs(args),
         None => {}
     }
     let cfg = match Config::from_args(&cli.run) {
@@ -182,4 +183,60 @@ fn import_cache(args: &crate::cli::ImportCacheArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `yurthub approve-csrs`: runs the CSR approver until SIGTERM/SIGINT.
+fn approve_csrs(args: &crate::cli::ApproveCsrsArgs) -> ExitCode {
+    use crate::certificates::approver;
+    if let Err(e) = crate::telemetry::init(args.verbosity, "text") {
+        eprintln!("error: {e}");
+        return ExitCode::from(64);
+    }
+    let mut hub_addresses = Vec::new();
+    for a in args.hub_address.iter().filter(|s| !s.is_empty()) {
+        match a.parse() {
+            Ok(ip) => hub_addresses.push(ip),
+            Err(_) => {
+                eprintln!("error: invalid flag --hub-address: {a:?} is not an IP address");
+                return ExitCode::from(64);
+            }
+        }
+    }
+    let policy = approver::Policy {
+        cluster_domain: args.cluster_domain.clone(),
+        hub_addresses,
+        allowed_organizations: args
+            .allowed_organizations
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let api = match approver::client_from_kubeconfig(args.kubeconfig.as_deref()) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(64);
+            }
+        };
+        tracing::info!(server = %api.base(), "approving yurthub CSRs");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let approver = approver::Approver::new(api, policy);
+        tokio::select! {
+            _ = approver.run(shutdown.clone()) => {}
+            _ = wait_for_signal() => shutdown.cancel(),
+        }
+        ExitCode::SUCCESS
+    })
 }

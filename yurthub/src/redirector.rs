@@ -158,23 +158,40 @@ pub fn spawn_heartbeat(
     });
 }
 
+/// The VIPs persisted by an earlier run (empty if none).
+pub fn stored_vips(root: &std::path::Path) -> Vec<SocketAddr> {
+    load_vips(root)
+}
+
 /// Keeps the VIP set equal to the `default/kubernetes` Service's ClusterIPs
-/// and `https` port, learned through a healthy backend and persisted.
+/// and `https` port, learned through a healthy backend and persisted. The
+/// set is also published on `publish` (the serving certificate follows it).
+/// Until it was read once, it is retried every 2 s instead of every 30 s.
 pub fn spawn_vip_learner(
     handle: Handle,
     lb: Arc<LoadBalancer>,
     transports: Transports,
     root_dir: PathBuf,
     timeout: Duration,
+    publish: tokio::sync::watch::Sender<Vec<SocketAddr>>,
     shutdown: CancellationToken,
 ) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(VIP_REFRESH_EVERY);
         let mut current = load_vips(&root_dir);
+        let mut learned_once = false;
+        let mut first = true;
         loop {
+            let wait = if first {
+                Duration::ZERO
+            } else if learned_once {
+                VIP_REFRESH_EVERY
+            } else {
+                Duration::from_secs(2)
+            };
+            first = false;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             let Some(backend) = lb.pick() else { continue };
             let path = "/api/v1/namespaces/default/services/kubernetes";
@@ -190,7 +207,18 @@ pub fn spawn_vip_learner(
                         continue;
                     }
                 };
-            if vips.is_empty() || vips == current {
+            if vips.is_empty() {
+                continue;
+            }
+            learned_once = true;
+            publish.send_if_modified(|v| {
+                let changed = *v != vips;
+                if changed {
+                    v.clone_from(&vips);
+                }
+                changed
+            });
+            if vips == current {
                 continue;
             }
             match handle.with(|r| r.set_vips(&vips)) {

@@ -61,6 +61,8 @@ pub fn server_config(
 pub struct ConnInfo {
     /// CN and O of a verified client certificate.
     pub client_cert: Option<(String, Vec<String>)>,
+    /// Serial number (hex) of that certificate, to tell rotated ones apart.
+    pub client_cert_serial: Option<String>,
     /// Lets a fault replace the response with garbage bytes.
     pub poison: Poison,
 }
@@ -168,15 +170,20 @@ async fn serve_connection(
     let _ = tcp.set_nodelay(true);
     match acceptor.accept(tcp).await {
         Ok(tls) => {
-            let client_cert = tls
+            let leaf = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|der| subject_of(der));
+                .and_then(|certs| certs.first());
+            let client_cert = leaf.and_then(|der| subject_of(der));
+            let client_cert_serial = leaf.and_then(|der| {
+                let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+                Some(cert.raw_serial_as_string())
+            });
             let poison = Poison::default();
             let info = ConnInfo {
                 client_cert,
+                client_cert_serial,
                 poison: poison.clone(),
             };
             let io = FaultIo {

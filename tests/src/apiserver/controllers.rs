@@ -24,6 +24,14 @@ const KNOWN_SIGNERS: &[&str] = &[
 /// KCM's default --cluster-signing-duration.
 const DEFAULT_CERT_SECONDS: i64 = 365 * 24 * 3600;
 
+/// Signer settings (`ApiServerBuilder::cluster_signing_duration`,
+/// `signing_backdate`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Signing {
+    pub max_duration: Option<std::time::Duration>,
+    pub backdate: Option<std::time::Duration>,
+}
+
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
@@ -113,12 +121,25 @@ fn sign_csr(shared: &Shared, name: &str) {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        let seconds = cur
+        let mut seconds = cur
             .pointer("/spec/expirationSeconds")
             .and_then(Value::as_i64)
             .map_or(DEFAULT_CERT_SECONDS, |s| s.clamp(600, DEFAULT_CERT_SECONDS));
+        if let Some(max) = shared.signing.max_duration {
+            seconds = seconds.min(max.as_secs() as i64);
+        }
         let mut next = (**cur).clone();
-        match shared.pki.sign_csr(&pem, &usages, time::Duration::seconds(seconds)) {
+        let lifetime = time::Duration::seconds(seconds);
+        let signed = match shared.signing.backdate {
+            Some(b) => shared.pki.sign_csr_backdated(
+                &pem,
+                &usages,
+                lifetime,
+                time::Duration::try_from(b).unwrap_or(time::Duration::ZERO),
+            ),
+            None => shared.pki.sign_csr(&pem, &usages, lifetime),
+        };
+        match signed {
             Ok(cert) => next["status"]["certificate"] = json!(b64(&cert)),
             Err(e) => {
                 let now = now_rfc3339();

@@ -115,6 +115,8 @@ pub struct RecordedRequest {
     /// The verified client certificate, if one was presented, even when a
     /// bearer token was sent too.
     pub client_cert: Option<(String, Vec<String>)>,
+    /// Serial number (hex) of that certificate.
+    pub client_cert_serial: Option<String>,
     /// "HTTP/1.1" or "HTTP/2.0".
     pub http_version: String,
     pub accept: Option<String>,
@@ -157,6 +159,7 @@ pub struct ApiServerBuilder {
     extra_ips: Vec<IpAddr>,
     custom: Vec<ResourceType>,
     csr_auto_approve: bool,
+    signing: controllers::Signing,
 }
 
 impl Default for ApiServerBuilder {
@@ -173,6 +176,7 @@ impl Default for ApiServerBuilder {
             extra_ips: Vec::new(),
             custom: Vec::new(),
             csr_auto_approve: true,
+            signing: controllers::Signing::default(),
         }
     }
 }
@@ -240,6 +244,21 @@ impl ApiServerBuilder {
         self
     }
 
+    /// kube-controller-manager's `--cluster-signing-duration`: the most a
+    /// signed certificate lives (CSR `spec.expirationSeconds` may ask for less).
+    pub fn cluster_signing_duration(mut self, d: Duration) -> Self {
+        self.signing.max_duration = Some(d);
+        self
+    }
+
+    /// How far the signer backdates `notBefore` (kube-controller-manager:
+    /// 5 min; the default here is 1 h). Short-lived test certificates need
+    /// a small one, since rotation is scheduled over `notBefore..notAfter`.
+    pub fn signing_backdate(mut self, d: Duration) -> Self {
+        self.signing.backdate = Some(d);
+        self
+    }
+
     /// Registers a custom resource type at start.
     pub fn crd(mut self, t: ResourceType) -> Self {
         self.custom.push(t);
@@ -287,6 +306,7 @@ impl ApiServerBuilder {
             port: AtomicU64::new(0),
             token_serial: AtomicU64::new(0),
             csr_auto_approve: self.csr_auto_approve,
+            signing: self.signing,
         });
         let running = conn::Running::start(self.listen, tls.clone(), shared.clone()).await?;
         let addr = running.addr;
@@ -319,6 +339,7 @@ pub(crate) struct Shared {
     port: AtomicU64,
     token_serial: AtomicU64,
     csr_auto_approve: bool,
+    signing: controllers::Signing,
 }
 
 impl Shared {
@@ -427,6 +448,7 @@ impl ApiServer {
             port: AtomicU64::new(0),
             token_serial: AtomicU64::new(0),
             csr_auto_approve: s.csr_auto_approve,
+            signing: s.signing,
         });
         let running = conn::Running::start(listen, self.tls.clone(), shared.clone()).await?;
         let addr = running.addr;

@@ -208,6 +208,7 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
         user_agent: header_str(&headers, header::USER_AGENT),
         auth,
         client_cert: info.client_cert.clone(),
+        client_cert_serial: info.client_cert_serial.clone(),
         http_version: if is_h2 { "HTTP/2.0" } else { "HTTP/1.1" }.to_owned(),
         accept: header_str(&headers, header::ACCEPT),
         content_type: header_str(&headers, header::CONTENT_TYPE),
@@ -302,6 +303,18 @@ fn authorize(shared: &Shared, req: &ApiRequest, target: &Target) -> Result<(), A
     let why_prefix = "User \"system:anonymous\" cannot";
     match target {
         Target::Version | Target::Health(_) => Ok(()),
+        // kubeadm's kubeadm:bootstrap-signer-clusterinfo Role: token
+        // discovery reads cluster-info anonymously.
+        Target::Resource(rp)
+            if verb == "get"
+                && rp.group.is_empty()
+                && rp.resource == "configmaps"
+                && rp.subresource.is_none()
+                && rp.namespace.as_deref() == Some("kube-public")
+                && rp.name.as_deref() == Some("cluster-info") =>
+        {
+            Ok(())
+        }
         Target::Resource(rp) => {
             let mut resource = rp.resource.clone();
             if let Some(sub) = &rp.subresource {

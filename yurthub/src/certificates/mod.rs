@@ -5,6 +5,26 @@
 //! Both identities sit behind rustls resolvers that read a swappable slot, so
 //! a rotated or re-read certificate takes effect for new handshakes without
 //! rebuilding clients or listeners.
+//!
+//! Where they come from:
+//! - `--bootstrap-mode=kubeletcertificate`: files, re-read when they change
+//!   ([`Certificates::from_files`]);
+//! - `--bootstrap-mode=token`: CSRs ([`client`] for the client identity and
+//!   its bootstrap, [`serving`] for the serving identity), stored by
+//!   [`store`]; [`approver`] is the cluster side that approves them.
+//!
+//! Readiness ("certificates are not ready") means an identity is missing,
+//! not that one expired: an expired certificate is logged loudly and kept,
+//! so an offline hub goes on serving its cache (upstream stops).
+
+pub mod api;
+pub mod approver;
+pub mod bootstrap;
+pub mod client;
+pub mod csr;
+pub mod issue;
+pub mod serving;
+pub mod store;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -102,16 +122,40 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, Error> {
     Ok(roots)
 }
 
-/// A swappable certificate slot shared by a resolver and its loader.
+/// A swappable certificate slot shared by a resolver and its loader. Its
+/// generation counts the swaps, so users of pooled connections can tell
+/// that they were made with a certificate that has since been replaced.
 #[derive(Debug, Default, Clone)]
-pub struct Slot(Arc<RwLock<Option<Arc<CertifiedKey>>>>);
+pub struct Slot(Arc<SlotInner>);
+
+#[derive(Debug, Default)]
+struct SlotInner {
+    value: RwLock<Option<Arc<CertifiedKey>>>,
+    generation: std::sync::atomic::AtomicU64,
+}
 
 impl Slot {
     pub fn set(&self, ck: Arc<CertifiedKey>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(ck);
+        *self.0.value.write().unwrap_or_else(|p| p.into_inner()) = Some(ck);
+        self.0
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
     pub fn get(&self) -> Option<Arc<CertifiedKey>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .value
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// Incremented by every [`Slot::set`].
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+    /// The leaf certificate's facts, if a certificate is installed.
+    pub fn info(&self) -> Option<csr::CertInfo> {
+        let ck = self.get()?;
+        csr::CertInfo::from_der(ck.cert.first()?.as_ref()).ok()
     }
 }
 
@@ -222,6 +266,12 @@ impl Certificates {
                 Ok(r) => {
                     *self.inner.roots.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(r))
                 }
+                // Before a token-mode bootstrap there is no CA file yet.
+                Err(Error::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    tracing::debug!(path = %self.inner.ca_file.display(), "cluster CA not present yet")
+                }
                 Err(e) => tracing::warn!(error = %e, "cluster CA not loaded"),
             }
         }
@@ -255,6 +305,76 @@ impl Certificates {
                 }
             }
         });
+    }
+
+    /// Certificates whose client and serving identities are installed by
+    /// the token-mode managers; `serving` files (`--tls-cert-file`) override
+    /// the serving identity. The CA is read from `ca_file` once it exists.
+    pub fn managed(ca_file: PathBuf, serving: Option<(PathBuf, PathBuf)>) -> Certificates {
+        let serving_slot = Slot::default();
+        let sources = serving
+            .map(|(c, k)| {
+                vec![(
+                    FileSource {
+                        cert: c,
+                        key: k,
+                        loaded_mtime: None,
+                    },
+                    serving_slot.clone(),
+                )]
+            })
+            .unwrap_or_default();
+        let certs = Certificates {
+            inner: Arc::new(Inner {
+                ca_file,
+                roots: RwLock::new(None),
+                client: Slot::default(),
+                serving: serving_slot,
+                sources: std::sync::Mutex::new(sources),
+            }),
+        };
+        certs.reload();
+        certs
+    }
+
+    /// Trusts `roots` from now on (bootstrap learned or replaced the CA).
+    pub fn set_roots(&self, roots: RootCertStore) {
+        *self.inner.roots.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(roots));
+    }
+
+    /// `/v1/certificates`: each identity's subject, SANs and validity.
+    pub fn status_json(&self) -> serde_json::Value {
+        let describe = |slot: &Slot| match slot.info() {
+            None => serde_json::json!({"present": false}),
+            Some(i) => {
+                let ts = |t: SystemTime| {
+                    t.duration_since(SystemTime::UNIX_EPOCH)
+                        .ok()
+                        .and_then(|d| {
+                            time::OffsetDateTime::from_unix_timestamp(d.as_secs() as i64).ok()
+                        })
+                        .and_then(|t| {
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .ok()
+                        })
+                };
+                serde_json::json!({
+                    "present": true,
+                    "commonName": i.common_name,
+                    "organizations": i.organizations,
+                    "dnsNames": i.dns_names,
+                    "ipAddresses": i.ip_addresses,
+                    "notBefore": ts(i.not_before),
+                    "notAfter": ts(i.not_after),
+                    "expired": i.is_expired(SystemTime::now()),
+                })
+            }
+        };
+        serde_json::json!({
+            "caLoaded": self.roots().is_some(),
+            "client": describe(&self.inner.client),
+            "serving": describe(&self.inner.serving),
+        })
     }
 
     pub fn roots(&self) -> Option<Arc<RootCertStore>> {

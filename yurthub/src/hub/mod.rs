@@ -34,11 +34,28 @@ impl Readiness {
 /// A JSON document served at a path (e.g. `/v1/redirect`).
 pub type StatusDoc = Arc<dyn Fn() -> Value + Send + Sync>;
 
+/// Why `/v1/token` did not take a token.
+#[derive(Debug)]
+pub enum TokenRejection {
+    /// 400: missing, malformed, or not accepted by the cluster.
+    Invalid(String),
+    /// 500: the cluster could not be asked.
+    Failed(String),
+}
+
+/// `/v1/token`: replaces the bootstrap token (token mode only).
+pub type TokenHandler = Arc<
+    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<(), TokenRejection>>
+        + Send
+        + Sync,
+>;
+
 #[derive(Clone)]
 pub struct HubServer {
     readiness: Readiness,
     registry: Arc<Registry>,
     docs: Arc<BTreeMap<String, StatusDoc>>,
+    token: Option<TokenHandler>,
 }
 
 impl HubServer {
@@ -51,11 +68,22 @@ impl HubServer {
             readiness,
             registry,
             docs: Arc::new(docs),
+            token: None,
         }
+    }
+
+    /// Serves `POST`/`PUT /v1/token` with `handler`; without one (kubelet
+    /// certificate mode) the endpoint answers 200 and does nothing, as upstream.
+    pub fn with_token_handler(mut self, handler: Option<TokenHandler>) -> HubServer {
+        self.token = handler;
+        self
     }
 
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
         let path = req.uri().path();
+        if path == "/v1/token" {
+            return self.update_token(req).await;
+        }
         let known = matches!(path, "/v1/healthz" | "/v1/readyz" | "/metrics")
             || self.docs.contains_key(path);
         if !known {
@@ -89,6 +117,41 @@ impl HubServer {
                 );
                 r
             }
+        }
+    }
+}
+
+impl HubServer {
+    async fn update_token(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        use http_body_util::{BodyExt, Limited};
+        if req.method() != Method::POST && req.method() != Method::PUT {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+        };
+        let token = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("jointoken")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        if token.trim().is_empty() {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the body must be JSON {\"jointoken\": \"<token>\"} with a non-empty token",
+            );
+        }
+        let Some(handler) = &self.token else {
+            return text(StatusCode::OK, "update bootstrap token successfully");
+        };
+        match handler(token).await {
+            Ok(()) => text(StatusCode::OK, "update bootstrap token successfully"),
+            Err(TokenRejection::Invalid(why)) => text(StatusCode::BAD_REQUEST, &why),
+            Err(TokenRejection::Failed(why)) => text(StatusCode::INTERNAL_SERVER_ERROR, &why),
         }
     }
 }

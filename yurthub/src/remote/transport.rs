@@ -42,12 +42,25 @@ pub type HttpClient = Client<Connector, Body>;
 
 /// The four upstream clients: {hub identity, none} × {HTTP/2-capable, HTTP/1.1
 /// only for upgrades (exec/attach/port-forward cannot ride HTTP/2)}.
+///
+/// When the hub's client certificate is replaced (rotation, re-bootstrap,
+/// a re-read kubelet file), the hub-identity clients are rebuilt on the next
+/// request: their pools, holding connections authenticated with the old
+/// certificate, are dropped (idle connections close, in-flight streams
+/// finish on theirs), so new requests use the new certificate at once.
 #[derive(Clone)]
 pub struct Transports {
-    hub: HttpClient,
     anonymous: HttpClient,
-    hub_upgrade: HttpClient,
     anonymous_upgrade: HttpClient,
+    hub: Arc<std::sync::RwLock<HubClients>>,
+    rebuild: Arc<dyn Fn() -> (HttpClient, HttpClient) + Send + Sync>,
+    slot: certificates::Slot,
+}
+
+struct HubClients {
+    generation: u64,
+    pooled: HttpClient,
+    upgrade: HttpClient,
 }
 
 impl Transports {
@@ -56,7 +69,9 @@ impl Transports {
         conns: Family<ServerLabels, Gauge>,
         hook: Option<SocketHook>,
     ) -> Transports {
-        let make = |identity: Identity, h2: bool| {
+        let certs_owned = certs.clone();
+        let make = move |identity: Identity, h2: bool| {
+            let certs = &certs_owned;
             let tls = tls_config(certs, identity, h2);
             let connector = Connector {
                 tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
@@ -73,20 +88,59 @@ impl Transports {
                 .timer(hyper_util::rt::TokioTimer::new())
                 .build(connector)
         };
+        let slot = certs.client_slot();
+        let generation = slot.generation();
+        let make = Arc::new(make);
+        let rebuild = {
+            let make = make.clone();
+            Arc::new(move || (make(Identity::Hub, true), make(Identity::Hub, false)))
+        };
+        let (pooled, upgrade) = rebuild();
         Transports {
-            hub: make(Identity::Hub, true),
             anonymous: make(Identity::None, true),
-            hub_upgrade: make(Identity::Hub, false),
             anonymous_upgrade: make(Identity::None, false),
+            hub: Arc::new(std::sync::RwLock::new(HubClients {
+                generation,
+                pooled,
+                upgrade,
+            })),
+            rebuild,
+            slot,
         }
     }
 
-    pub fn client(&self, identity: Identity, upgrade: bool) -> &HttpClient {
+    pub fn client(&self, identity: Identity, upgrade: bool) -> HttpClient {
         match (identity, upgrade) {
-            (Identity::Hub, false) => &self.hub,
-            (Identity::None, false) => &self.anonymous,
-            (Identity::Hub, true) => &self.hub_upgrade,
-            (Identity::None, true) => &self.anonymous_upgrade,
+            (Identity::None, false) => self.anonymous.clone(),
+            (Identity::None, true) => self.anonymous_upgrade.clone(),
+            (Identity::Hub, upgrade) => {
+                let current = self.slot.generation();
+                {
+                    let hub = self.hub.read().unwrap_or_else(|p| p.into_inner());
+                    if hub.generation == current {
+                        return if upgrade {
+                            hub.upgrade.clone()
+                        } else {
+                            hub.pooled.clone()
+                        };
+                    }
+                }
+                let mut hub = self.hub.write().unwrap_or_else(|p| p.into_inner());
+                if hub.generation != current {
+                    let (pooled, up) = (self.rebuild)();
+                    *hub = HubClients {
+                        generation: current,
+                        pooled,
+                        upgrade: up,
+                    };
+                    tracing::info!("client certificate changed; new upstream connections use it");
+                }
+                if upgrade {
+                    hub.upgrade.clone()
+                } else {
+                    hub.pooled.clone()
+                }
+            }
         }
     }
 }
