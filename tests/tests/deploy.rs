@@ -767,6 +767,14 @@ fn rbac_is_least_privilege() {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let mut want = vec![
         (
+            s(&["authorization.k8s.io"]),
+            s(&["subjectaccessreviews"]),
+            s(&["create"]),
+            s(&[]),
+        ),
+        (s(&[""]), s(&["nodes"]), s(&["get"]), s(&[])),
+        (s(&[""]), s(&["services"]), s(&["get"]), s(&["kubernetes"])),
+        (
             s(&["", "events.k8s.io"]),
             s(&["events"]),
             s(&["create", "patch"]),
@@ -821,6 +829,16 @@ fn rbac_is_least_privilege() {
     );
     let c = &dep.containers[0];
     assert_eq!(args(c), vec!["approve-csrs".to_owned()]);
+    // ...a subcommand the binary really has.
+    let help = std::process::Command::new(yurthub_e2e::hub::hub_binary())
+        .args(["approve-csrs", "--help"])
+        .output()
+        .expect("run yurthub approve-csrs --help");
+    assert!(
+        help.status.success(),
+        "{}",
+        String::from_utf8_lossy(&help.stderr)
+    );
     let sc = c.security_context.as_ref().expect("securityContext");
     assert_eq!(sc.run_as_non_root, Some(true));
     assert!(
