@@ -256,8 +256,23 @@ impl App {
                     source,
                 })?;
                 let bound = l.local_addr().unwrap_or(addr);
+                let pods = match (&cfg.working_mode, &cache) {
+                    (WorkingMode::Edge, Some(c)) => {
+                        Some(crate::hub::pods::PodSource::Cache(c.clone()))
+                    }
+                    (WorkingMode::Edge, None) => None,
+                    (WorkingMode::Cloud, _) => Some(crate::hub::pods::PodSource::Cloud(Box::new(
+                        crate::hub::pods::CloudPods {
+                            lb: lb.clone(),
+                            transports: transports.clone(),
+                            node: cfg.node_name.clone(),
+                        },
+                    ))),
+                };
                 let hub = HubServer::new(readiness.clone(), Arc::new(registry), docs)
-                    .with_token_handler(token_handler);
+                    .with_token_handler(token_handler)
+                    .with_pods(pods)
+                    .with_profiling(cfg.profiling);
                 server::serve(
                     l,
                     None,
