@@ -194,6 +194,16 @@ impl App {
             readiness.add(move || synced.not_ready_reason(&lb, filters.as_deref(), Some(&view)));
         }
 
+        let multiplexer = (!cfg.pool_scope_resources.is_empty()).then(|| {
+            crate::multiplexer::Multiplexer::new(crate::multiplexer::MultiplexerParts {
+                resources: cfg.pool_scope_resources.clone(),
+                node: cfg.node_name.clone(),
+                lb: lb.clone(),
+                filters: filters.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            })
+        });
         let proxy = Proxy::new(ProxyParts {
             mode: cfg.working_mode,
             lb: lb.clone(),
@@ -205,6 +215,7 @@ impl App {
             shutdown: shutdown.clone(),
             local,
             filters,
+            multiplexer: multiplexer.clone(),
         });
 
         let (redirect, redirect_reason) = match cfg.redirect_mode {
@@ -335,6 +346,11 @@ impl App {
             source,
         })?;
         let proxy_addr = plain.local_addr().unwrap_or(cfg.proxy_addr);
+        if let Some(m) = &multiplexer {
+            // The cachers list and watch through this listener, so the
+            // proxy's balancing, identity and cache apply to them.
+            m.set_upstream(proxy_addr);
+        }
         let p = proxy.clone();
         server::serve(
             plain,
