@@ -326,3 +326,57 @@ async fn empty_pool_scope_turns_the_multiplexer_off() {
     assert!(direct, "kube-proxy's list went upstream itself");
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_from_a_listed_resource_version_and_protobuf_is_served() {
+    let (pki, api) = double().await;
+    api.create(service("old", json!({}))).expect("svc");
+    let files = HubFiles::new(&pki);
+    let hub = Hub::start(&files.args(&[api.url()], &[])).await;
+    let l = list(&hub, "/api/v1/namespaces/default/services", COREDNS).await;
+    let rv = l["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a list resourceVersion")
+        .to_owned();
+    api.create(service("new", json!({}))).expect("svc");
+    let mut w = open_watch(
+        &format!(
+            "{}/api/v1/namespaces/default/services?watch=true&resourceVersion={rv}",
+            hub.proxy_url()
+        ),
+        COREDNS,
+    )
+    .await;
+    let seen = wait_for(&mut w, "\"name\":\"new\"", Duration::from_secs(10)).await;
+    assert!(
+        !seen.contains("\"name\":\"old\""),
+        "only what changed after {rv}: {seen}"
+    );
+
+    let r = send(
+        &plain_client(),
+        Method::GET,
+        &format!("{}/api/v1/namespaces/default/services", hub.proxy_url()),
+        &[
+            ("user-agent", COREDNS),
+            (
+                "accept",
+                "application/vnd.kubernetes.protobuf, application/json",
+            ),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/vnd.kubernetes.protobuf")
+    );
+    let decoded = yurthub::codec::to_json(&r.body).expect("a protobuf list decodes");
+    let n = names(&decoded);
+    assert!(
+        n.contains(&"old".to_string()) && n.contains(&"new".to_string()),
+        "{n:?}"
+    );
+    hub.stop().await;
+}
