@@ -178,11 +178,8 @@ impl Multiplexer {
             return Some(r);
         }
         let query = Query::parse(uri.query());
-        let bookmarks =
-            form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).any(|(k, v)| {
-                k == "allowWatchBookmarks"
-                    && matches!(&*v, "1" | "t" | "T" | "true" | "TRUE" | "True")
-            });
+        let bookmarks = query_flag(uri, "allowWatchBookmarks");
+        let initial_events = query_flag(uri, "sendInitialEvents");
         let view = match View::new(self, info, &query, headers, bookmarks) {
             Ok(v) => v,
             Err(resp) => return Some(*resp),
@@ -199,6 +196,7 @@ impl Multiplexer {
                 cacher,
                 view,
                 &query,
+                initial_events,
                 in_flight,
                 self.inner.shutdown.child_token(),
             )
@@ -206,6 +204,12 @@ impl Multiplexer {
             list(&cacher, &view)
         })
     }
+}
+
+/// A boolean query parameter, parsed as Go's strconv.ParseBool.
+fn query_flag(uri: &Uri, name: &str) -> bool {
+    form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .any(|(k, v)| k == name && matches!(&*v, "1" | "t" | "T" | "true" | "TRUE" | "True"))
 }
 
 /// Counts a request served by the multiplexer while it is in flight.
@@ -447,6 +451,7 @@ fn watch(
     cacher: Arc<Cacher>,
     view: View,
     query: &Query,
+    initial_events: bool,
     in_flight: InFlight,
     stop: CancellationToken,
 ) -> Response<Body> {
@@ -462,9 +467,28 @@ fn watch(
     let (initial, mut rx, kind) = {
         let state = cacher.read();
         let kind = (state.api_version.clone(), state.kind.clone());
-        let initial = initial_frames(&state, &view, from);
+        let initial = if initial_events {
+            // A watch-list (sendInitialEvents=true): the current state, then
+            // the bookmark that tells the client it has all of it.
+            let mut frames = initial_frames(&state, &view, None).unwrap_or_default();
+            let end = serde_json::json!({
+                "apiVersion": state.api_version, "kind": state.kind,
+                "metadata": {"resourceVersion": state.rv.to_string(),
+                    "annotations": {"k8s.io/initial-events-end": "true"}},
+            });
+            frames.extend(view.frame(
+                (&kind.0, &kind.1),
+                EventType::Bookmark,
+                end.to_string().as_bytes(),
+            ));
+            Ok(frames)
+        } else {
+            initial_frames(&state, &view, from)
+        };
         (initial, cacher.subscribe(), kind)
     };
+    // Live events after a snapshot are all newer than it.
+    let from = from.filter(|_| !initial_events);
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     let timeout = Duration::from_secs(query.timeout_seconds.unwrap_or(1800).max(1));
     let format = view.format;
