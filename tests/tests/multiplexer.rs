@@ -222,7 +222,7 @@ async fn label_and_field_selectors_apply_per_request() {
         seen.contains("\"name\":\"web-a\""),
         "initial state first: {seen}"
     );
-    assert!(!seen.contains("db"), "no db services: {seen}");
+    assert!(!seen.contains("\"name\":\"db"), "no db services: {seen}");
     hub.stop().await;
 }
 
