@@ -28,6 +28,11 @@ struct Env {
     c: PlainClient,
 }
 
+/// These tests count and inspect what the cache holds for the components
+/// they drive; the multiplexer's own cached services and endpointslices
+/// (pool-scoped, under `multiplexer-proxy-<node>`) would be counted too.
+const NO_MUX: &[&str] = &["--pool-scope-resources="];
+
 async fn env() -> Env {
     let pki = Arc::new(TestPki::new().expect("pki"));
     let api = double(&pki).await;
@@ -49,7 +54,7 @@ async fn go_offline(e: &Env, hub: &Hub) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_replaces_exactly_its_scope_and_pages_commit_together() {
     let e = env().await;
-    let hub = Hub::start(&e.files.args(&[e.api.url()], &[])).await;
+    let hub = Hub::start(&e.files.args(&[e.api.url()], NO_MUX)).await;
     let p = hub.proxy_url();
     for ns in ["a", "b"] {
         e.api
@@ -154,7 +159,7 @@ async fn metadata_lists_crd_kinds_and_what_is_never_cached() {
         .unwrap();
     let files = HubFiles::new(&pki);
     let c = plain_client();
-    let hub = Hub::start(&files.args(&[api.url()], &[])).await;
+    let hub = Hub::start(&files.args(&[api.url()], NO_MUX)).await;
     let p = hub.proxy_url();
     api.create(pod("default", "run", NODE, "x")).unwrap();
     api.create(pod("default", "pending", "", "x")).unwrap();
@@ -302,7 +307,7 @@ async fn metadata_lists_crd_kinds_and_what_is_never_cached() {
 
     // A 404 on the CRD list (CRD removed) forgets its kind: offline 404.
     api.restart().await.unwrap();
-    let hub = Hub::start(&files.args(&[api.url()], &[])).await;
+    let hub = Hub::start(&files.args(&[api.url()], NO_MUX)).await;
     let p = hub.proxy_url();
     api.inject(
         Fault::new(
@@ -334,7 +339,7 @@ async fn metadata_lists_crd_kinds_and_what_is_never_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_upstream_connection_falls_back_to_the_cache_for_get_and_list() {
     let e = env().await;
-    let hub = Hub::start(&e.files.args(&[e.api.url()], &[])).await;
+    let hub = Hub::start(&e.files.args(&[e.api.url()], NO_MUX)).await;
     let p = hub.proxy_url();
     e.api.create(pod("default", "x", NODE, "a")).unwrap();
     let r = get(
@@ -379,7 +384,7 @@ async fn a_broken_upstream_connection_falls_back_to_the_cache_for_get_and_list()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_gone_from_the_cloud_are_collected_at_start() {
     let e = env().await;
-    let args = e.files.args(&[e.api.url()], &[]);
+    let args = e.files.args(&[e.api.url()], NO_MUX);
     let hub = Hub::start(&args).await;
     let p = hub.proxy_url();
     for n in ["keep", "gone"] {
@@ -432,7 +437,7 @@ fn cache_dir(files: &HubFiles) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_store_is_moved_aside_and_the_hub_starts_empty() {
     let e = env().await;
-    let args = e.files.args(&[e.api.url()], &[]);
+    let args = e.files.args(&[e.api.url()], NO_MUX);
     let hub = Hub::start(&args).await;
     e.api.create(pod("default", "x", NODE, "a")).unwrap();
     get(
@@ -489,7 +494,7 @@ async fn a_corrupt_store_is_moved_aside_and_the_hub_starts_empty() {
 /// The hub binary on fixed ports, for kill -9.
 fn process_args(files: &HubFiles, api: &ApiServer) -> (Vec<String>, String, String) {
     let port = free_port();
-    let mut args = files.args(&[api.url()], &[]);
+    let mut args = files.args(&[api.url()], NO_MUX);
     for a in args.iter_mut() {
         if a == "--proxy-port=0" {
             *a = format!("--proxy-port={port}");
@@ -666,7 +671,7 @@ async fn import_cache_reads_an_openyurt_directory() {
     assert_eq!(report["objects"], 1, "{report}");
     // The imported cache answers offline.
     e.api.shutdown().await;
-    let hub = Hub::start(&e.files.args(&[e.api.url()], &[])).await;
+    let hub = Hub::start(&e.files.args(&[e.api.url()], NO_MUX)).await;
     let r = get(
         &e.c,
         &format!(
@@ -724,7 +729,7 @@ impl Drop for Tmpfs {
 async fn a_full_disk_fails_writes_cleanly_and_keeps_serving() {
     let e = env().await;
     let _fs = Tmpfs::mount(&cache_dir(&e.files), "20m");
-    let hub = Hub::start(&e.files.args(&[e.api.url()], &[])).await;
+    let hub = Hub::start(&e.files.args(&[e.api.url()], NO_MUX)).await;
     let p = hub.proxy_url();
     e.api.create(pod("default", "early", NODE, "a")).unwrap();
     let r = get(
@@ -791,7 +796,11 @@ async fn a_full_disk_fails_writes_cleanly_and_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_size_cap_evicts_events_first_then_refuses_growth() {
     let e = env().await;
-    let hub = Hub::start(&e.files.args(&[e.api.url()], &["--cache-max-bytes=300000"])).await;
+    let hub = Hub::start(
+        &e.files
+            .args(&[e.api.url()], &["--cache-max-bytes=300000", NO_MUX[0]]),
+    )
+    .await;
     let p = hub.proxy_url();
     for i in 0..20 {
         e.api
@@ -851,7 +860,7 @@ async fn the_size_cap_evicts_events_first_then_refuses_growth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_gone_from_the_cloud_are_collected_in_both_groups() {
     let e = env().await;
-    let args = e.files.args(&[e.api.url()], &[]);
+    let args = e.files.args(&[e.api.url()], NO_MUX);
     let hub = Hub::start(&args).await;
     let p = hub.proxy_url();
     for n in ["keep", "gone"] {

@@ -491,7 +491,10 @@ async fn round_robin_spreads_requests_over_healthy_servers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_healthy_backend_answers_502_with_a_status() {
-    let (_pki, api, _files, hub) = setup(&[]).await;
+    // Without the multiplexer: its upstream watches retrying against the
+    // dead server report transport errors, which mark the server unhealthy
+    // sooner, and edge mode then answers from the cache instead of 502.
+    let (_pki, api, _files, hub) = setup(&["--pool-scope-resources="]).await;
     api.shutdown().await;
     let c = plain_client();
     eventually(

@@ -1,4 +1,4 @@
-//! `cargo xtask bench proxy|redirect|cache|all`: release builds of the
+//! `cargo xtask bench proxy|redirect|cache|fanout|all`: release builds of the
 //! benchmark binaries in `tests/src/bin/`, run with their output shown as
 //! is. Setup runs first when a tool is missing.
 //!
@@ -6,7 +6,9 @@
 //!   `yurthub-under-test` process, on loopback);
 //! - `redirect`: `bench-redirect` (eBPF connect redirect vs direct vs
 //!   iptables DNAT in a sandbox; needs root);
-//! - `cache`: `bench-cache` (the cache; run with `cargo run`).
+//! - `cache`: `bench-cache` (the cache; run with `cargo run`);
+//! - `fanout`: `bench-fanout` (50 local watchers of endpointslices through
+//!   the multiplexer vs 50 separate upstream watches through the hub).
 
 use std::path::PathBuf;
 
@@ -29,6 +31,7 @@ pub enum Which {
     Proxy,
     Redirect,
     Cache,
+    Fanout,
     All,
 }
 
@@ -36,7 +39,7 @@ const PACKAGE: &str = "yurthub-e2e";
 
 pub fn run(args: &Args) -> Result<()> {
     setup::ensure()?;
-    let all = [Which::Proxy, Which::Redirect, Which::Cache];
+    let all = [Which::Proxy, Which::Redirect, Which::Cache, Which::Fanout];
     let selected: Vec<Which> = if args.which == Which::All {
         all.to_vec()
     } else {
@@ -49,6 +52,7 @@ pub fn run(args: &Args) -> Result<()> {
             Which::Proxy => build_and_run("bench-proxy", &["yurthub-under-test"], &args.bench_args),
             Which::Redirect => redirect(&args.bench_args),
             Which::Cache => cache(&args.bench_args),
+            Which::Fanout => build_and_run("bench-fanout", &[], &args.bench_args),
             Which::All => unreachable!("expanded above"),
         };
         if let Err(err) = result {

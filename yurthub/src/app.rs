@@ -194,6 +194,16 @@ impl App {
             readiness.add(move || synced.not_ready_reason(&lb, filters.as_deref(), Some(&view)));
         }
 
+        let multiplexer = (!cfg.pool_scope_resources.is_empty()).then(|| {
+            crate::multiplexer::Multiplexer::new(crate::multiplexer::MultiplexerParts {
+                resources: cfg.pool_scope_resources.clone(),
+                node: cfg.node_name.clone(),
+                lb: lb.clone(),
+                filters: filters.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            })
+        });
         let proxy = Proxy::new(ProxyParts {
             mode: cfg.working_mode,
             lb: lb.clone(),
@@ -205,6 +215,7 @@ impl App {
             shutdown: shutdown.clone(),
             local,
             filters,
+            multiplexer: multiplexer.clone(),
         });
 
         let (redirect, redirect_reason) = match cfg.redirect_mode {
@@ -256,8 +267,23 @@ impl App {
                     source,
                 })?;
                 let bound = l.local_addr().unwrap_or(addr);
+                let pods = match (&cfg.working_mode, &cache) {
+                    (WorkingMode::Edge, Some(c)) => {
+                        Some(crate::hub::pods::PodSource::Cache(c.clone()))
+                    }
+                    (WorkingMode::Edge, None) => None,
+                    (WorkingMode::Cloud, _) => Some(crate::hub::pods::PodSource::Cloud(Box::new(
+                        crate::hub::pods::CloudPods {
+                            lb: lb.clone(),
+                            transports: transports.clone(),
+                            node: cfg.node_name.clone(),
+                        },
+                    ))),
+                };
                 let hub = HubServer::new(readiness.clone(), Arc::new(registry), docs)
-                    .with_token_handler(token_handler);
+                    .with_token_handler(token_handler)
+                    .with_pods(pods)
+                    .with_profiling(cfg.profiling);
                 server::serve(
                     l,
                     None,
@@ -320,6 +346,11 @@ impl App {
             source,
         })?;
         let proxy_addr = plain.local_addr().unwrap_or(cfg.proxy_addr);
+        if let Some(m) = &multiplexer {
+            // The cachers list and watch through this listener, so the
+            // proxy's balancing, identity and cache apply to them.
+            m.set_upstream(proxy_addr);
+        }
         let p = proxy.clone();
         server::serve(
             plain,

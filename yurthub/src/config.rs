@@ -113,6 +113,8 @@ pub struct Config {
     pub disabled_resource_filters: Vec<String>,
     pub max_request_body_bytes: u64,
     pub profiling: bool,
+    /// `--pool-scope-resources`: served by the multiplexer (empty: off).
+    pub pool_scope_resources: Vec<crate::storage::Gvr>,
     pub shutdown_grace_period: Duration,
     /// Deprecation notices to log once telemetry is up.
     pub warnings: Vec<String>,
@@ -387,6 +389,8 @@ impl Config {
                 .collect(),
             max_request_body_bytes: a.max_request_body_bytes,
             profiling: a.profiling,
+            pool_scope_resources: crate::multiplexer::parse_resources(&a.pool_scope_resources)
+                .map_err(|e| err("--pool-scope-resources", e))?,
             shutdown_grace_period: parse_duration(&a.shutdown_grace_period)
                 .map_err(|e| err("--shutdown-grace-period", e))?,
             warnings,

@@ -22,6 +22,7 @@ pub mod entry;
 pub mod filters;
 pub mod hub;
 pub mod metrics;
+pub mod multiplexer;
 pub mod proxy;
 pub mod redirect;
 pub mod redirector;

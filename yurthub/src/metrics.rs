@@ -21,6 +21,16 @@ pub struct RequestLabels {
     pub client: String,
 }
 
+/// Labels of requests the multiplexer sends to a server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub verb: String,
+    pub resource: String,
+    pub subresources: String,
+    pub client: String,
+    pub server: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerLabels {
     pub server: String,
@@ -85,6 +95,11 @@ pub struct Metrics {
     pub proxy_traffic: Family<RequestLabels, UntypedCounter>,
     pub closable_conns: Family<ServerLabels, Gauge>,
     pub request_duration: Family<DurationLabels, Histogram>,
+    /// Requests served by the multiplexer (shared watches).
+    pub aggregated_in_flight_requests: Family<RequestLabels, Gauge>,
+    pub aggregated_in_flight_requests_total: Gauge,
+    /// The multiplexer's own upstream requests, by the server they went to.
+    pub target_for_multiplexer_requests: Family<TargetLabels, UntypedCounter>,
 }
 
 impl Metrics {
@@ -99,7 +114,25 @@ impl Metrics {
             request_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
+            aggregated_in_flight_requests: Family::default(),
+            aggregated_in_flight_requests_total: Gauge::default(),
+            target_for_multiplexer_requests: Family::default(),
         };
+        registry.register(
+            "node_yurthub_aggregated_in_flight_requests_collector",
+            "collector of in flight requests handled by multiplexer manager",
+            m.aggregated_in_flight_requests.clone(),
+        );
+        registry.register(
+            "node_yurthub_aggregated_in_flight_requests_total",
+            "total of in flight requests handled by multiplexer manager",
+            m.aggregated_in_flight_requests_total.clone(),
+        );
+        registry.register(
+            "node_yurthub_target_for_multiplexer_requests_collector",
+            "collector of requests forwarded for the multiplexer, by target server",
+            m.target_for_multiplexer_requests.clone(),
+        );
         registry.register(
             "node_yurthub_server_healthy_status",
             "healthy status of remote servers. 1: healthy, 0: unhealthy",

@@ -1,7 +1,11 @@
 //! The hub server (default 127.0.0.1:10267): liveness, readiness with real
 //! reasons, Prometheus metrics, and JSON status documents other modules
-//! contribute (e.g. `/v1/redirect`). A plain path match: there are few
-//! endpoints and no router is needed.
+//! contribute (e.g. `/v1/redirect`), the node's pods (`/pods`, see [`pods`])
+//! and, with `--profiling`, CPU profiles (`/debug/pprof/`, see [`profiling`]). A
+//! plain path match: there are few endpoints and no router is needed.
+
+pub mod pods;
+pub mod profiling;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,6 +60,8 @@ pub struct HubServer {
     registry: Arc<Registry>,
     docs: Arc<BTreeMap<String, StatusDoc>>,
     token: Option<TokenHandler>,
+    pods: Option<pods::PodSource>,
+    profiling: bool,
 }
 
 impl HubServer {
@@ -69,6 +75,8 @@ impl HubServer {
             registry,
             docs: Arc::new(docs),
             token: None,
+            pods: None,
+            profiling: false,
         }
     }
 
@@ -79,12 +87,31 @@ impl HubServer {
         self
     }
 
+    /// Serves `GET /pods` from `source` (without one, `/pods` is 404).
+    pub fn with_pods(mut self, source: Option<pods::PodSource>) -> HubServer {
+        self.pods = source;
+        self
+    }
+
+    /// Serves `/debug/pprof/` (`--profiling`); otherwise those paths are 404.
+    pub fn with_profiling(mut self, on: bool) -> HubServer {
+        self.profiling = on;
+        self
+    }
+
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
         let path = req.uri().path();
         if path == "/v1/token" {
             return self.update_token(req).await;
         }
+        if self.profiling && (path == "/debug/pprof" || path.starts_with("/debug/pprof/")) {
+            if req.method() != Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            }
+            return profiling::handle(path, req.uri().query()).await;
+        }
         let known = matches!(path, "/v1/healthz" | "/v1/readyz" | "/metrics")
+            || (path == "/pods" && self.pods.is_some())
             || self.docs.contains_key(path);
         if !known {
             return text(StatusCode::NOT_FOUND, "404 page not found\n");
@@ -106,6 +133,7 @@ impl HubServer {
                 );
                 r
             }
+            "/pods" => self.pods().await,
             doc => {
                 let value = (self.docs[doc])();
                 let mut r = Response::new(full_body(
@@ -122,6 +150,26 @@ impl HubServer {
 }
 
 impl HubServer {
+    async fn pods(&self) -> Response<Body> {
+        let Some(source) = &self.pods else {
+            return text(StatusCode::NOT_FOUND, "404 page not found\n");
+        };
+        match source.pod_list().await {
+            Ok(list) => {
+                let mut r = Response::new(full_body(list.to_string()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "GET /pods failed");
+                text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+            }
+        }
+    }
+
     async fn update_token(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
         use http_body_util::{BodyExt, Limited};
         if req.method() != Method::POST && req.method() != Method::PUT {

@@ -5,7 +5,9 @@
 //!    (400), bodies over the limit (413);
 //! 3. readiness gate: 503 until the hub is ready, except for the hub's own
 //!    clients;
-//! 4. route: kubelet's own Lease is answered locally in edge mode (the hub
+//! 4. route: lists and watches of pool-scoped resources are served by the
+//!    multiplexer's shared in-memory cache (`crate::multiplexer`);
+//!    kubelet's own Lease is answered locally in edge mode (the hub
 //!    renews it in the cloud, see `remote::health`; the cache stands in
 //!    until the first renewal); kubelet's GET of a cached node is answered
 //!    from the cache at once in edge mode and refreshed in the background;
@@ -75,6 +77,7 @@ struct Inner {
     shutdown: CancellationToken,
     local: Option<Local>,
     filters: Option<Arc<FilterRegistry>>,
+    multiplexer: Option<crate::multiplexer::Multiplexer>,
     node_refresh: std::sync::atomic::AtomicBool,
 }
 
@@ -92,6 +95,8 @@ pub struct ProxyParts {
     pub local: Option<Local>,
     /// Response filters (None when --enable-resource-filter=false).
     pub filters: Option<Arc<FilterRegistry>>,
+    /// Shared watches of pool-scoped resources (None: all go upstream).
+    pub multiplexer: Option<crate::multiplexer::Multiplexer>,
 }
 
 impl Proxy {
@@ -108,6 +113,7 @@ impl Proxy {
                 shutdown: p.shutdown,
                 local: p.local,
                 filters: p.filters,
+                multiplexer: p.multiplexer,
                 node_refresh: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -162,6 +168,12 @@ impl Proxy {
         {
             return status::service_unavailable(format!("yurthub is not ready: {reason}"));
         }
+        if let Some(mux) = &self.inner.multiplexer
+            && mux.handles(info)
+            && let Some(resp) = mux.serve(info, req.uri(), req.headers()).await
+        {
+            return resp;
+        }
         if self.inner.mode == WorkingMode::Edge
             && info.is_resource
             && info.component == "kubelet"
@@ -208,6 +220,19 @@ impl Proxy {
             .local
             .as_ref()
             .and_then(|l| l.cache().plan(info, req.method(), req.uri()));
+        if info.component.starts_with("multiplexer-proxy") {
+            self.inner
+                .metrics
+                .target_for_multiplexer_requests
+                .get_or_create(&crate::metrics::TargetLabels {
+                    verb: labels.verb.clone(),
+                    resource: labels.resource.clone(),
+                    subresources: labels.subresources.clone(),
+                    client: labels.client.clone(),
+                    server: backend.name().to_owned(),
+                })
+                .inc_by(1);
+        }
         let has_credentials = req.headers().contains_key(header::AUTHORIZATION);
         let identity = if !has_credentials && listener == Listener::Loopback {
             Identity::Hub
