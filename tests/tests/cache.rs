@@ -769,6 +769,7 @@ async fn a_full_disk_fails_writes_cleanly_and_keeps_serving() {
                 .text();
             metric_value(&m, "node_yurthub_cache_write_errors").is_some_and(|v| v >= 1.0)
                 && metric_value(&m, "node_yurthub_error_keys_count").is_some_and(|v| v >= 1.0)
+                && metric_value(&m, "node_yurthub_error_keys_persistency_status") == Some(0.0)
         },
     )
     .await;

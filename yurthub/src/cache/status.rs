@@ -22,12 +22,20 @@ impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.0.store().stats();
         let error_keys = self.0.error_keys().len() as i64;
-        let series: [(&str, &str, MetricType, i64); 9] = [
+        let series: [(&str, &str, MetricType, i64); 10] = [
             (
                 "node_yurthub_error_keys_count",
                 "keys whose last cache write failed",
                 MetricType::Gauge,
                 error_keys,
+            ),
+            (
+                // Upstream: 1 while its error-keys log can be written. Here the
+                // failing keys live in the store itself, so: the store takes writes.
+                "node_yurthub_error_keys_persistency_status",
+                "1 when the cache store persists writes (not full, not unavailable)",
+                MetricType::Gauge,
+                i64::from(!stats.disk_full && !stats.unavailable),
             ),
             (
                 "node_yurthub_cache_write_errors",
