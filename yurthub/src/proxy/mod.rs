@@ -19,10 +19,12 @@
 //!    loopback listener, anonymous otherwise — pod traffic never borrows the
 //!    node's identity; when the upstream connection fails, a cacheable
 //!    get/list is answered from the cache, anything else gets 502;
-//! 6. stream the response back as it arrives (watches included), teeing a
-//!    copy of cacheable 2xx responses into the cache without ever slowing
-//!    the client (`cache::tee`), or splice the two connections for
-//!    exec/attach/port-forward upgrades.
+//! 6. stream the response back as it arrives (watches included): gzip from
+//!    the cloud is decoded when the body must be read, the response filters
+//!    (`crate::filters`) rewrite it, and a copy of cacheable 2xx responses is
+//!    teed into the cache without ever slowing the client (`cache::tee`) —
+//!    so the filtered form is what is cached; or splice the two connections
+//!    for exec/attach/port-forward upgrades.
 
 mod body;
 pub mod request_info;
