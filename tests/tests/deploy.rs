@@ -554,17 +554,13 @@ fn the_daemonset_has_what_the_redirect_needs_and_no_more() {
         "/etc/kubernetes/cache",
         false,
     );
+    // Token bootstrap: the bootstrap kubeconfig lives in the root dir.
+    assert_eq!(flag_value(&a, "bootstrap-mode"), Some("token"));
     assert_under_mount(
         &mounts,
-        flag_value(&a, "kubelet-client-certificate").expect("--kubelet-client-certificate"),
-        "/var/lib/kubelet/pki",
-        true,
-    );
-    assert_under_mount(
-        &mounts,
-        flag_value(&a, "kubelet-ca-file").expect("--kubelet-ca-file"),
-        "/etc/kubernetes/pki",
-        true,
+        flag_value(&a, "bootstrap-file").expect("--bootstrap-file"),
+        "/var/lib/yurthub",
+        false,
     );
 }
 
