@@ -78,11 +78,20 @@ impl App {
                 client_certificate,
                 ca_file,
             } => (
-                Certificates::from_files(
-                    ca_file.clone(),
-                    (client_certificate.clone(), client_certificate.clone()),
-                    serving_files,
-                ),
+                {
+                    if serving_files.is_none() {
+                        tracing::warn!(
+                            "--bootstrap-mode=kubeletcertificate requests no serving certificate: \
+                             pass --tls-cert-file/--tls-private-key-file (until then /v1/readyz \
+                             reports certificates are not ready), or use --bootstrap-mode=token"
+                        );
+                    }
+                    Certificates::from_files(
+                        ca_file.clone(),
+                        (client_certificate.clone(), client_certificate.clone()),
+                        serving_files,
+                    )
+                },
                 None,
             ),
             Bootstrap::Token {
