@@ -148,6 +148,11 @@ impl Slot {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+    /// Whether a certificate was ever installed (slots are never emptied).
+    /// Lock-free: readiness asks on every proxied request.
+    pub fn is_set(&self) -> bool {
+        self.generation() > 0
+    }
     /// Incremented by every [`Slot::set`].
     pub fn generation(&self) -> u64 {
         self.0.generation.load(std::sync::atomic::Ordering::Acquire)
@@ -395,9 +400,14 @@ impl Certificates {
 
     /// None when ready; otherwise upstream's readiness reason.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
-        let ready = self.roots().is_some()
-            && self.inner.client.get().is_some()
-            && self.inner.serving.get().is_some();
+        let ready = self.inner.client.is_set()
+            && self.inner.serving.is_set()
+            && self
+                .inner
+                .roots
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
         (!ready).then_some("certificates are not ready")
     }
 }

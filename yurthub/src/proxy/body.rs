@@ -38,39 +38,45 @@ impl Drop for InFlight {
 }
 
 pin_project_lite::pin_project! {
-    pub struct Proxied<B> {
+    pub struct Proxied<B, S> {
         #[pin]
         inner: B,
+        // Taken when the stream first waits for data: a response that
+        // arrives whole never touches the tokens (cloning one takes locks
+        // that every request in flight would otherwise contend on).
+        stop_source: Option<S>,
         stops: Vec<Pin<Box<WaitForCancellationFutureOwned>>>,
         traffic: UntypedCounter,
         _in_flight: InFlight,
     }
 }
 
-impl<B> Proxied<B> {
-    /// `stops`: tokens whose cancellation ends the stream cleanly.
+impl<B, S> Proxied<B, S>
+where
+    S: FnOnce() -> Vec<CancellationToken>,
+{
+    /// `stop_source`: the tokens whose cancellation ends the stream cleanly.
     pub fn new(
         inner: B,
-        stops: Vec<CancellationToken>,
+        stop_source: S,
         traffic: UntypedCounter,
         in_flight: InFlight,
-    ) -> Proxied<B> {
+    ) -> Proxied<B, S> {
         Proxied {
             inner,
-            stops: stops
-                .into_iter()
-                .map(|t| Box::pin(t.cancelled_owned()))
-                .collect(),
+            stop_source: Some(stop_source),
+            stops: Vec::new(),
             traffic,
             _in_flight: in_flight,
         }
     }
 }
 
-impl<B> HttpBody for Proxied<B>
+impl<B, S> HttpBody for Proxied<B, S>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
+    S: FnOnce() -> Vec<CancellationToken>,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -80,10 +86,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        for stop in this.stops.iter_mut() {
-            if stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
+        let stopped = |stops: &mut Vec<Pin<Box<WaitForCancellationFutureOwned>>>,
+                       cx: &mut Context<'_>| {
+            stops.iter_mut().any(|s| s.as_mut().poll(cx).is_ready())
+        };
+        if stopped(this.stops, cx) {
+            return Poll::Ready(None);
         }
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -93,7 +101,21 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if let Some(source) = this.stop_source.take() {
+                    *this.stops = source()
+                        .into_iter()
+                        .map(|t| Box::pin(t.cancelled_owned()))
+                        .collect();
+                    // Registers the waker; a stop that already happened ends
+                    // the stream now.
+                    if stopped(this.stops, cx) {
+                        return Poll::Ready(None);
+                    }
+                }
+                Poll::Pending
+            }
         }
     }
 

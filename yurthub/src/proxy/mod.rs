@@ -134,7 +134,14 @@ impl Proxy {
             client: info.component.clone(),
         };
         let resp = self.route(req, &info, listener, &labels).await;
-        let class = format!("{}xx", resp.status().as_u16() / 100);
+        let class = match resp.status().as_u16() / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        }
+        .to_owned();
         self.inner
             .metrics
             .request_duration
@@ -249,11 +256,11 @@ impl Proxy {
         let path = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let mut up = Request::builder()
             .method(parts.method.clone())
-            .uri(backend.url_for(path))
+            .uri(backend.uri_with(path))
             .version(Version::HTTP_11)
             .body(body.boxed_unsync())
             .expect("request parts are valid");
@@ -312,7 +319,13 @@ impl Proxy {
             m.in_flight_requests_total.clone(),
         );
         let traffic = m.proxy_traffic.get_or_create(labels).clone();
-        let stops = vec![backend.epoch(), self.inner.shutdown.child_token()];
+        // Taken only if the stream waits (watches, large bodies); a backend
+        // that turned unhealthy in between ends it at once.
+        let stops = {
+            let (backend, shutdown) = (backend.clone(), self.inner.clone());
+            let epoch_id = backend.epoch_id();
+            move || vec![backend.epoch_since(epoch_id), shutdown.shutdown.clone()]
+        };
         let mut body = body::Proxied::new(body, stops, traffic, in_flight).boxed_unsync();
         if !parts.status.is_success() {
             return Response::from_parts(parts, body);

@@ -24,6 +24,7 @@ pub struct Backend {
     /// Cancelled when the backend turns unhealthy: streams opened through it
     /// (watches above all) end promptly so clients re-list elsewhere.
     epoch: std::sync::Mutex<CancellationToken>,
+    epoch_id: std::sync::atomic::AtomicU64,
     gauge: Gauge,
 }
 
@@ -45,6 +46,7 @@ impl Backend {
             name,
             healthy: AtomicBool::new(healthy),
             epoch: std::sync::Mutex::new(CancellationToken::new()),
+            epoch_id: std::sync::atomic::AtomicU64::new(0),
             gauge,
         }
     }
@@ -70,6 +72,24 @@ impl Backend {
             .child_token()
     }
 
+    /// Counts the backend's turns to unhealthy; a stream remembers the
+    /// count it started in and asks [`Backend::epoch_since`] later.
+    pub fn epoch_id(&self) -> u64 {
+        self.epoch_id.load(Ordering::Acquire)
+    }
+
+    /// A token cancelled when this backend next turns unhealthy, or one
+    /// already cancelled if it turned unhealthy since `epoch_id`.
+    pub fn epoch_since(&self, epoch_id: u64) -> CancellationToken {
+        let epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        if self.epoch_id.load(Ordering::Acquire) == epoch_id {
+            return epoch.child_token();
+        }
+        let ended = CancellationToken::new();
+        ended.cancel();
+        ended
+    }
+
     /// Records a health transition; returns whether it changed.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         let was = self.healthy.swap(healthy, Ordering::AcqRel);
@@ -81,9 +101,18 @@ impl Backend {
             let mut epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
             epoch.cancel();
             *epoch = CancellationToken::new();
+            self.epoch_id.fetch_add(1, Ordering::AcqRel);
         }
         tracing::warn!(server = %self.name, healthy, "backend health changed");
         true
+    }
+
+    /// The backend's scheme and authority with the given path and query
+    /// (no re-parse: the parts share their bytes).
+    pub fn uri_with(&self, path_and_query: http::uri::PathAndQuery) -> Uri {
+        let mut parts = self.uri.clone().into_parts();
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone())
     }
 
     /// The upstream URI for a request path and query.
@@ -237,6 +266,19 @@ mod tests {
             !b.epoch().is_cancelled(),
             "a new epoch starts after recovery"
         );
+    }
+
+    #[test]
+    fn a_stream_that_asks_late_still_sees_the_turn_it_missed() {
+        let lb = lb(LbMode::Priority);
+        let b = &lb.backends()[0];
+        let started_in = b.epoch_id();
+        assert!(!b.epoch_since(started_in).is_cancelled());
+        // Unhealthy and healthy again before the stream first waited.
+        b.set_healthy(false);
+        b.set_healthy(true);
+        assert!(b.epoch_since(started_in).is_cancelled());
+        assert!(!b.epoch_since(b.epoch_id()).is_cancelled());
     }
 
     #[test]
