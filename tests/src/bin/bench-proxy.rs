@@ -12,7 +12,14 @@
 //! - watch event delivery: time from `create` in the double to the ADDED
 //!   event arriving at a watcher, direct and through the hub, both watching
 //!   at once;
-//! - the hub's VmRSS idle (after start, before load) and its peak under load.
+//! - the hub's VmRSS idle (after start, before load) and its peak under load;
+//! - CPU time per request of the hub process and of this process (the
+//!   double and the load), from /proc/<pid>/stat.
+//!
+//! The same clients also go through a bare TCP relay process (no TLS
+//! termination, no HTTP: `copy_bidirectional`): the floor for any proxy
+//! that adds a user-space hop on these cores. Where the floor itself misses
+//! a target, the bench says so, as context for the hub's figures.
 //!
 //! The double, the load generator and the hub share the machine's cores;
 //! the double and load generator run alike in the baseline and hub runs,
@@ -62,6 +69,9 @@ struct Args {
     /// once the cache lands; "kubelet" measures a cached component).
     #[arg(long, default_value = "bench-proxy/0.1")]
     user_agent: String,
+    /// Internal: run as the reference relay (LISTEN UPSTREAM) and nothing else.
+    #[arg(long, hide = true, num_args = 2, value_names = ["LISTEN", "UPSTREAM"])]
+    relay: Option<Vec<SocketAddr>>,
 }
 
 const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
@@ -73,6 +83,9 @@ const TARGET_IDLE_RSS_MIB: f64 = 30.0;
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(addrs) = &args.relay {
+        return relay_main(addrs[0], addrs[1]);
+    }
     ensure!(
         args.clients > 0 && args.seconds > 0,
         "--clients and --seconds must be > 0"
@@ -107,6 +120,7 @@ async fn run(args: Args) -> Result<()> {
 
     let (cert, key) = pki.issue_client_cert("bench", &["system:masters"])?;
     let direct = Target::tls(
+        "direct (TLS, client cert)",
         api.addr(),
         "localhost",
         pki.ca_pem(),
@@ -115,12 +129,26 @@ async fn run(args: Args) -> Result<()> {
     )?;
     let via_plain = Target::Plain(hub.proxy);
     let via_tls = Target::tls(
+        "hub https (pod path, token)",
         hub.secure,
         "127.0.0.1",
         pki.ca_pem(),
         None,
         Some(BENCH_TOKEN),
     )?;
+    // The floor for any proxy: the same TLS clients through a bare TCP relay
+    // process (no TLS termination, no HTTP), i.e. only the cost of one more
+    // user-space hop on these cores.
+    let relay = RelayRun::start(api.addr())?;
+    let via_relay = Target::tls(
+        "relay (TCP only, floor)",
+        relay.addr,
+        "localhost",
+        pki.ca_pem(),
+        Some((&cert, &key)),
+        None,
+    )?;
+    wait_serving(&via_relay, &args.user_agent).await?;
     wait_serving(&via_plain, &args.user_agent).await?;
     wait_serving(&via_tls, &args.user_agent).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -146,19 +174,30 @@ async fn run(args: Args) -> Result<()> {
     };
     let mut rows = Vec::new();
     let peak = RssSampler::start(hub.pid());
+    let (hub_pid, relay_pid) = (hub.pid(), relay.pid());
     for (what, path) in [("GET pod", &get_path), ("LIST 500", &list_path)] {
-        let d = load.run(&direct, path).await?;
-        let h = load.run(&via_plain, path).await?;
-        let t = load.run(&via_tls, path).await?;
-        rows.push((what, d, h, t));
+        rows.push((
+            what,
+            vec![
+                load.run(&direct, path, hub_pid).await?,
+                load.run(&via_plain, path, hub_pid).await?,
+                load.run(&via_tls, path, hub_pid).await?,
+                load.run(&via_relay, path, relay_pid).await?,
+            ],
+        ));
     }
     // Context, not a target: the same GET from one client, where latency is
     // not queueing for the shared cores.
     let single = Load { clients: 1, ..load };
-    let d = single.run(&direct, &get_path).await?;
-    let h = single.run(&via_plain, &get_path).await?;
-    let t = single.run(&via_tls, &get_path).await?;
-    rows.push(("GET 1 cl", d, h, t));
+    rows.push((
+        "GET 1 cl",
+        vec![
+            single.run(&direct, &get_path, hub_pid).await?,
+            single.run(&via_plain, &get_path, hub_pid).await?,
+            single.run(&via_tls, &get_path, hub_pid).await?,
+            single.run(&via_relay, &get_path, relay_pid).await?,
+        ],
+    ));
     let watch = watch_latency(
         &api,
         &direct,
@@ -185,7 +224,8 @@ async fn run(args: Args) -> Result<()> {
     println!();
     println!("targets (issue 3), kubelet path (plain loopback listener):");
     let mut missed = 0;
-    for (what, d, h, _) in rows.iter().filter(|(what, ..)| *what != "GET 1 cl") {
+    for (what, runs) in rows.iter().filter(|(what, ..)| *what != "GET 1 cl") {
+        let (d, h) = (&runs[0], &runs[1]);
         let p50 = h.p50_ms() / d.p50_ms();
         let thr = h.rps() / d.rps();
         missed += verdict(
@@ -203,6 +243,22 @@ async fn run(args: Args) -> Result<()> {
         &format!("hub RSS idle {idle_mib:.1} MiB (< {TARGET_IDLE_RSS_MIB:.0} MiB)"),
         idle_mib < TARGET_IDLE_RSS_MIB,
     );
+    println!("the floor (a bare TCP relay on the same cores), for comparison:");
+    for (what, runs) in rows.iter().filter(|(what, ..)| *what != "GET 1 cl") {
+        let (d, h, r) = (&runs[0], &runs[1], &runs[3]);
+        let floor_p50 = r.p50_ms() / d.p50_ms();
+        let floor_thr = r.rps() / d.rps();
+        let beyond = if floor_p50 > TARGET_P50_RATIO || floor_thr < TARGET_THROUGHPUT_RATIO {
+            " (the targets are beyond the floor: no proxy with a user-space hop meets them here)"
+        } else {
+            ""
+        };
+        println!(
+            "  {what}: relay p50 x{floor_p50:.2}, req/s x{floor_thr:.2}{beyond}; hub CPU {:.1} µs/req vs relay {:.1}",
+            h.hub_cpu_per_req.as_secs_f64() * 1e6,
+            r.hub_cpu_per_req.as_secs_f64() * 1e6,
+        );
+    }
     if missed > 0 {
         println!("{missed} target(s) MISSED");
     } else {
@@ -210,6 +266,7 @@ async fn run(args: Args) -> Result<()> {
     }
 
     hub.stop();
+    drop(relay);
     api.shutdown().await;
     drop(files);
     Ok(())
@@ -275,6 +332,62 @@ fn spawn_log_drain(api: Arc<ApiServer>) -> tokio::task::JoinHandle<()> {
             api.clear_requests();
         }
     })
+}
+
+// === the reference relay ===
+
+/// Relays TCP connections to `upstream` with `copy_bidirectional`, on a
+/// runtime shaped like the hub's (one worker per core).
+fn relay_main(listen: SocketAddr, upstream: SocketAddr) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        loop {
+            let (mut down, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+        }
+    })
+}
+
+/// This binary in `--relay` mode; killed on drop.
+struct RelayRun {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RelayRun {
+    fn start(upstream: SocketAddr) -> Result<RelayRun> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let exe = std::env::current_exe().context("current exe")?;
+        let child = Command::new(exe)
+            .arg("--relay")
+            .arg(addr.to_string())
+            .arg(upstream.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the relay")?;
+        Ok(RelayRun { child, addr })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RelayRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 // === the hub process ===
@@ -365,6 +478,33 @@ fn sibling_binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// User + system CPU time of a process so far (/proc/<pid>/stat, in clock
+/// ticks of 1/100 s on Linux).
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the parenthesised command name, which may hold spaces.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i - 3)
+            .context("short stat")?
+            .parse()
+            .context("stat field")
+    };
+    let ticks = ticks(14)? + ticks(15)?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Ok(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
 fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
@@ -421,6 +561,7 @@ enum Target {
     Plain(SocketAddr),
     /// TLS (HTTP/1.1 by ALPN), with a client certificate or a bearer token.
     Tls {
+        label: &'static str,
         addr: SocketAddr,
         name: rustls_pki_types::ServerName<'static>,
         config: Arc<rustls::ClientConfig>,
@@ -430,6 +571,7 @@ enum Target {
 
 impl Target {
     fn tls(
+        label: &'static str,
         addr: SocketAddr,
         server_name: &str,
         ca_pem: &str,
@@ -457,6 +599,7 @@ impl Target {
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Target::Tls {
+            label,
             addr,
             name: rustls_pki_types::ServerName::try_from(server_name.to_owned())?,
             config: Arc::new(config),
@@ -467,8 +610,7 @@ impl Target {
     fn label(&self) -> &'static str {
         match self {
             Target::Plain(_) => "hub http (kubelet path)",
-            Target::Tls { token: Some(_), .. } => "hub https (pod path, token)",
-            Target::Tls { token: None, .. } => "direct (TLS, client cert)",
+            Target::Tls { label, .. } => label,
         }
     }
 
@@ -562,6 +704,10 @@ struct Stats {
     errors: u64,
     first_error: Option<String>,
     bytes: usize,
+    /// CPU time (user + system) per completed request, warm-up included:
+    /// of the hub process, and of this process (the double and the load).
+    hub_cpu_per_req: Duration,
+    own_cpu_per_req: Duration,
 }
 
 impl Stats {
@@ -585,18 +731,23 @@ impl Stats {
 }
 
 impl Load {
-    async fn run(&self, target: &Target, path: &str) -> Result<Stats> {
+    /// `middle`: the process between client and double (hub or relay),
+    /// whose CPU time is reported per request.
+    async fn run(&self, target: &Target, path: &str, middle: u32) -> Result<Stats> {
+        let (hub_cpu0, own_cpu0) = (cpu_time(middle)?, cpu_time(std::process::id())?);
+        let completed = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
         let measure_from = start + self.warmup;
         let end = measure_from + self.measure;
         let errors = Arc::new(Mutex::new((0u64, None::<String>)));
         let mut workers = Vec::new();
         for _ in 0..self.clients {
-            let (target, path, ua, errors) = (
+            let (target, path, ua, errors, completed) = (
                 target.clone(),
                 path.to_owned(),
                 self.user_agent.clone(),
                 errors.clone(),
+                completed.clone(),
             );
             workers.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -623,6 +774,7 @@ impl Load {
                     };
                     match tokio::time::timeout(Duration::from_secs(10), result).await {
                         Ok(Ok((t0, took, len))) => {
+                            completed.fetch_add(1, Ordering::Relaxed);
                             if t0 >= measure_from && t0 + took <= end {
                                 latencies.push(took);
                                 bytes = len;
@@ -653,6 +805,9 @@ impl Load {
             latencies.extend(l);
             bytes = bytes.max(b);
         }
+        let per_req = |d: Duration| d / (completed.load(Ordering::Relaxed).max(1) as u32);
+        let hub_cpu_per_req = per_req(cpu_time(middle)?.saturating_sub(hub_cpu0));
+        let own_cpu_per_req = per_req(cpu_time(std::process::id())?.saturating_sub(own_cpu0));
         latencies.sort_unstable();
         let (errors, first_error) =
             std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
@@ -663,6 +818,8 @@ impl Load {
             errors,
             first_error,
             bytes,
+            hub_cpu_per_req,
+            own_cpu_per_req,
         };
         if let Some(e) = &stats.first_error {
             eprintln!(
@@ -679,14 +836,25 @@ impl Load {
     }
 }
 
-fn print_table(rows: &[(&str, Stats, Stats, Stats)]) {
+fn print_table(rows: &[(&str, Vec<Stats>)]) {
     println!();
     println!(
-        "{:<10} {:<28} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7}",
-        "request", "path", "p50 ms", "p99 ms", "req/s", "p50 x", "p99 x", "req/s x", "errors"
+        "{:<10} {:<28} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "request",
+        "path",
+        "p50 ms",
+        "p99 ms",
+        "req/s",
+        "p50 x",
+        "p99 x",
+        "req/s x",
+        "errors",
+        "hub µs",
+        "rest µs"
     );
-    for (what, d, h, t) in rows {
-        for s in [d, h, t] {
+    for (what, runs) in rows {
+        let d = &runs[0];
+        for s in runs {
             let (r50, r99, rr) = if std::ptr::eq(s, d) {
                 ("".to_owned(), "".to_owned(), "".to_owned())
             } else {
@@ -697,7 +865,7 @@ fn print_table(rows: &[(&str, Stats, Stats, Stats)]) {
                 )
             };
             println!(
-                "{:<10} {:<28} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>8} {:>8} {:>7}",
+                "{:<10} {:<28} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>8} {:>8} {:>7} {:>9.1} {:>9.1}",
                 what,
                 s.label,
                 s.p50_ms(),
@@ -706,7 +874,9 @@ fn print_table(rows: &[(&str, Stats, Stats, Stats)]) {
                 r50,
                 r99,
                 rr,
-                s.errors
+                s.errors,
+                s.hub_cpu_per_req.as_secs_f64() * 1e6,
+                s.own_cpu_per_req.as_secs_f64() * 1e6,
             );
         }
         println!("{:<10} response body {} bytes", "", d.bytes);
@@ -714,7 +884,9 @@ fn print_table(rows: &[(&str, Stats, Stats, Stats)]) {
     println!(
         "(x = ratio to direct; the hub rows add a hop, so > 1 for latency and < 1 for req/s is overhead;"
     );
-    println!(" \"GET 1 cl\" is one client alone: latency without queueing for the shared cores)");
+    println!(" \"GET 1 cl\" is one client alone: latency without queueing for the shared cores;");
+    println!(" hub µs / rest µs = CPU time per request of the hub (or relay) process / of the double and the load;
+ the relay row is the floor: one more user-space hop that does no TLS and no HTTP)");
 }
 
 // === watch delivery ===
