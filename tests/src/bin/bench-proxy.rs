@@ -53,9 +53,14 @@ struct Args {
     /// Concurrent clients (one keep-alive connection each).
     #[arg(long, default_value_t = 16)]
     clients: usize,
-    /// Measured seconds per scenario.
-    #[arg(long, default_value_t = 5)]
+    /// Measured seconds per scenario and round.
+    #[arg(long, default_value_t = 2)]
     seconds: u64,
+    /// Rounds: every path is measured once per round, the paths taking turns,
+    /// and the round with the median throughput is reported per path, so a
+    /// slow spell of the machine does not land on one path only.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Warm-up seconds per scenario (not measured).
     #[arg(long, default_value_t = 1)]
     warmup: u64,
@@ -87,8 +92,8 @@ fn main() -> Result<()> {
         return relay_main(addrs[0], addrs[1]);
     }
     ensure!(
-        args.clients > 0 && args.seconds > 0,
-        "--clients and --seconds must be > 0"
+        args.clients > 0 && args.seconds > 0 && args.rounds > 0,
+        "--clients, --seconds and --rounds must be > 0"
     );
     // Two workers: as many as there are cores on the reference machine; the
     // same runtime carries the double and the load in every scenario.
@@ -155,8 +160,9 @@ async fn run(args: Args) -> Result<()> {
     let idle_rss = hub.rss_kib()?;
 
     println!(
-        "bench-proxy: {} clients, {} s measured after {} s warm-up per scenario, LIST of {} pods, {} cores",
+        "bench-proxy: {} clients, {} rounds of {} s measured after {} s warm-up per path, LIST of {} pods, {} cores",
         args.clients,
+        args.rounds,
         args.seconds,
         args.warmup,
         args.list_size,
@@ -175,28 +181,21 @@ async fn run(args: Args) -> Result<()> {
     let mut rows = Vec::new();
     let peak = RssSampler::start(hub.pid());
     let (hub_pid, relay_pid) = (hub.pid(), relay.pid());
+    let paths = [
+        (&direct, hub_pid),
+        (&via_plain, hub_pid),
+        (&via_tls, hub_pid),
+        (&via_relay, relay_pid),
+    ];
     for (what, path) in [("GET pod", &get_path), ("LIST 500", &list_path)] {
-        rows.push((
-            what,
-            vec![
-                load.run(&direct, path, hub_pid).await?,
-                load.run(&via_plain, path, hub_pid).await?,
-                load.run(&via_tls, path, hub_pid).await?,
-                load.run(&via_relay, path, relay_pid).await?,
-            ],
-        ));
+        rows.push((what, load.rounds(args.rounds, &paths, path).await?));
     }
     // Context, not a target: the same GET from one client, where latency is
     // not queueing for the shared cores.
     let single = Load { clients: 1, ..load };
     rows.push((
         "GET 1 cl",
-        vec![
-            single.run(&direct, &get_path, hub_pid).await?,
-            single.run(&via_plain, &get_path, hub_pid).await?,
-            single.run(&via_tls, &get_path, hub_pid).await?,
-            single.run(&via_relay, &get_path, relay_pid).await?,
-        ],
+        single.rounds(args.rounds, &paths, &get_path).await?,
     ));
     let watch = watch_latency(
         &api,
@@ -731,6 +730,32 @@ impl Stats {
 }
 
 impl Load {
+    /// Every path once per round, taking turns; per path, the round with
+    /// the median throughput (errors summed over all rounds).
+    async fn rounds(
+        &self,
+        rounds: usize,
+        paths: &[(&Target, u32)],
+        path: &str,
+    ) -> Result<Vec<Stats>> {
+        let mut runs: Vec<Vec<Stats>> = paths.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (i, (target, middle)) in paths.iter().enumerate() {
+                runs[i].push(self.run(target, path, *middle).await?);
+            }
+        }
+        Ok(runs
+            .into_iter()
+            .map(|mut r| {
+                let errors = r.iter().map(|s| s.errors).sum();
+                r.sort_by(|a, b| a.rps().total_cmp(&b.rps()));
+                let mut median = r.swap_remove(r.len() / 2);
+                median.errors = errors;
+                median
+            })
+            .collect())
+    }
+
     /// `middle`: the process between client and double (hub or relay),
     /// whose CPU time is reported per request.
     async fn run(&self, target: &Target, path: &str, middle: u32) -> Result<Stats> {
