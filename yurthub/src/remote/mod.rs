@@ -64,14 +64,6 @@ impl Backend {
         self.healthy.load(Ordering::Acquire)
     }
 
-    /// A token cancelled when this backend next turns unhealthy.
-    pub fn epoch(&self) -> CancellationToken {
-        self.epoch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .child_token()
-    }
-
     /// Counts the backend's turns to unhealthy; a stream remembers the
     /// count it started in and asks [`Backend::epoch_since`] later.
     pub fn epoch_id(&self) -> u64 {
@@ -257,13 +249,13 @@ mod tests {
     fn turning_unhealthy_cancels_open_streams() {
         let lb = lb(LbMode::Priority);
         let b = &lb.backends()[0];
-        let token = b.epoch();
+        let token = b.epoch_since(b.epoch_id());
         assert!(!token.is_cancelled());
         b.set_healthy(false);
         assert!(token.is_cancelled());
         b.set_healthy(true);
         assert!(
-            !b.epoch().is_cancelled(),
+            !b.epoch_since(b.epoch_id()).is_cancelled(),
             "a new epoch starts after recovery"
         );
     }
