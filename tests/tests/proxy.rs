@@ -462,7 +462,10 @@ async fn round_robin_spreads_requests_over_healthy_servers() {
     let files = HubFiles::new(&pki);
     let hub = Hub::start(&files.args(&[a.url(), b.url()], &["--lb-mode=rr"])).await;
     let c = plain_client();
-    for _ in 0..6 {
+    // The hub's own upstream requests (cloudsync, the multiplexer) take turns
+    // from the same round-robin counter, so the test's requests alone need
+    // not alternate strictly: enough of them must land on both.
+    for _ in 0..20 {
         assert_eq!(
             get(
                 &c,
@@ -481,7 +484,7 @@ async fn round_robin_spreads_requests_over_healthy_servers() {
             .count()
     };
     assert!(
-        count(&a) >= 2 && count(&b) >= 2,
+        count(&a) >= 5 && count(&b) >= 5,
         "a={} b={}",
         count(&a),
         count(&b)

@@ -254,8 +254,8 @@ async fn run(args: Args) -> Result<()> {
         };
         println!(
             "  {what}: relay p50 x{floor_p50:.2}, req/s x{floor_thr:.2}{beyond}; hub CPU {:.1} µs/req vs relay {:.1}",
-            h.hub_cpu_per_req.as_secs_f64() * 1e6,
-            r.hub_cpu_per_req.as_secs_f64() * 1e6,
+            h.middle_cpu_per_req.as_secs_f64() * 1e6,
+            r.middle_cpu_per_req.as_secs_f64() * 1e6,
         );
     }
     if missed > 0 {
@@ -357,6 +357,22 @@ fn relay_main(listen: SocketAddr, upstream: SocketAddr) -> Result<()> {
     })
 }
 
+/// Children get SIGKILL when the bench dies, even by a signal, where Drop
+/// does not run: an interrupted bench leaves no hub or relay behind.
+fn dies_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// This binary in `--relay` mode; killed on drop.
 struct RelayRun {
     child: Child,
@@ -367,13 +383,15 @@ impl RelayRun {
     fn start(upstream: SocketAddr) -> Result<RelayRun> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let exe = std::env::current_exe().context("current exe")?;
-        let child = Command::new(exe)
-            .arg("--relay")
-            .arg(addr.to_string())
-            .arg(upstream.to_string())
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting the relay")?;
+        let child = dies_with_parent(
+            Command::new(exe)
+                .arg("--relay")
+                .arg(addr.to_string())
+                .arg(upstream.to_string())
+                .stdin(Stdio::null()),
+        )
+        .spawn()
+        .context("starting the relay")?;
         Ok(RelayRun { child, addr })
     }
 
@@ -417,14 +435,16 @@ impl HubRun {
         let log = files.dir.path().join("hub.log");
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(&binary)
-            .args(&args[1..])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        let child = dies_with_parent(
+            Command::new(&binary)
+                .args(&args[1..])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone()?)
+                .stderr(log_file),
+        )
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
         Ok(HubRun {
             child,
             binary,
@@ -704,8 +724,9 @@ struct Stats {
     first_error: Option<String>,
     bytes: usize,
     /// CPU time (user + system) per completed request, warm-up included:
-    /// of the hub process, and of this process (the double and the load).
-    hub_cpu_per_req: Duration,
+    /// of the process in the middle (hub or relay), and of this process (the
+    /// double and the load).
+    middle_cpu_per_req: Duration,
     own_cpu_per_req: Duration,
 }
 
@@ -759,7 +780,7 @@ impl Load {
     /// `middle`: the process between client and double (hub or relay),
     /// whose CPU time is reported per request.
     async fn run(&self, target: &Target, path: &str, middle: u32) -> Result<Stats> {
-        let (hub_cpu0, own_cpu0) = (cpu_time(middle)?, cpu_time(std::process::id())?);
+        let (middle_cpu0, own_cpu0) = (cpu_time(middle)?, cpu_time(std::process::id())?);
         let completed = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
         let measure_from = start + self.warmup;
@@ -831,7 +852,7 @@ impl Load {
             bytes = bytes.max(b);
         }
         let per_req = |d: Duration| d / (completed.load(Ordering::Relaxed).max(1) as u32);
-        let hub_cpu_per_req = per_req(cpu_time(middle)?.saturating_sub(hub_cpu0));
+        let middle_cpu_per_req = per_req(cpu_time(middle)?.saturating_sub(middle_cpu0));
         let own_cpu_per_req = per_req(cpu_time(std::process::id())?.saturating_sub(own_cpu0));
         latencies.sort_unstable();
         let (errors, first_error) =
@@ -843,7 +864,7 @@ impl Load {
             errors,
             first_error,
             bytes,
-            hub_cpu_per_req,
+            middle_cpu_per_req,
             own_cpu_per_req,
         };
         if let Some(e) = &stats.first_error {
@@ -900,7 +921,7 @@ fn print_table(rows: &[(&str, Vec<Stats>)]) {
                 r99,
                 rr,
                 s.errors,
-                s.hub_cpu_per_req.as_secs_f64() * 1e6,
+                s.middle_cpu_per_req.as_secs_f64() * 1e6,
                 s.own_cpu_per_req.as_secs_f64() * 1e6,
             );
         }

@@ -109,9 +109,10 @@ impl Backend {
 
     /// The upstream URI for a request path and query.
     pub fn url_for(&self, path_and_query: &str) -> Uri {
-        let mut parts = self.uri.clone().into_parts();
-        parts.path_and_query = path_and_query.parse().ok();
-        Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone())
+        match path_and_query.parse() {
+            Ok(pq) => self.uri_with(pq),
+            Err(_) => self.uri.clone(),
+        }
     }
 }
 
