@@ -15,12 +15,13 @@ use crate::cache::{CacheManager, Local, policy::CacheAgents};
 use crate::certificates::Certificates;
 use crate::config::{Bootstrap, Config, RedirectMode, WorkingMode};
 use crate::filters::{ClusterView, FilterRegistry, FilterSettings, PoolSource};
-use crate::hub::{HubServer, Readiness};
+use crate::hub::HubServer;
 use crate::metrics::Metrics;
 use crate::proxy::{Listener, Proxy, ProxyParts, server};
 use crate::remote::health::HealthChecker;
 use crate::remote::transport::Transports;
 use crate::remote::{Backend, LoadBalancer};
+use crate::request::Readiness;
 use crate::{redirect, redirector};
 
 #[derive(Debug, thiserror::Error)]
@@ -161,17 +162,48 @@ impl App {
             let certs = certs.clone();
             readiness.add(move || certs.not_ready_reason().map(String::from));
         }
+        // Ready only once every listener accepts connections.
+        let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let listening = listening.clone();
+            readiness.add(move || {
+                (!listening.load(std::sync::atomic::Ordering::Acquire))
+                    .then(|| "the proxy listeners are not accepting connections yet".to_owned())
+            });
+        }
 
         let cache = (cfg.working_mode == WorkingMode::Edge)
             .then(|| open_cache(&cfg))
             .flatten();
+        // Offline authentication: the tokens the cloud vouched for and the
+        // issuer keys, kept in the cache's crash-safe store.
+        let authn = match &cache {
+            Some(c) => {
+                match crate::identity::Authenticator::open(c.store().clone(), &cfg.node_name).await
+                {
+                    Ok(a) => {
+                        a.spawn(lb.clone(), transports.clone(), shutdown.clone());
+                        Some(a)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "offline authentication is unavailable: offline, only the node's own components are answered");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let local = cache.as_ref().map(|c| {
-            Local::new(
+            let local = Local::new(
                 c.clone(),
                 lb.clone(),
                 cfg.min_request_timeout,
                 shutdown.clone(),
-            )
+            );
+            match &authn {
+                Some(a) => local.with_authn(a.clone()),
+                None => local,
+            }
         });
 
         // Response filters and the cloud-side state they and the cache read.
@@ -225,6 +257,7 @@ impl App {
             local,
             filters,
             multiplexer: multiplexer.clone(),
+            authn,
         });
 
         let (redirect, redirect_reason) = match cfg.redirect_mode {
@@ -399,6 +432,7 @@ impl App {
             tracker.clone(),
         );
 
+        listening.store(true, std::sync::atomic::Ordering::Release);
         tracing::info!(
             proxy = %proxy_addr, secure_proxy = %proxy_secure_addr, hub_server = ?hub_server_addr,
             mode = ?cfg.working_mode, servers = cfg.servers.len(), "yurthub started"

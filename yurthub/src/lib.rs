@@ -21,12 +21,14 @@ pub mod dump;
 pub mod entry;
 pub mod filters;
 pub mod hub;
+pub mod identity;
 pub mod metrics;
 pub mod multiplexer;
 pub mod proxy;
 pub mod redirect;
 pub mod redirector;
 pub mod remote;
+pub mod request;
 pub mod storage;
 pub mod telemetry;
 

@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use http::{HeaderMap, Uri, header};
+use http::{HeaderMap, header};
 
 use super::selectors::{FieldSelector, LabelSelector};
 use crate::codec::{self, ObjectInfo};
-use crate::proxy::RequestInfo;
-use crate::proxy::request_info::Query;
+use crate::request::Query;
+use crate::request::RequestInfo;
 use crate::storage::{self, Gvr, ObjectMeta, ResourceKey, ScopeKey, Space};
 
 /// Field paths extracted from every cached object: enough for the field
@@ -24,7 +24,7 @@ pub fn gvr(info: &RequestInfo) -> Gvr {
 }
 
 pub fn resource_key(info: &RequestInfo, space: Space) -> ResourceKey {
-    ResourceKey::new(&info.component, space, gvr(info))
+    ResourceKey::new(info.cache_owner(), space, gvr(info))
 }
 
 /// The namespace an object request names (`namespaces/x` itself is cluster-scoped).
@@ -123,10 +123,6 @@ impl Selectors {
     pub fn scope(&self, resource: &ResourceKey, namespace: Option<&str>) -> ScopeKey {
         resource.scope(namespace, self.canonical.clone())
     }
-}
-
-pub fn query(uri: &Uri) -> Query {
-    Query::parse(uri.query())
 }
 
 /// What a response's Content-Type says about its representation: a plain

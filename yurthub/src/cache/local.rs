@@ -27,12 +27,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::keys::{self, Selectors};
 use super::manager::{CacheManager, document_key, is_cached_document};
-use super::policy::not_cacheable;
+use super::policy::{self, not_cacheable};
 use super::{patch, token};
 use crate::codec::{self, Format, HubRestrictions, ListMeta};
-use crate::proxy::RequestInfo;
-use crate::proxy::status;
+use crate::identity::Authenticator;
 use crate::remote::LoadBalancer;
+use crate::request::status;
+use crate::request::{RequestInfo, Verb};
 use crate::storage::{ObjectKey, ResourceKey, Space, StoredObject};
 use crate::{Body, full_body};
 
@@ -54,6 +55,7 @@ pub struct Local {
     lb: Arc<LoadBalancer>,
     min_request_timeout: Duration,
     shutdown: CancellationToken,
+    authn: Option<Authenticator>,
 }
 
 impl Local {
@@ -68,7 +70,14 @@ impl Local {
             lb,
             min_request_timeout,
             shutdown,
+            authn: None,
         }
+    }
+
+    /// The issuer of offline service-account tokens (kubelet's TokenRequest).
+    pub fn with_authn(mut self, authn: Authenticator) -> Local {
+        self.authn = Some(authn);
+        self
     }
 
     pub fn cache(&self) -> &CacheManager {
@@ -77,29 +86,73 @@ impl Local {
 
     pub async fn serve(&self, req: LocalRequest<'_>) -> Response<Body> {
         let info = req.info;
+        if info.verb == Verb::Create && policy::is_review(info) {
+            // A review is a question only the cloud can answer.
+            return status::service_unavailable(format!(
+                "the cloud is unreachable: {} cannot be answered offline",
+                info.resource
+            ));
+        }
         if !info.is_resource {
             return self.document(&req);
         }
-        match info.verb.as_str() {
-            "delete" | "deletecollection" => {
+        let node = info.caller.is_node();
+        match info.verb {
+            Verb::Delete | Verb::DeleteCollection => {
                 return status::status(
                     StatusCode::FORBIDDEN,
                     "Forbidden",
                     "delete request is not supported in local cache",
                 );
             }
-            "create" => return self.create(&req).await,
-            "watch" => return self.watch(&req),
+            Verb::Create | Verb::Update | Verb::Patch if !node => {
+                return status::service_unavailable(
+                    "the cloud is unreachable: only the node's own components' changes are \
+                     applied locally; retry when the cloud is back",
+                );
+            }
+            Verb::Create => return self.create(&req).await,
+            Verb::Watch if !node && !self.covered(info) => {
+                return status::forbidden_offline(info);
+            }
+            Verb::Watch => return self.watch(&req),
             _ => {}
         }
         if let Some(why) = not_cacheable(self.cache.agents(), info) {
             return status::bad_request(format!("can not cache for {}: {why}", describe(info)));
         }
-        match info.verb.as_str() {
-            "get" => self.get(&req),
-            "list" => self.list(&req),
-            "update" | "patch" => self.update(&req).await,
+        match info.verb {
+            Verb::Get => self.get(&req),
+            Verb::List => self.list(&req),
+            Verb::Update | Verb::Patch => self.update(&req).await,
             other => status::bad_request(format!("local proxy does not support verb {other}")),
+        }
+    }
+
+    /// Whether a list this identity made online covers the request: its
+    /// exact scope, or everything in the namespace or cluster.
+    fn covered(&self, info: &RequestInfo) -> bool {
+        let Ok(selectors) = Selectors::from_query(&info.query) else {
+            return false;
+        };
+        let resource = keys::resource_key(info, Space::Full);
+        let ns = (!info.namespace.is_empty()).then_some(info.namespace.as_str());
+        let mut scopes = vec![selectors.scope(&resource, ns), resource.scope(None, "")];
+        if ns.is_some() {
+            scopes.push(resource.scope(ns, ""));
+        }
+        scopes
+            .iter()
+            .any(|scope| matches!(self.cache.store().list(scope, |_| false), Ok(Some(_))))
+    }
+
+    /// Nothing cached: the node's components get the apiserver's 404;
+    /// another identity a 403 unless a list it made covers the object.
+    fn miss(&self, info: &RequestInfo) -> Response<Body> {
+        if info.caller.is_node() || self.covered(info) {
+            not_found(info)
+        } else {
+            status::forbidden_offline(info)
         }
     }
 
@@ -170,13 +223,13 @@ impl Local {
                 Err(e) => return internal(format!("reading {key}: {e}")),
             }
         }
-        not_found(info)
+        self.miss(info)
     }
 
     fn list(&self, req: &LocalRequest<'_>) -> Response<Body> {
         let info = req.info;
-        let q = keys::query(req.uri);
-        let selectors = match Selectors::from_query(&q) {
+        let q = &info.query;
+        let selectors = match Selectors::from_query(q) {
             Ok(s) => s,
             Err(e) => return status::bad_request(e),
         };
@@ -211,6 +264,9 @@ impl Local {
             return not_found(info);
         }
         let Some((resource, listing)) = found else {
+            if !info.caller.is_node() && !self.covered(info) {
+                return status::forbidden_offline(info);
+            }
             if by_name {
                 return self.empty_list(req, &keys::resource_key(info, Space::Full));
             }
@@ -260,7 +316,7 @@ impl Local {
 
     fn watch(&self, req: &LocalRequest<'_>) -> Response<Body> {
         let info = req.info;
-        let q = keys::query(req.uri);
+        let q = &info.query;
         let offered = keys::kind_of(self.cache.store(), &keys::gvr(info))
             .map(|(av, k)| Format::offered_for(&av, &k))
             .unwrap_or(Format::BUILTIN);
@@ -356,8 +412,15 @@ impl Local {
                 return r;
             }
         };
+        let Some(authn) = &self.authn else {
+            return status::service_unavailable(
+                "the cloud is unreachable: no offline token issuer",
+            );
+        };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let value = token::token_request(&request, &info.namespace, &info.name, now);
+        let exp = now + token::LIFETIME_SECS;
+        let minted = authn.mint_offline(&info.namespace, &info.name, now, token::LIFETIME_SECS);
+        let value = token::token_request(&request, &info.namespace, &info.name, &minted, exp);
         let out = negotiate_for(req.headers, "authentication.k8s.io/v1", "TokenRequest")
             .unwrap_or(Format::Json);
         match out.encode_object("authentication.k8s.io/v1", "TokenRequest", &value) {
@@ -384,7 +447,7 @@ impl Local {
             Err(e) => return internal(format!("decoding cached {key}: {e}")),
         };
         let ct = header_str(req.headers, header::CONTENT_TYPE);
-        let mut next = if info.verb == "patch" {
+        let mut next = if info.verb == Verb::Patch {
             match patch::apply(ct, &current, &req.body) {
                 Ok(v) => v,
                 Err(e @ patch::Error::UnsupportedType(_)) => {

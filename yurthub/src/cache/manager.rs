@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, StatusCode, Uri, header};
+use http::{HeaderMap, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
@@ -29,13 +29,15 @@ use super::policy::{CacheAgents, not_cacheable};
 use super::tee::{Chunk, Tee};
 use crate::Body;
 use crate::codec::{self, EventType, WatchDecoder};
-use crate::proxy::RequestInfo;
+use crate::request::{RequestInfo, Verb};
 use crate::storage::{
     self, Gvr, Object, ResourceKey, ScopeKey, Space, StagedList, Store, WatchEvent, Write,
 };
 
 /// Largest body the cache accumulates for one object or list page.
 const MAX_CACHED_BODY: usize = 128 << 20;
+/// The share of the store other identities' scopes may fill.
+pub const IDENTITY_SHARE: f64 = 0.75;
 /// A paginated list whose next page does not come within this is dropped.
 const STAGING_TTL: Duration = Duration::from_secs(300);
 /// Non-resource paths worth keeping for offline clients (coredns, kubectl).
@@ -167,7 +169,7 @@ impl CacheManager {
     }
 
     /// Whether the response to this request is to be cached, and how.
-    pub fn plan(&self, info: &RequestInfo, method: &Method, uri: &Uri) -> Option<Plan> {
+    pub fn plan(&self, info: &RequestInfo, method: &Method) -> Option<Plan> {
         if !info.is_resource {
             return (*method == Method::GET && is_cached_document(&info.path)).then(|| {
                 Plan::Document {
@@ -179,19 +181,20 @@ impl CacheManager {
             tracing::trace!(path = %info.path, reason = %why, "not cached");
             return None;
         }
-        if uri
-            .query()
-            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "dryRun"))
-        {
+        if !info.caller.is_node() && self.over_identity_budget() {
+            tracing::debug!(path = %info.path, "the store is past the share other identities may use; not cached");
+            return None;
+        }
+        if info.query.dry_run {
             return None; // a dry run changes nothing upstream
         }
-        let q = keys::query(uri);
+        let q = &info.query;
         // The space is fixed from the response's Content-Type in `tee`.
         let resource = keys::resource_key(info, Space::Full);
         match info.verb.as_str() {
             "get" | "create" | "update" | "patch" => Some(Plan::Object { resource }),
             "list" | "watch" => {
-                let selectors = match Selectors::from_query(&q) {
+                let selectors = match Selectors::from_query(q) {
                     Ok(s) if s.answerable() => s,
                     Ok(_) => {
                         tracing::debug!(path = %info.path, "selector reads fields the cache does not keep; not cached");
@@ -203,7 +206,7 @@ impl CacheManager {
                     }
                 };
                 let namespace = (!info.namespace.is_empty()).then(|| info.namespace.clone());
-                if info.verb == "watch" {
+                if info.verb == Verb::Watch {
                     Some(Plan::Watch {
                         resource,
                         namespace,
@@ -215,12 +218,20 @@ impl CacheManager {
                         namespace,
                         selectors,
                         limit: q.limit.filter(|l| *l > 0),
-                        continue_token: q.continue_token.filter(|c| !c.is_empty()),
+                        continue_token: q.continue_token.clone().filter(|c| !c.is_empty()),
                     })
                 }
             }
             _ => None,
         }
+    }
+
+    /// Identities other than the node's own components may fill the store
+    /// up to [`IDENTITY_SHARE`] of `--cache-max-bytes`, so pods can never
+    /// crowd out what kubelet needs to restart offline.
+    fn over_identity_budget(&self) -> bool {
+        let (used, max) = self.inner.store.usage();
+        max.is_some_and(|max| used as f64 > max as f64 * IDENTITY_SHARE)
     }
 
     /// Called with every response status of a planned request: a 404 on a

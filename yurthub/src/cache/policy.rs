@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
-use crate::proxy::RequestInfo;
+use crate::request::{Principal, RequestInfo, Verb};
 
 /// Components cached by default, as upstream.
 pub const DEFAULT_AGENTS: [&str; 7] = [
@@ -91,13 +91,21 @@ pub fn not_cacheable(agents: &CacheAgents, info: &RequestInfo) -> Option<String>
     if !info.is_resource {
         return Some(format!("{} is not a resource request", info.path));
     }
-    if !agents.is_agent(&info.component) {
+    if matches!(info.caller, Principal::Anonymous) {
+        return Some("anonymous requests are never cached".to_owned());
+    }
+    // The node's components are cached when they are cache agents; any
+    // other identity's reads are kept in scopes of its own (see README).
+    if info.caller.is_node() && !agents.is_agent(&info.component) {
         return Some(format!(
             "component {:?} is not a cache agent",
             info.component
         ));
     }
-    if matches!(info.verb.as_str(), "delete" | "deletecollection" | "proxy") {
+    if matches!(
+        info.verb,
+        Verb::Delete | Verb::DeleteCollection | Verb::Proxy
+    ) {
         return Some(format!("verb {} is never cached", info.verb));
     }
     if !(info.subresource.is_empty() || info.subresource == "status") {
@@ -109,6 +117,11 @@ pub fn not_cacheable(agents: &CacheAgents, info: &RequestInfo) -> Option<String>
     None
 }
 
+/// A review-style create (SubjectAccessReview, TokenReview, ...).
+pub fn is_review(info: &RequestInfo) -> bool {
+    NEVER_CACHED[1..].contains(&info.resource.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use http::{HeaderMap, Method};
@@ -118,7 +131,9 @@ mod tests {
     fn info(method: Method, path: &str, ua: &str) -> RequestInfo {
         let mut h = HeaderMap::new();
         h.insert(http::header::USER_AGENT, ua.parse().unwrap());
-        RequestInfo::resolve(&method, &path.parse().unwrap(), &h).unwrap()
+        let mut i = RequestInfo::resolve(&method, &path.parse().unwrap(), &h).unwrap();
+        i.caller = Principal::Node;
+        i
     }
 
     #[test]
@@ -179,5 +194,15 @@ mod tests {
             );
         }
         assert!(not_cacheable(&a, &info(Method::GET, "/api/v1/pods", "kubevirt/1")).is_some());
+        // Another identity's reads are kept in scopes of its own, whatever it
+        // claims to be; anonymous ones never.
+        let mut pod = info(Method::GET, "/api/v1/namespaces/a/configmaps", "kubevirt/1");
+        pod.caller = Principal::Token(crate::request::TokenId {
+            hash: "ab".repeat(32),
+            subject: None,
+        });
+        assert_eq!(not_cacheable(&a, &pod), None);
+        pod.caller = Principal::Anonymous;
+        assert!(not_cacheable(&a, &pod).is_some());
     }
 }

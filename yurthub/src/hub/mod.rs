@@ -14,26 +14,8 @@ use http::{Method, Request, Response, StatusCode, header};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
+use crate::request::Readiness;
 use crate::{Body, full_body};
-
-type Check = Arc<dyn Fn() -> Option<String> + Send + Sync>;
-
-/// Readiness: the conjunction of named checks, each returning the reason it
-/// is not ready (or None). The first failing reason is reported.
-#[derive(Clone, Default)]
-pub struct Readiness {
-    checks: Vec<Check>,
-}
-
-impl Readiness {
-    pub fn add(&mut self, check: impl Fn() -> Option<String> + Send + Sync + 'static) {
-        self.checks.push(Arc::new(check));
-    }
-
-    pub fn not_ready_reason(&self) -> Option<String> {
-        self.checks.iter().find_map(|c| c())
-    }
-}
 
 /// A JSON document served at a path (e.g. `/v1/redirect`).
 pub type StatusDoc = Arc<dyn Fn() -> Value + Send + Sync>;
@@ -81,7 +63,8 @@ impl HubServer {
     }
 
     /// Serves `POST`/`PUT /v1/token` with `handler`; without one (kubelet
-    /// certificate mode) the endpoint answers 200 and does nothing, as upstream.
+    /// certificate mode) the endpoint says it has no token to update (409;
+    /// upstream answers 200 and does nothing).
     pub fn with_token_handler(mut self, handler: Option<TokenHandler>) -> HubServer {
         self.token = handler;
         self
@@ -194,7 +177,13 @@ impl HubServer {
             );
         }
         let Some(handler) = &self.token else {
-            return text(StatusCode::OK, "update bootstrap token successfully");
+            // kubeletcertificate mode: no bootstrap token is used, so taking
+            // one would be a lie.
+            return text(
+                StatusCode::CONFLICT,
+                "yurthub runs with --bootstrap-mode=kubeletcertificate and uses kubelet's client \
+                 certificate: it has no bootstrap token to update",
+            );
         };
         match handler(token).await {
             Ok(()) => text(StatusCode::OK, "update bootstrap token successfully"),

@@ -30,10 +30,10 @@ use crate::cache::selectors::{FieldSelector, LabelSelector};
 use crate::codec::{EventType, Format};
 use crate::filters::{FilterChain, FilterRegistry, Filtered};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::proxy::RequestInfo;
-use crate::proxy::request_info::Query;
-use crate::proxy::status;
 use crate::remote::LoadBalancer;
+use crate::request::Query;
+use crate::request::RequestInfo;
+use crate::request::status;
 use crate::storage::Gvr;
 use crate::{Body, BoxError, full_body};
 
@@ -185,13 +185,13 @@ impl Multiplexer {
             Err(resp) => return Some(*resp),
         };
         let labels = RequestLabels {
-            verb: info.verb.clone(),
+            verb: info.verb.to_string(),
             resource: info.resource.clone(),
             subresources: info.subresource.clone(),
             client: info.component.clone(),
         };
         let in_flight = InFlight::new(&self.inner.metrics, &labels);
-        Some(if info.verb == "watch" {
+        Some(if info.verb == crate::request::Verb::Watch {
             watch(
                 cacher,
                 view,
@@ -301,7 +301,7 @@ impl View {
                 .inner
                 .filters
                 .as_ref()
-                .and_then(|f| f.chain_for(&info.component, &info.verb, &info.resource)),
+                .and_then(|f| f.chain_for(&info.component, info.verb.as_str(), &info.resource)),
             format,
             bookmarks,
         })

@@ -1,38 +1,40 @@
-//! The proxy: the life of one request through the hub.
+//! The proxy: the life of one request through the hub, in named phases.
 //!
-//! 1. resolve the [`RequestInfo`] (verb, resource, namespace, name, component);
-//! 2. refuse what the apiserver would refuse before routing: malformed paths
-//!    (400), bodies over the limit (413);
-//! 3. readiness gate: 503 until the hub is ready, except for the hub's own
-//!    clients;
-//! 4. route: lists and watches of pool-scoped resources are served by the
-//!    multiplexer's shared in-memory cache (`crate::multiplexer`);
-//!    kubelet's own Lease is answered locally in edge mode (the hub
-//!    renews it in the cloud, see `remote::health`; the cache stands in
-//!    until the first renewal); kubelet's GET of a cached node is answered
-//!    from the cache at once in edge mode and refreshed in the background;
-//!    everything else goes to a healthy backend picked by the load
-//!    balancer, or — in edge mode, when there is none — to the offline
-//!    answers of `cache::Local`;
-//! 5. forward with the right identity: the client's bearer token as-is, the
-//!    hub's client certificate only for credential-less requests on the
-//!    loopback listener, anonymous otherwise — pod traffic never borrows the
-//!    node's identity; when the upstream connection fails, a cacheable
-//!    get/list is answered from the cache, anything else gets 502;
-//! 6. stream the response back as it arrives (watches included): gzip from
-//!    the cloud is decoded when the body must be read, the response filters
-//!    (`crate::filters`) rewrite it, and a copy of cacheable 2xx responses is
-//!    teed into the cache without ever slowing the client (`cache::tee`) —
-//!    so the filtered form is what is cached; or splice the two connections
-//!    for exec/attach/port-forward upgrades.
+//! 1. **resolve** the [`RequestInfo`] (verb, resource, namespace, name,
+//!    component, list options), refusing what the apiserver refuses before
+//!    routing: malformed paths and escapes (400);
+//! 2. **admit**: bodies over the limit (413); the caller's identity, decided
+//!    once from the listener and the credentials (`request::Principal`:
+//!    the node's components on loopback without credentials, a bearer
+//!    token's identity, or anonymous — never the User-Agent); the readiness
+//!    gate (503 until ready, except for the hub's own clients);
+//! 3. **serve locally** what never needs the cloud: the node's own Lease
+//!    and Node (edge mode, the node's identity only), lists and watches of
+//!    pool-scoped resources from the multiplexer's shared cache
+//!    (`crate::multiplexer`), and — with no healthy backend in edge mode —
+//!    the offline answers of `cache::Local`, after offline authentication
+//!    (`crate::identity`) for token callers;
+//! 4. **upstream**: pick a healthy backend and forward with the right
+//!    identity: the client's bearer token as-is, the hub's client
+//!    certificate only for the node's own components, anonymous otherwise;
+//! 5. **upstream error**: where the error came from decides whether the
+//!    cache answers: a transport error on a cacheable read falls back to
+//!    the cache (with the same identity rules), anything else is 502;
+//! 6. **response**: stream it back as it arrives (watches included); a 2xx
+//!    vouches for the caller's token (remembered by keyed hash for offline
+//!    use), a 403 is remembered as a 403; gzip from the cloud is decoded
+//!    when the body must be read, the response filters (`crate::filters`)
+//!    rewrite it, and a copy of cacheable 2xx responses is teed into the
+//!    cache without ever slowing the client (`cache::tee`) — so the filtered
+//!    form is what is cached; or splice the two connections for
+//!    exec/attach/port-forward upgrades.
 
 mod body;
-pub mod request_info;
 pub mod server;
-pub mod status;
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -41,27 +43,22 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-pub use request_info::RequestInfo;
-
 use crate::cache::{Local, LocalRequest};
 use crate::config::WorkingMode;
 use crate::filters::FilterRegistry;
-use crate::hub::Readiness;
+use crate::identity::Authenticator;
 use crate::metrics::{DurationLabels, Metrics, RequestLabels};
 use crate::remote::LoadBalancer;
 use crate::remote::health::{HealthChecker, error_chain};
 use crate::remote::transport::{Identity, Transports};
+pub use crate::request::Listener;
+use crate::request::{Principal, Readiness, RequestInfo, TokenId, Verb, status};
 use crate::{Body, full_body};
 
-/// Which listener a request arrived on; it decides whether the hub may lend
-/// its own identity to a credential-less request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    /// Plain HTTP on loopback: kubelet and host-network node components.
-    Loopback,
-    /// HTTPS on the hub address: pods, via the kernel redirect.
-    PodFacing,
-}
+/// How long the cloud's 2xx to an identity's list of a pool-scoped
+/// resource lets the multiplexer answer that identity's later lists and
+/// watches of it (its token rotates within this for bound tokens).
+const SHARED_GRANT_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
 pub struct Proxy {
@@ -80,7 +77,11 @@ struct Inner {
     local: Option<Local>,
     filters: Option<Arc<FilterRegistry>>,
     multiplexer: Option<crate::multiplexer::Multiplexer>,
+    authn: Option<Authenticator>,
     node_refresh: std::sync::atomic::AtomicBool,
+    /// (owner, resource) → when the cloud last answered that identity's
+    /// list or watch of a pool-scoped resource 2xx.
+    shared_grants: Mutex<HashMap<(String, String), Instant>>,
 }
 
 pub struct ProxyParts {
@@ -99,6 +100,16 @@ pub struct ProxyParts {
     pub filters: Option<Arc<FilterRegistry>>,
     /// Shared watches of pool-scoped resources (None: all go upstream).
     pub multiplexer: Option<crate::multiplexer::Multiplexer>,
+    /// Offline authentication of bearer tokens (edge mode).
+    pub authn: Option<Authenticator>,
+}
+
+/// What the admit phase decided about one request.
+struct Admitted {
+    info: RequestInfo,
+    /// The bearer token as sent (kept only for the life of the request).
+    bearer: Option<String>,
+    labels: RequestLabels,
 }
 
 impl Proxy {
@@ -116,24 +127,31 @@ impl Proxy {
                 local: p.local,
                 filters: p.filters,
                 multiplexer: p.multiplexer,
+                authn: p.authn,
                 node_refresh: std::sync::atomic::AtomicBool::new(false),
+                shared_grants: Mutex::default(),
             }),
         }
     }
 
     pub async fn handle(&self, req: Request<Incoming>, listener: Listener) -> Response<Body> {
         let start = Instant::now();
+        // Phase 1: resolve.
         let info = match RequestInfo::resolve(req.method(), req.uri(), req.headers()) {
             Ok(i) => i,
             Err(e) => return status::bad_request(e.to_string()),
         };
-        let labels = RequestLabels {
-            verb: info.verb.clone(),
-            resource: info.resource.clone(),
-            subresources: info.subresource.clone(),
-            client: info.component.clone(),
+        // Phase 2: admit.
+        let adm = match self.admit(&req, info, listener) {
+            Ok(a) => a,
+            Err(resp) => return resp,
         };
-        let resp = self.route(req, &info, listener, &labels).await;
+        let resp = self.route(req, &adm).await;
+        self.observe(&adm, &resp, start);
+        resp
+    }
+
+    fn observe(&self, adm: &Admitted, resp: &Response<Body>, start: Instant) {
         let class = match resp.status().as_u16() / 100 {
             1 => "1xx",
             2 => "2xx",
@@ -142,48 +160,98 @@ impl Proxy {
             _ => "5xx",
         }
         .to_owned();
+        let labels = &adm.labels;
         self.inner
             .metrics
             .request_duration
             .get_or_create(&DurationLabels {
-                verb: labels.verb,
-                resource: labels.resource,
-                client: labels.client,
+                verb: labels.verb.clone(),
+                resource: labels.resource.clone(),
+                client: labels.client.clone(),
                 code: class,
             })
             .observe(start.elapsed().as_secs_f64());
+        let info = &adm.info;
         tracing::debug!(
             verb = %info.verb, path = %info.path, component = %info.component,
+            node_identity = info.caller.is_node(),
             status = resp.status().as_u16(), elapsed_ms = start.elapsed().as_millis() as u64,
             "request"
         );
-        resp
     }
 
-    async fn route(
+    /// Phase 2: size, identity, readiness.
+    fn admit(
         &self,
-        req: Request<Incoming>,
-        info: &RequestInfo,
+        req: &Request<Incoming>,
+        mut info: RequestInfo,
         listener: Listener,
-        labels: &RequestLabels,
-    ) -> Response<Body> {
+    ) -> Result<Admitted, Response<Body>> {
         if let Some(len) = content_length(req.headers())
             && len > self.inner.max_body
         {
-            return status::too_large(self.inner.max_body);
+            return Err(status::too_large(self.inner.max_body));
         }
-        if !info.component.starts_with("yurthub")
+        let (principal, bearer) = self.identify(listener, req.headers());
+        info.caller = principal;
+        if !(info.caller.is_node() && info.component.starts_with("yurthub"))
             && let Some(reason) = self.inner.readiness.not_ready_reason()
         {
-            return status::service_unavailable(format!("yurthub is not ready: {reason}"));
+            return Err(status::service_unavailable(format!(
+                "yurthub is not ready: {reason}"
+            )));
         }
+        let labels = RequestLabels {
+            verb: info.verb.to_string(),
+            resource: info.resource.clone(),
+            subresources: info.subresource.clone(),
+            client: info.component.clone(),
+        };
+        Ok(Admitted {
+            info,
+            bearer,
+            labels,
+        })
+    }
+
+    /// Who is asking: the listener and the credentials, nothing else.
+    fn identify(&self, listener: Listener, headers: &HeaderMap) -> (Principal, Option<String>) {
+        let Some(auth) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return match listener {
+                Listener::Loopback => (Principal::Node, None),
+                Listener::PodFacing => (Principal::Anonymous, None),
+            };
+        };
+        // Any other scheme (Basic) is still a credential of its own.
+        let token = match auth.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+            _ => auth,
+        };
+        let id = match &self.inner.authn {
+            Some(a) => a.token_id(token),
+            None => TokenId {
+                hash: String::new(),
+                subject: None,
+            },
+        };
+        (Principal::Token(id), Some(token.to_owned()))
+    }
+
+    async fn route(&self, req: Request<Incoming>, adm: &Admitted) -> Response<Body> {
+        let info = &adm.info;
+        // Phase 3: serve locally.
         if let Some(mux) = &self.inner.multiplexer
             && mux.handles(info)
+            && self.may_share(info)
             && let Some(resp) = mux.serve(info, req.uri(), req.headers()).await
         {
             return resp;
         }
-        if self.inner.mode == WorkingMode::Edge
+        let edge_node = self.inner.mode == WorkingMode::Edge && info.caller.is_node();
+        if edge_node
             && info.is_resource
             && info.component == "kubelet"
             && info.resource == "leases"
@@ -193,11 +261,11 @@ impl Proxy {
         {
             return resp;
         }
-        if self.inner.mode == WorkingMode::Edge
+        if edge_node
             && info.is_resource
             && info.component == "kubelet"
             && info.resource == "nodes"
-            && info.verb == "get"
+            && info.verb == Verb::Get
             && info.subresource.is_empty()
             && let Some(local) = &self.inner.local
             && let Some(resp) = local.cached_get(info, req.headers())
@@ -206,21 +274,34 @@ impl Proxy {
             self.refresh_node(local, &info.name);
             return resp;
         }
-        self.forward(req, info, listener, labels).await
+        self.forward(req, adm).await
     }
 
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        info: &RequestInfo,
-        listener: Listener,
-        labels: &RequestLabels,
-    ) -> Response<Body> {
+    /// Whether the multiplexer may answer this caller: the node's own
+    /// components always; another identity once the cloud answered its own
+    /// list or watch of the resource (so the shared cache never shows a
+    /// pod what the cloud would not).
+    fn may_share(&self, info: &RequestInfo) -> bool {
+        if info.caller.is_node() {
+            return true;
+        }
+        if !matches!(info.caller, Principal::Token(_)) {
+            return false;
+        }
+        let key = (info.cache_owner(), shared_resource(info));
+        lock(&self.inner.shared_grants)
+            .get(&key)
+            .is_some_and(|t| t.elapsed() < SHARED_GRANT_TTL)
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>, adm: &Admitted) -> Response<Body> {
+        let info = &adm.info;
+        // Phase 4: upstream.
         let Some(backend) = self.inner.lb.pick() else {
             if self.inner.mode == WorkingMode::Edge
                 && let Some(local) = &self.inner.local
             {
-                return self.offline(local, req, info).await;
+                return self.offline(local, req, adm).await;
             }
             return status::bad_gateway("no healthy backends available");
         };
@@ -228,8 +309,9 @@ impl Proxy {
             .inner
             .local
             .as_ref()
-            .and_then(|l| l.cache().plan(info, req.method(), req.uri()));
+            .and_then(|l| l.cache().plan(info, req.method()));
         if info.component.starts_with("multiplexer-proxy") {
+            let labels = &adm.labels;
             self.inner
                 .metrics
                 .target_for_multiplexer_requests
@@ -242,8 +324,7 @@ impl Proxy {
                 })
                 .inc_by(1);
         }
-        let has_credentials = req.headers().contains_key(header::AUTHORIZATION);
-        let identity = if !has_credentials && listener == Listener::Loopback {
+        let identity = if info.caller.is_node() {
             Identity::Hub
         } else {
             Identity::None
@@ -270,6 +351,7 @@ impl Proxy {
         let mut resp = match client.request(up).await {
             Ok(r) => r,
             Err(e) => {
+                // Phase 5: the upstream error.
                 if exceeded.load(std::sync::atomic::Ordering::Acquire) {
                     return status::too_large(self.inner.max_body);
                 }
@@ -278,18 +360,19 @@ impl Proxy {
                 if let Some(h) = &self.inner.health {
                     h.report_transport_error(&backend);
                 }
-                if (info.verb == "get" || info.verb == "list")
+                if info.verb.is_read()
                     && let Some(local) = &self.inner.local
                     && crate::cache::policy::not_cacheable(local.cache().agents(), info).is_none()
                 {
-                    return local
-                        .serve(LocalRequest {
-                            info,
-                            method: &parts.method,
-                            uri: &parts.uri,
-                            headers: &parts.headers,
-                            body: bytes::Bytes::new(),
-                        })
+                    return self
+                        .answer_locally(
+                            local,
+                            adm,
+                            &parts.method,
+                            &parts.uri,
+                            &parts.headers,
+                            bytes::Bytes::new(),
+                        )
                         .await;
                 }
                 return status::bad_gateway(format!(
@@ -307,22 +390,65 @@ impl Proxy {
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, crate::empty_body());
         }
-
+        // Phase 6: the response.
+        self.judged(adm, resp.status());
         if let (Some(plan), Some(local)) = (&plan, &self.inner.local) {
             local.cache().on_status(plan, resp.status());
         }
+        self.respond(adm, resp, plan, backend)
+    }
+
+    /// What the cloud's answer says about the caller: a 2xx vouches for its
+    /// token (for offline use) and, for a pool-scoped list or watch, lets
+    /// the multiplexer serve it; a 403 is remembered as a 403.
+    fn judged(&self, adm: &Admitted, code: StatusCode) {
+        let info = &adm.info;
+        let (Principal::Token(id), Some(token)) = (&info.caller, &adm.bearer) else {
+            return;
+        };
+        if let Some(a) = &self.inner.authn {
+            if code.is_success() {
+                a.vouched(id, token);
+            }
+            if info.is_resource && (code.is_success() || code == StatusCode::FORBIDDEN) {
+                a.set_denied(denial_key(info), code == StatusCode::FORBIDDEN);
+            }
+        }
+        if code.is_success()
+            && info.is_list_or_watch()
+            && info.name.is_empty()
+            && info.namespace.is_empty()
+            && self
+                .inner
+                .multiplexer
+                .as_ref()
+                .is_some_and(|m| m.handles(info))
+        {
+            lock(&self.inner.shared_grants)
+                .insert((info.cache_owner(), shared_resource(info)), Instant::now());
+        }
+    }
+
+    fn respond(
+        &self,
+        adm: &Admitted,
+        resp: Response<Incoming>,
+        plan: Option<crate::cache::Plan>,
+        backend: Arc<crate::remote::Backend>,
+    ) -> Response<Body> {
+        let info = &adm.info;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         let m = &self.inner.metrics;
         let in_flight = body::InFlight::new(
-            m.in_flight_requests.get_or_create(labels).clone(),
+            m.in_flight_requests.get_or_create(&adm.labels).clone(),
             m.in_flight_requests_total.clone(),
         );
-        let traffic = m.proxy_traffic.get_or_create(labels).clone();
+        let traffic = m.proxy_traffic.get_or_create(&adm.labels).clone();
         // Taken only if the stream waits (watches, large bodies); a backend
         // that turned unhealthy in between ends it at once.
         let stops = {
-            let (backend, shutdown) = (backend.clone(), self.inner.clone());
+            let shutdown = self.inner.clone();
             let epoch_id = backend.epoch_id();
             move || vec![backend.epoch_since(epoch_id), shutdown.shutdown.clone()]
         };
@@ -349,11 +475,11 @@ impl Proxy {
             .and_then(crate::codec::format_for_content_type);
         if let (Some(chain), Some(format)) = (chain, format) {
             // The filtered form is what clients and the cache see (§6.1).
-            body = if info.verb == "watch" {
+            body = if info.verb == Verb::Watch {
                 chain.watch_body(format, body).boxed_unsync()
             } else {
-                let verb = info.verb.clone();
-                body::map_whole(body, move |b| chain.filter_body(&verb, format, b))
+                let verb = info.verb.as_str();
+                body::map_whole(body, move |b| chain.filter_body(verb, format, b))
             };
             parts.headers.remove(header::CONTENT_LENGTH);
         }
@@ -370,7 +496,7 @@ impl Proxy {
         if !info.is_resource || !(info.subresource.is_empty() || info.subresource == "status") {
             return None;
         }
-        registry.chain_for(&info.component, &info.verb, &info.resource)
+        registry.chain_for(&info.component, info.verb.as_str(), &info.resource)
     }
 
     /// No healthy backend: the request is answered from the cache.
@@ -378,7 +504,7 @@ impl Proxy {
         &self,
         local: &Local,
         req: Request<Incoming>,
-        info: &RequestInfo,
+        adm: &Admitted,
     ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let (body, exceeded) = body::Capped::new(body, self.inner.max_body);
@@ -391,12 +517,45 @@ impl Proxy {
                 return status::bad_request(format!("reading the request body: {e}"));
             }
         };
+        self.answer_locally(local, adm, &parts.method, &parts.uri, &parts.headers, body)
+            .await
+    }
+
+    /// The cache answers: only for an identity it can authenticate without
+    /// the cloud, and only with what the cloud authorized for it.
+    async fn answer_locally(
+        &self,
+        local: &Local,
+        adm: &Admitted,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        body: bytes::Bytes,
+    ) -> Response<Body> {
+        let mut info = adm.info.clone();
+        match (&info.caller, &adm.bearer, &self.inner.authn) {
+            (Principal::Node, ..) => {}
+            (Principal::Token(_), Some(token), Some(authn)) => match authn.authenticate(token) {
+                Ok(id) => {
+                    if authn.is_denied(&denial_key(&info)) {
+                        return status::forbidden_offline(&info);
+                    }
+                    info.caller = Principal::Token(id);
+                }
+                Err(e) => return status::unauthorized(format!("the cloud is unreachable and {e}")),
+            },
+            _ => {
+                return status::unauthorized(
+                    "the cloud is unreachable: credentials the hub can verify offline are required",
+                );
+            }
+        }
         local
             .serve(LocalRequest {
-                info,
-                method: &parts.method,
-                uri: &parts.uri,
-                headers: &parts.headers,
+                info: &info,
+                method,
+                uri,
+                headers,
                 body,
             })
             .await
@@ -458,10 +617,10 @@ async fn kubelet_lease(
 ) -> Option<Response<Body>> {
     health.kubelet_lease_touched();
     if health.cloud_lease().is_none()
-        && matches!(info.verb.as_str(), "get" | "update" | "patch")
+        && matches!(info.verb, Verb::Get | Verb::Update | Verb::Patch)
         && let Some(resp) = local.and_then(|l| {
             let mut get = info.clone();
-            get.verb = "get".into();
+            get.verb = Verb::Get;
             l.cached_get(&get, headers)
         })
     {
@@ -519,6 +678,31 @@ async fn splice(
         Ok((up, down)) => tracing::debug!(%path, up, down, "upgraded stream closed"),
         Err(e) => tracing::debug!(%path, error = %e, "upgraded stream ended with an error"),
     }
+}
+
+/// The resource a shared grant covers.
+fn shared_resource(info: &RequestInfo) -> String {
+    format!("{}/{}/{}", info.group, info.version, info.resource)
+}
+
+/// What a remembered 403 is keyed by: who asked which question.
+fn denial_key(info: &RequestInfo) -> String {
+    format!(
+        "{} {} {}/{}/{} ns={} name={} l={} f={}",
+        info.cache_owner(),
+        info.verb,
+        info.group,
+        info.version,
+        info.resource,
+        info.namespace,
+        info.name,
+        info.query.label_selector.as_deref().unwrap_or(""),
+        info.query.field_selector.as_deref().unwrap_or(""),
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn is_gzip(h: &HeaderMap) -> bool {

@@ -483,6 +483,14 @@ impl Store {
         })
     }
 
+    /// Bytes stored (what `max_bytes` caps) and the cap: cheap, no read.
+    pub fn usage(&self) -> (u64, Option<u64>) {
+        (
+            self.inner.engine.counters.payload.load(Ordering::Relaxed),
+            self.inner.max_bytes,
+        )
+    }
+
     pub fn stats(&self) -> Stats {
         let engine = &self.inner.engine;
         let c = &engine.counters;

@@ -62,3 +62,32 @@ pub fn too_large(limit: u64) -> Response<Body> {
         format!("the request body is larger than the limit of {limit} bytes"),
     )
 }
+
+/// 401, as the apiserver answers a request it cannot authenticate.
+pub fn unauthorized(message: impl Into<String>) -> Response<Body> {
+    status(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+}
+
+/// 403 for an offline request the cloud never authorized for this identity.
+pub fn forbidden_offline(info: &super::RequestInfo) -> Response<Body> {
+    let resource = if info.group.is_empty() {
+        info.resource.clone()
+    } else {
+        format!("{}.{}", info.resource, info.group)
+    };
+    let scope = if info.namespace.is_empty() {
+        "at the cluster scope".to_owned()
+    } else {
+        format!("in the namespace {:?}", info.namespace)
+    };
+    status_with_details(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!(
+            "the cloud is unreachable and never authorized this identity to {} {resource:?} {scope}; \
+             offline, the hub answers only what the cloud authorized for the same identity",
+            info.verb
+        ),
+        Some(json!({"name": info.name, "group": info.group, "kind": info.resource})),
+    )
+}

@@ -1,17 +1,96 @@
 //! Resolves a request the way the kube-apiserver's `RequestInfoFactory` does:
 //! verb (list vs watch vs get, deletecollection), API group/version,
 //! resource, subresource, namespace and name — plus the client component from
-//! the User-Agent. Pure: no I/O, so it is tested exhaustively by table.
+//! the User-Agent and the list options, parsed once. Pure: no I/O, so it is
+//! tested exhaustively by table.
+
+use std::fmt;
 
 use http::{HeaderMap, Method, Uri};
+
+/// The apiserver's authorization verbs; non-resource requests carry their
+/// lower-cased method (`get`, `post`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Verb {
+    #[default]
+    Get,
+    List,
+    Watch,
+    Create,
+    Update,
+    Patch,
+    Delete,
+    DeleteCollection,
+    Proxy,
+    /// Non-resource POST, PUT, HEAD, OPTIONS and anything else.
+    Post,
+    Put,
+    Head,
+    Options,
+    Other,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Watch => "watch",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Patch => "patch",
+            Verb::Delete => "delete",
+            Verb::DeleteCollection => "deletecollection",
+            Verb::Proxy => "proxy",
+            Verb::Post => "post",
+            Verb::Put => "put",
+            Verb::Head => "head",
+            Verb::Options => "options",
+            Verb::Other => "",
+        }
+    }
+
+    /// A read that the cache can answer (get or list).
+    pub fn is_read(self) -> bool {
+        matches!(self, Verb::Get | Verb::List)
+    }
+
+    /// A write the apiserver would persist (create, update, patch).
+    pub fn is_write(self) -> bool {
+        matches!(self, Verb::Create | Verb::Update | Verb::Patch)
+    }
+
+    fn non_resource(method: &Method) -> Verb {
+        match *method {
+            Method::GET => Verb::Get,
+            Method::POST => Verb::Post,
+            Method::PUT => Verb::Put,
+            Method::PATCH => Verb::Patch,
+            Method::DELETE => Verb::Delete,
+            Method::HEAD => Verb::Head,
+            Method::OPTIONS => Verb::Options,
+            _ => Verb::Other,
+        }
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Verb {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestInfo {
     /// False for non-resource paths such as /version, /api, /healthz.
     pub is_resource: bool,
-    /// Kubernetes verb: get, list, watch, create, update, patch, delete,
-    /// deletecollection, proxy; for non-resource requests the lower-cased method.
-    pub verb: String,
+    pub verb: Verb,
     pub api_prefix: String,
     pub group: String,
     pub version: String,
@@ -20,9 +99,14 @@ pub struct RequestInfo {
     pub namespace: String,
     pub name: String,
     /// Lower-cased User-Agent text before the first '/' ("kubelet", "kube-proxy").
+    /// A claim the client makes: it scopes caches, it never grants anything.
     pub component: String,
     /// The request path (for non-resource requests and logs).
     pub path: String,
+    /// The list options, parsed once.
+    pub query: Query,
+    /// Who is asking: set by the listener's admit phase (anonymous until then).
+    pub caller: super::Principal,
 }
 
 /// Errors that the apiserver answers with 400.
@@ -30,6 +114,8 @@ pub struct RequestInfo {
 pub enum Error {
     #[error("invalid request: {verb} requires a resource in {path}")]
     MissingResource { verb: String, path: String },
+    #[error("invalid URL escape in the request {part}: {text:?}")]
+    InvalidEscape { part: &'static str, text: String },
 }
 
 const SPECIAL_VERBS: [&str; 2] = ["proxy", "watch"];
@@ -38,10 +124,16 @@ const NAMESPACE_SUBRESOURCES: [&str; 2] = ["status", "finalize"];
 impl RequestInfo {
     pub fn resolve(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<RequestInfo, Error> {
         let path = uri.path();
+        // Go's net/http and url.ParseQuery refuse what does not decode.
+        check_escapes("path", path)?;
+        if let Some(q) = uri.query() {
+            check_escapes("query", q)?;
+        }
+        let query = Query::parse(uri.query());
         let mut info = RequestInfo {
             component: component_from_headers(headers),
             path: path.to_string(),
-            verb: method.as_str().to_ascii_lowercase(),
+            verb: Verb::non_resource(method),
             ..RequestInfo::default()
         };
         let parts: Vec<&str> = path
@@ -50,12 +142,14 @@ impl RequestInfo {
             .filter(|p| !p.is_empty())
             .collect();
         if parts.len() < 3 || !(parts[0] == "api" || parts[0] == "apis") {
+            info.query = query;
             return Ok(info);
         }
         info.api_prefix = parts[0].to_string();
         let mut cur = &parts[1..];
         if parts[0] == "apis" {
             if cur.len() < 3 {
+                info.query = query;
                 return Ok(info);
             }
             info.group = cur[0].to_string();
@@ -72,18 +166,21 @@ impl RequestInfo {
                     path: path.to_string(),
                 });
             }
-            info.verb = cur[0].to_string();
+            info.verb = if cur[0] == "proxy" {
+                Verb::Proxy
+            } else {
+                Verb::Watch
+            };
             cur = &cur[1..];
         } else {
             info.verb = match *method {
-                Method::POST => "create",
-                Method::GET | Method::HEAD => "get",
-                Method::PUT => "update",
-                Method::PATCH => "patch",
-                Method::DELETE => "delete",
-                _ => "",
-            }
-            .to_string();
+                Method::POST => Verb::Create,
+                Method::GET | Method::HEAD => Verb::Get,
+                Method::PUT => Verb::Update,
+                Method::PATCH => Verb::Patch,
+                Method::DELETE => Verb::Delete,
+                _ => Verb::Other,
+            };
         }
 
         if cur[0] == "namespaces" && cur.len() > 1 {
@@ -93,7 +190,7 @@ impl RequestInfo {
             }
         }
 
-        if cur.len() >= 3 && info.verb != "proxy" {
+        if cur.len() >= 3 && info.verb != Verb::Proxy {
             info.subresource = cur[2].to_string();
         }
         if cur.len() >= 2 {
@@ -101,31 +198,62 @@ impl RequestInfo {
         }
         info.resource = cur[0].to_string();
 
-        let query = Query::parse(uri.query());
-        if cur.len() == 1 && info.verb == "get" {
-            info.verb = if query.watch { "watch" } else { "list" }.to_string();
+        if cur.len() == 1 && info.verb == Verb::Get {
+            info.verb = if query.watch { Verb::Watch } else { Verb::List };
         }
-        if cur.len() == 1 && info.verb == "delete" {
-            info.verb = "deletecollection".to_string();
+        if cur.len() == 1 && info.verb == Verb::Delete {
+            info.verb = Verb::DeleteCollection;
         }
-        if (info.verb == "list" || info.verb == "watch")
+        if info.is_list_or_watch()
             && info.name.is_empty()
             && let Some(name) = query.field_selector.as_deref().and_then(exact_name_match)
         {
             info.name = name;
         }
+        info.query = query;
         Ok(info)
     }
 
-    /// "pods", "pods/status": the resource with its subresource, as metrics label it.
-    pub fn is_list_or_watch(&self) -> bool {
-        self.verb == "list" || self.verb == "watch"
+    /// The store's scope owner for this request (see [`super::Principal::cache_owner`]).
+    pub fn cache_owner(&self) -> String {
+        self.caller.cache_owner(&self.component)
     }
+
+    pub fn is_list_or_watch(&self) -> bool {
+        matches!(self.verb, Verb::List | Verb::Watch)
+    }
+}
+
+/// Every `%` starts two hex digits.
+fn check_escapes(part: &'static str, text: &str) -> Result<(), Error> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let ok =
+                i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
+            if !ok {
+                return Err(Error::InvalidEscape {
+                    part,
+                    text: text.to_owned(),
+                });
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
 }
 
 /// The list options that routing and caching decide on.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Query {
+    /// The client's `timeout=` (non-long-running requests), in seconds.
+    pub timeout: Option<std::time::Duration>,
+    pub dry_run: bool,
+    /// `sendInitialEvents=true` (watch-list).
+    pub send_initial_events: bool,
     pub watch: bool,
     pub field_selector: Option<String>,
     pub label_selector: Option<String>,
@@ -147,11 +275,46 @@ impl Query {
                 "timeoutSeconds" => q.timeout_seconds = v.parse().ok(),
                 "limit" => q.limit = v.parse().ok(),
                 "continue" => q.continue_token = Some(v.into_owned()),
+                "timeout" => q.timeout = parse_go_duration(&v),
+                "dryRun" => q.dry_run = true,
+                "sendInitialEvents" => q.send_initial_events = parse_go_bool(&v),
                 _ => {}
             }
         }
         q
     }
+}
+
+/// Go's time.ParseDuration for the forms clients send ("30s", "1m30s",
+/// "500ms"); None for anything else.
+pub fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += n * scale;
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
 }
 
 /// Go's strconv.ParseBool, which the apiserver uses for `watch`.
@@ -521,6 +684,36 @@ mod tests {
         );
         // "/api/v1/watch" has only 3 parts: the apiserver treats `watch` as the special verb and fails.
         assert!(matches!(e, Err(Error::MissingResource { .. })), "{e:?}");
+    }
+
+    #[test]
+    fn invalid_escapes_are_bad_requests() {
+        for u in [
+            "/api/v1/namespaces/a/secrets/%zz",
+            "/api/v1/pods?labelSelector=%zz",
+            "/api/v1/pods?x=%4",
+        ] {
+            let e = RequestInfo::resolve(&Method::GET, &u.parse().unwrap(), &HeaderMap::new());
+            assert!(matches!(e, Err(Error::InvalidEscape { .. })), "{u}: {e:?}");
+        }
+        assert!(
+            RequestInfo::resolve(
+                &Method::GET,
+                &"/api/v1/pods?labelSelector=a%3Db".parse().unwrap(),
+                &HeaderMap::new()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn go_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_go_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("30"), None);
+        assert_eq!(parse_go_duration(""), None);
     }
 
     #[test]
