@@ -450,7 +450,9 @@ async fn check_offline_answers(c: &PlainClient, hub: &str, newest_pod_rv: u64) {
     .unwrap();
     assert_eq!(claims["sub"], "system:serviceaccount:kube-system:coredns");
     assert!(
-        claims["iss"].as_str().is_some_and(|i| i.starts_with("yurthub-offline:")),
+        claims["iss"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("yurthub-offline:")),
         "{claims}"
     );
     let header: Value = serde_json::from_slice(
