@@ -740,6 +740,26 @@ fn rbac_is_least_privilege() {
         }
     }
 
+    // Offline authentication: the hub's groups may fetch the issuer keys
+    // through the built-in role (bound only to service accounts by default).
+    let discovery = &o.cluster_role_bindings["yurthub-issuer-discovery"];
+    assert_eq!(discovery.role_ref.kind, "ClusterRole");
+    assert_eq!(
+        discovery.role_ref.name,
+        "system:service-account-issuer-discovery"
+    );
+    let mut groups: Vec<&str> = discovery
+        .subjects
+        .iter()
+        .flatten()
+        .map(|s| {
+            assert_eq!(s.kind, "Group", "{s:?}");
+            s.name.as_str()
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(groups, ["openyurt:yurthub", "system:nodes"]);
+
     // The CSR approver: exactly the rules approving needs.
     let mut approver: Vec<RuleShape> = o.cluster_roles["yurthub-csr-approver"]
         .rules
@@ -844,10 +864,11 @@ fn rbac_is_least_privilege() {
             .is_none_or(Vec::is_empty)
     );
 
-    // Every binding refers to a role that exists.
+    // Every binding refers to a role that exists (or a built-in one).
     for b in o.cluster_role_bindings.values() {
         assert!(
-            o.cluster_roles.contains_key(&b.role_ref.name),
+            o.cluster_roles.contains_key(&b.role_ref.name)
+                || b.role_ref.name == "system:service-account-issuer-discovery",
             "{:?}",
             b.metadata.name
         );
