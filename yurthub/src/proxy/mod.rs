@@ -216,19 +216,18 @@ impl Proxy {
 
     /// Who is asking: the listener and the credentials, nothing else.
     fn identify(&self, listener: Listener, headers: &HeaderMap) -> (Principal, Option<String>) {
-        let Some(auth) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
             return match listener {
                 Listener::Loopback => (Principal::Node, None),
                 Listener::PodFacing => (Principal::Anonymous, None),
             };
         };
+        // Present but not text is still a credential, never "none".
+        let auth = String::from_utf8_lossy(value.as_bytes());
         // Any other scheme (Basic) is still a credential of its own.
         let token = match auth.split_once(' ') {
             Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
-            _ => auth,
+            _ => &*auth,
         };
         let id = match &self.inner.authn {
             Some(a) => a.token_id(token),
