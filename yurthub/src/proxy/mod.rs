@@ -104,6 +104,25 @@ pub struct ProxyParts {
     pub authn: Option<Authenticator>,
 }
 
+/// Why the admit phase turned a request away.
+enum Refused {
+    /// The body is larger than the limit (bytes).
+    TooLarge(u64),
+    /// The hub is not ready, and why.
+    NotReady(String),
+}
+
+impl Refused {
+    fn into_response(self) -> Response<Body> {
+        match self {
+            Refused::TooLarge(limit) => status::too_large(limit),
+            Refused::NotReady(reason) => {
+                status::service_unavailable(format!("yurthub is not ready: {reason}"))
+            }
+        }
+    }
+}
+
 /// What the admit phase decided about one request.
 struct Admitted {
     info: RequestInfo,
@@ -144,7 +163,7 @@ impl Proxy {
         // Phase 2: admit.
         let adm = match self.admit(&req, info, listener) {
             Ok(a) => a,
-            Err(resp) => return resp,
+            Err(refused) => return refused.into_response(),
         };
         let resp = self.route(req, &adm).await;
         self.observe(&adm, &resp, start);
@@ -186,20 +205,18 @@ impl Proxy {
         req: &Request<Incoming>,
         mut info: RequestInfo,
         listener: Listener,
-    ) -> Result<Admitted, Response<Body>> {
+    ) -> Result<Admitted, Refused> {
         if let Some(len) = content_length(req.headers())
             && len > self.inner.max_body
         {
-            return Err(status::too_large(self.inner.max_body));
+            return Err(Refused::TooLarge(self.inner.max_body));
         }
         let (principal, bearer) = self.identify(listener, req.headers());
         info.caller = principal;
         if !(info.caller.is_node() && info.component.starts_with("yurthub"))
             && let Some(reason) = self.inner.readiness.not_ready_reason()
         {
-            return Err(status::service_unavailable(format!(
-                "yurthub is not ready: {reason}"
-            )));
+            return Err(Refused::NotReady(reason));
         }
         let labels = RequestLabels {
             verb: info.verb.to_string(),
