@@ -278,6 +278,7 @@ impl HealthChecker {
             self.cfg.timeout,
         )
         .await
+        .map_err(String::from)
     }
 }
 
