@@ -81,6 +81,7 @@ struct Inner {
     filters: Option<Arc<FilterRegistry>>,
     multiplexer: Option<crate::multiplexer::Multiplexer>,
     node_refresh: std::sync::atomic::AtomicBool,
+    watch_idle_timeout: std::time::Duration,
 }
 
 pub struct ProxyParts {
@@ -99,6 +100,8 @@ pub struct ProxyParts {
     pub filters: Option<Arc<FilterRegistry>>,
     /// Shared watches of pool-scoped resources (None: all go upstream).
     pub multiplexer: Option<crate::multiplexer::Multiplexer>,
+    /// `--watch-idle-timeout` (see `body::IdleBounds`).
+    pub watch_idle_timeout: std::time::Duration,
 }
 
 impl Proxy {
@@ -117,6 +120,7 @@ impl Proxy {
                 filters: p.filters,
                 multiplexer: p.multiplexer,
                 node_refresh: std::sync::atomic::AtomicBool::new(false),
+                watch_idle_timeout: p.watch_idle_timeout,
             }),
         }
     }
@@ -172,7 +176,10 @@ impl Proxy {
         {
             return status::too_large(self.inner.max_body);
         }
+        // The hub's own clients (its multiplexer feeds the filters' inputs,
+        // which readiness waits for) pass the gate.
         if !info.component.starts_with("yurthub")
+            && !info.component.starts_with("multiplexer-proxy")
             && let Some(reason) = self.inner.readiness.not_ready_reason()
         {
             return status::service_unavailable(format!("yurthub is not ready: {reason}"));
@@ -216,7 +223,18 @@ impl Proxy {
         listener: Listener,
         labels: &RequestLabels,
     ) -> Response<Body> {
-        let Some(backend) = self.inner.lb.pick() else {
+        // fleet: until the cloud's health is known, wait briefly, then 503.
+        let backend = match self
+            .inner
+            .lb
+            .pick_when_known(body::UNKNOWN_HEALTH_WAIT)
+            .await
+        {
+            crate::remote::Pick::Backend(b) => Some(b),
+            crate::remote::Pick::Unknown => return body::health_unknown(),
+            crate::remote::Pick::Down => None,
+        };
+        let Some(backend) = backend else {
             if self.inner.mode == WorkingMode::Edge
                 && let Some(local) = &self.inner.local
             {
@@ -252,6 +270,7 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (parts, body) = req.into_parts();
+        let req_query = parts.uri.query().map(str::to_owned);
         let (body, exceeded) = body::Capped::new(body, self.inner.max_body);
         let path = parts
             .uri
@@ -267,7 +286,19 @@ impl Proxy {
         *up.headers_mut() = forwarded_headers(&parts.headers, upgrade);
 
         let client = self.inner.transports.client(identity, upgrade);
-        let mut resp = match client.request(up).await {
+        // fleet: response headers within a bound; a timeout is a 504 (or the
+        // cache, for what the cache serves), and a re-probe of the backend.
+        let bound = body::header_bound(info, req_query.as_deref());
+        let Ok(sent) = tokio::time::timeout(bound, client.request(up)).await else {
+            if let Some(h) = &self.inner.health {
+                h.report_transport_error(&backend);
+            }
+            return self
+                .cache_fallback(info, &parts)
+                .await
+                .unwrap_or_else(|| body::gateway_timeout(bound));
+        };
+        let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 if exceeded.load(std::sync::atomic::Ordering::Acquire) {
@@ -326,7 +357,21 @@ impl Proxy {
             let epoch_id = backend.epoch_id();
             move || vec![backend.epoch_since(epoch_id), shutdown.shutdown.clone()]
         };
-        let mut body = body::Proxied::new(body, stops, traffic, in_flight).boxed_unsync();
+        // fleet: a stalled stream ends and its backend is re-probed.
+        let idle = body::IdleBounds::for_response(
+            info,
+            req_query.as_deref(),
+            &parts.headers,
+            self.inner.watch_idle_timeout,
+        );
+        let reprobe = (self.inner.health.clone(), backend.clone());
+        let mut body = body::Proxied::new(body, stops, traffic, in_flight)
+            .with_idle(idle, move || {
+                if let Some(h) = &reprobe.0 {
+                    h.report_transport_error(&reprobe.1);
+                }
+            })
+            .boxed_unsync();
         if !parts.status.is_success() {
             return Response::from_parts(parts, body);
         }
@@ -361,6 +406,32 @@ impl Proxy {
             body = local.cache().tee(plan, &parts.headers, body);
         }
         Response::from_parts(parts, body)
+    }
+
+    /// fleet: a cacheable get/list answered from the cache when the cloud
+    /// did not answer in time (None: not the cache's to answer).
+    async fn cache_fallback(
+        &self,
+        info: &RequestInfo,
+        parts: &http::request::Parts,
+    ) -> Option<Response<Body>> {
+        let local = self.inner.local.as_ref()?;
+        if !(info.verb == "get" || info.verb == "list")
+            || crate::cache::policy::not_cacheable(local.cache().agents(), info).is_some()
+        {
+            return None;
+        }
+        Some(
+            local
+                .serve(LocalRequest {
+                    info,
+                    method: &parts.method,
+                    uri: &parts.uri,
+                    headers: &parts.headers,
+                    body: bytes::Bytes::new(),
+                })
+                .await,
+        )
     }
 
     /// The filters that apply to this response, if any (only whole objects
