@@ -233,7 +233,7 @@ impl App {
         });
         sync.multiplexer = multiplexer.clone();
         let vips_learned = redirector::VipsLearned::default();
-        if cfg.apiserver_vips.is_empty() {
+        if cfg.apiserver_vips.is_empty() && serving_managed {
             let (lb, learned, vips, serving) = (
                 lb.clone(),
                 vips_learned.clone(),
@@ -369,6 +369,7 @@ impl App {
             redirector::spawn_vip_learner(
                 redirect.clone(),
                 informer_upstream.clone(),
+                multiplexer.clone(),
                 cfg.root_dir.clone(),
                 vips_tx,
                 vips_learned,
@@ -426,6 +427,16 @@ impl App {
             tracker.clone(),
         );
 
+        // fleet: a hub that reaches the cloud returns ready: its informers
+        // and the multiplexer (which lists through the proxy just bound)
+        // finish their first lists within moments. A local wait, bounded.
+        let ready_by = std::time::Instant::now() + cfg.heartbeat.timeout * 3;
+        while lb.any_healthy()
+            && readiness.not_ready_reason().is_some()
+            && std::time::Instant::now() < ready_by
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tracing::info!(
             proxy = %proxy_addr, secure_proxy = %proxy_secure_addr, hub_server = ?hub_server_addr,
             mode = ?cfg.working_mode, servers = cfg.servers.len(), "yurthub started"

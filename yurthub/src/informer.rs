@@ -235,7 +235,7 @@ async fn run(
                 continue;
             }
             Err(e) => {
-                if let (Some(f), Error::Call { .. } | Error::Idle { .. }) = (&up.on_stall, &e) {
+                if let (Some(f), Error::Idle { .. }) = (&up.on_stall, &e) {
                     f(&backend);
                 }
                 if matches!(e, Error::Decode { .. }) {

@@ -198,17 +198,76 @@ pub fn vips_not_ready_reason(
 }
 
 /// Keeps the VIP set equal to the `default/kubernetes` Service's ClusterIPs
-/// and `https` port, from a watch of that one Service (an informer: one
-/// list, then events), persisted. The set is also published on `publish`
-/// (the serving certificate follows it).
+/// and `https` port, persisted: read from the multiplexer's shared services
+/// state when it has one (no stream of its own), else from a watch of that
+/// one Service (an informer: one list, then events). The set is also
+/// published on `publish` (the serving certificate follows it).
 pub fn spawn_vip_learner(
     handle: Handle,
     up: Upstream,
+    mux: Option<crate::multiplexer::Multiplexer>,
     root_dir: PathBuf,
     publish: tokio::sync::watch::Sender<Vec<SocketAddr>>,
     learned: VipsLearned,
     shutdown: CancellationToken,
 ) {
+    let services = crate::storage::Gvr::new("", "v1", "services");
+    if let Some(mux) = mux.filter(|m| m.watches(&services)) {
+        tokio::spawn(async move {
+            let mut current = load_vips(&root_dir);
+            let cacher = loop {
+                // Started once the proxy listens: a local wait at start.
+                if let Some(c) = mux.shared(&services) {
+                    break c;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            };
+            let key = ("default".to_owned(), "kubernetes".to_owned());
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = cacher.wait_ready(Duration::from_secs(3600)) => {}
+                }
+                if !cacher.is_ready() {
+                    continue;
+                }
+                let (mut events, svc) = {
+                    let state = cacher.read();
+                    (cacher.subscribe(), state.objects.get(&key).cloned())
+                };
+                let mut svc = svc;
+                loop {
+                    if let Some(o) = &svc
+                        && let Ok(v) = serde_json::from_slice::<Value>(&o.json)
+                    {
+                        let vips = service_vips(&v);
+                        if !vips.is_empty() {
+                            apply_vips(&handle, &root_dir, &publish, &mut current, vips);
+                            learned.0.store(true, std::sync::atomic::Ordering::Release);
+                        }
+                    }
+                    let ev = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        e = events.recv() => e,
+                    };
+                    match ev {
+                        Ok(ev) => match &ev.object {
+                            Some(o) if o.namespace == key.0 && o.name == key.1 => {
+                                svc = Some(o.clone())
+                            }
+                            _ => svc = None,
+                        },
+                        // Lagged: read the state again.
+                        Err(_) => break,
+                    }
+                }
+            }
+        });
+        return;
+    }
     let informer = Informer::spawn(
         Spec::new(
             "service/default/kubernetes",
