@@ -8,7 +8,10 @@
 //!   iptables DNAT in a sandbox; needs root);
 //! - `cache`: `bench-cache` (the cache; run with `cargo run`);
 //! - `fanout`: `bench-fanout` (50 local watchers of endpointslices through
-//!   the multiplexer vs 50 separate upstream watches through the hub).
+//!   the multiplexer vs 50 separate upstream watches through the hub);
+//! - `fleet`: `bench-fleet` (N hub processes against one double: idle cost,
+//!   a burst, an outage and the return; `-- --hubs 50` for fewer; not in
+//!   `all`: at 200 hubs it takes minutes).
 
 use std::path::PathBuf;
 
@@ -32,6 +35,7 @@ pub enum Which {
     Redirect,
     Cache,
     Fanout,
+    Fleet,
     All,
 }
 
@@ -53,6 +57,7 @@ pub fn run(args: &Args) -> Result<()> {
             Which::Redirect => redirect(&args.bench_args),
             Which::Cache => cache(&args.bench_args),
             Which::Fanout => build_and_run("bench-fanout", &[], &args.bench_args),
+            Which::Fleet => build_and_run("bench-fleet", &["yurthub-under-test"], &args.bench_args),
             Which::All => unreachable!("expanded above"),
         };
         if let Err(err) = result {

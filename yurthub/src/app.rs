@@ -69,6 +69,10 @@ impl App {
         } else {
             cfg.apiserver_vips.clone()
         });
+        // The hub issues its own serving certificate (readiness then waits
+        // for it to carry the learned VIPs).
+        let serving_managed =
+            matches!(cfg.bootstrap, Bootstrap::Token { .. }) && cfg.tls_cert_file.is_none();
         let serving_files = cfg
             .tls_cert_file
             .clone()
@@ -156,6 +160,20 @@ impl App {
                 cfg.heartbeat.clone(),
             )
         });
+        if let Some(h) = &health {
+            h.watch_credentials(certs.client_slot());
+        }
+        // The hub's own list+watches (see crate::informer).
+        let informer_upstream = crate::informer::Upstream {
+            lb: lb.clone(),
+            transports: transports.clone(),
+            idle_timeout: cfg.watch_idle_timeout,
+            on_stall: health.clone().map(|h| {
+                let f: Arc<dyn Fn(&Backend) + Send + Sync> =
+                    Arc::new(move |b: &Backend| h.report_transport_error(b));
+                f
+            }),
+        };
 
         let mut readiness = Readiness::default();
         {
@@ -220,9 +238,9 @@ impl App {
             ))
         });
         let synced = Arc::new(crate::cloudsync::Synced::default());
-        let sync = crate::cloudsync::Sync {
-            lb: lb.clone(),
-            transports: transports.clone(),
+        let mut sync = crate::cloudsync::Sync {
+            upstream: informer_upstream.clone(),
+            multiplexer: None,
             namespace: cfg.namespace.clone(),
             node: cfg.node_name.clone(),
             cache: cache.clone(),
@@ -245,6 +263,19 @@ impl App {
                 shutdown: shutdown.clone(),
             })
         });
+        sync.multiplexer = multiplexer.clone();
+        let vips_learned = redirector::VipsLearned::default();
+        if cfg.apiserver_vips.is_empty() && serving_managed {
+            let (lb, learned, vips, serving) = (
+                lb.clone(),
+                vips_learned.clone(),
+                vips_rx.clone(),
+                serving_managed.then(|| certs.serving_slot()),
+            );
+            readiness.add(move || {
+                redirector::vips_not_ready_reason(&lb, &learned, &vips, serving.as_ref())
+            });
+        }
         let proxy = Proxy::new(ProxyParts {
             mode: cfg.working_mode,
             lb: lb.clone(),
@@ -258,6 +289,7 @@ impl App {
             filters,
             multiplexer: multiplexer.clone(),
             authn,
+            watch_idle_timeout: cfg.watch_idle_timeout,
         });
 
         let (redirect, redirect_reason) = match cfg.redirect_mode {
@@ -345,12 +377,8 @@ impl App {
             h.initial_probe().await;
             h.spawn(shutdown.clone());
         }
-        // After the initial probe, so the first round can reach the cloud.
-        sync.spawn(
-            synced.clone(),
-            cfg.heartbeat.interval.min(Duration::from_secs(5)),
-            shutdown.clone(),
-        );
+        // After the initial probe, so the first lists can reach the cloud.
+        sync.spawn(synced.clone(), shutdown.clone());
         synced.first_round(cfg.heartbeat.timeout * 3).await;
         if let Some(c) = &cache {
             crate::cache::gc::Gc {
@@ -373,11 +401,11 @@ impl App {
         if cfg.apiserver_vips.is_empty() {
             redirector::spawn_vip_learner(
                 redirect.clone(),
-                lb.clone(),
-                transports.clone(),
+                informer_upstream.clone(),
+                multiplexer.clone(),
                 cfg.root_dir.clone(),
-                cfg.heartbeat.timeout,
                 vips_tx,
+                vips_learned,
                 shutdown.clone(),
             );
         }
@@ -433,6 +461,16 @@ impl App {
         );
 
         listening.store(true, std::sync::atomic::Ordering::Release);
+        // fleet: a hub that reaches the cloud returns ready: its informers
+        // and the multiplexer (which lists through the proxy just bound)
+        // finish their first lists within moments. A local wait, bounded.
+        let ready_by = std::time::Instant::now() + cfg.heartbeat.timeout * 3;
+        while lb.any_healthy()
+            && readiness.not_ready_reason().is_some()
+            && std::time::Instant::now() < ready_by
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tracing::info!(
             proxy = %proxy_addr, secure_proxy = %proxy_secure_addr, hub_server = ?hub_server_addr,
             mode = ?cfg.working_mode, servers = cfg.servers.len(), "yurthub started"

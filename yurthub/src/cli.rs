@@ -247,6 +247,11 @@ pub struct RunArgs {
     /// Lower bound of an offline watch without timeoutSeconds.
     #[arg(long, default_value = "1800s")]
     pub min_request_timeout: String,
+    /// An upstream watch that requested bookmarks and received no bytes
+    /// for this long is ended (the client re-lists). Default: twice the
+    /// apiserver's 60 s bookmark interval, plus 10 s.
+    #[arg(long, default_value = "130s")]
+    pub watch_idle_timeout: String,
     #[arg(long, num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = ArgAction::Set)]
     pub enable_resource_filter: bool,
     #[arg(long, value_delimiter = ',')]

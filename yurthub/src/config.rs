@@ -107,6 +107,8 @@ pub struct Config {
     pub cache_max_bytes: Option<u64>,
     pub gc_frequency: Duration,
     pub min_request_timeout: Duration,
+    /// `--watch-idle-timeout`: see `proxy::body::IdleBounds`.
+    pub watch_idle_timeout: Duration,
     pub enable_resource_filter: bool,
     pub enable_pool_service_topology: bool,
     pub enabled_resource_filters: Vec<String>,
@@ -373,6 +375,8 @@ impl Config {
             gc_frequency: Duration::from_secs(gc_minutes * 60),
             min_request_timeout: parse_duration(&a.min_request_timeout)
                 .map_err(|e| err("--min-request-timeout", e))?,
+            watch_idle_timeout: parse_duration(&a.watch_idle_timeout)
+                .map_err(|e| err("--watch-idle-timeout", e))?,
             enable_resource_filter: a.enable_resource_filter,
             enable_pool_service_topology: a.enable_pool_service_topology,
             enabled_resource_filters: a

@@ -22,6 +22,7 @@ pub mod entry;
 pub mod filters;
 pub mod hub;
 pub mod identity;
+pub mod informer;
 pub mod metrics;
 pub mod multiplexer;
 pub mod proxy;

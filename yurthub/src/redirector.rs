@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Method, StatusCode};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::family::Family;
@@ -19,13 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certificates::{self, Certificates, ClusterCaVerifier};
 use crate::config::Config;
+use crate::informer::{Informer, Spec, Upstream};
 use crate::redirect::{self, Redirect};
-use crate::remote::transport::Transports;
-use crate::remote::{LoadBalancer, call_json};
+use crate::remote::LoadBalancer;
 
 const VIP_FILE: &str = "apiserver-vips.json";
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
-const VIP_REFRESH_EVERY: Duration = Duration::from_secs(30);
 
 /// The running redirect, shared by the heartbeat, the VIP learner, the hub
 /// server's `/v1/redirect` and `/metrics`.
@@ -163,78 +161,171 @@ pub fn stored_vips(root: &std::path::Path) -> Vec<SocketAddr> {
     load_vips(root)
 }
 
+/// Whether this run learned the VIPs from the cloud (readiness waits for it
+/// while the cloud is reachable).
+#[derive(Clone, Debug, Default)]
+pub struct VipsLearned(Arc<std::sync::atomic::AtomicBool>);
+
+impl VipsLearned {
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Readiness while the VIPs are learned: not ready until the cloud's
+/// `default/kubernetes` was read and (when the hub issues its own serving
+/// certificate) that certificate carries every VIP, so a redirected pod's
+/// TLS to the VIP verifies from the first ready moment. Offline, the
+/// persisted VIPs stand.
+pub fn vips_not_ready_reason(
+    lb: &LoadBalancer,
+    learned: &VipsLearned,
+    vips: &tokio::sync::watch::Receiver<Vec<SocketAddr>>,
+    serving: Option<&certificates::Slot>,
+) -> Option<String> {
+    if !lb.any_healthy() {
+        return None;
+    }
+    if !learned.get() {
+        return Some("the apiserver VIPs are not learned from default/kubernetes yet".into());
+    }
+    let info = serving?.info()?;
+    let missing = vips
+        .borrow()
+        .iter()
+        .any(|v| !info.ip_addresses.contains(&v.ip()));
+    missing.then(|| "the serving certificate does not carry the apiserver VIPs yet".into())
+}
+
 /// Keeps the VIP set equal to the `default/kubernetes` Service's ClusterIPs
-/// and `https` port, learned through a healthy backend and persisted. The
-/// set is also published on `publish` (the serving certificate follows it).
-/// Until it was read once, it is retried every 2 s instead of every 30 s.
+/// and `https` port, persisted: read from the multiplexer's shared services
+/// state when it has one (no stream of its own), else from a watch of that
+/// one Service (an informer: one list, then events). The set is also
+/// published on `publish` (the serving certificate follows it).
 pub fn spawn_vip_learner(
     handle: Handle,
-    lb: Arc<LoadBalancer>,
-    transports: Transports,
+    up: Upstream,
+    mux: Option<crate::multiplexer::Multiplexer>,
     root_dir: PathBuf,
-    timeout: Duration,
     publish: tokio::sync::watch::Sender<Vec<SocketAddr>>,
+    learned: VipsLearned,
     shutdown: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        let mut current = load_vips(&root_dir);
-        let mut learned_once = false;
-        let mut first = true;
-        loop {
-            let wait = if first {
-                Duration::ZERO
-            } else if learned_once {
-                VIP_REFRESH_EVERY
-            } else {
-                Duration::from_secs(2)
-            };
-            first = false;
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            let Some(backend) = lb.pick() else { continue };
-            let path = "/api/v1/namespaces/default/services/kubernetes";
-            let vips =
-                match call_json(&transports, &backend, Method::GET, path, None, timeout).await {
-                    Ok((StatusCode::OK, svc)) => service_vips(&svc),
-                    Ok((code, _)) => {
-                        tracing::warn!(%code, "reading default/kubernetes failed");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "reading default/kubernetes failed");
-                        continue;
-                    }
-                };
-            if vips.is_empty() {
-                continue;
-            }
-            learned_once = true;
-            publish.send_if_modified(|v| {
-                let changed = *v != vips;
-                if changed {
-                    v.clone_from(&vips);
+    let services = crate::storage::Gvr::new("", "v1", "services");
+    if let Some(mux) = mux.filter(|m| m.watches(&services)) {
+        tokio::spawn(async move {
+            let mut current = load_vips(&root_dir);
+            let cacher = loop {
+                // Started once the proxy listens: a local wait at start.
+                if let Some(c) = mux.shared(&services) {
+                    break c;
                 }
-                changed
-            });
-            if vips == current {
-                continue;
-            }
-            match handle.with(|r| r.set_vips(&vips)) {
-                Some(Ok(())) | None => {}
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, ?vips, "updating the redirect's VIPs failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            };
+            let key = ("default".to_owned(), "kubernetes".to_owned());
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = cacher.wait_ready(Duration::from_secs(3600)) => {}
+                }
+                if !cacher.is_ready() {
                     continue;
                 }
+                let (mut events, svc) = {
+                    let state = cacher.read();
+                    (cacher.subscribe(), state.objects.get(&key).cloned())
+                };
+                let mut svc = svc;
+                loop {
+                    if let Some(o) = &svc
+                        && let Ok(v) = serde_json::from_slice::<Value>(&o.json)
+                    {
+                        let vips = service_vips(&v);
+                        if !vips.is_empty() {
+                            apply_vips(&handle, &root_dir, &publish, &mut current, vips);
+                            learned.0.store(true, std::sync::atomic::Ordering::Release);
+                        }
+                    }
+                    let ev = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        e = events.recv() => e,
+                    };
+                    match ev {
+                        Ok(ev) => match &ev.object {
+                            Some(o) if o.namespace == key.0 && o.name == key.1 => {
+                                svc = Some(o.clone())
+                            }
+                            _ => svc = None,
+                        },
+                        // Lagged: read the state again.
+                        Err(_) => break,
+                    }
+                }
             }
-            tracing::info!(?vips, "apiserver VIPs learned from default/kubernetes");
-            if let Err(e) = store_vips(&root_dir, &vips) {
-                tracing::warn!(error = %e, "persisting the apiserver VIPs failed");
+        });
+        return;
+    }
+    let informer = Informer::spawn(
+        Spec::new(
+            "service/default/kubernetes",
+            "/api/v1/namespaces/default/services",
+        )
+        .named("kubernetes"),
+        up,
+        shutdown.clone(),
+    );
+    let mut rx = informer.subscribe();
+    tokio::spawn(async move {
+        let mut current = load_vips(&root_dir);
+        loop {
+            let snap = rx.borrow_and_update().clone();
+            let vips = snap.single().map(service_vips).unwrap_or_default();
+            if !vips.is_empty() {
+                apply_vips(&handle, &root_dir, &publish, &mut current, vips);
+                learned.0.store(true, std::sync::atomic::Ordering::Release);
+            } else if snap.synced {
+                tracing::warn!("default/kubernetes has no ClusterIP and port; keeping the VIPs");
             }
-            current = vips;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
         }
     });
+}
+
+fn apply_vips(
+    handle: &Handle,
+    root_dir: &std::path::Path,
+    publish: &tokio::sync::watch::Sender<Vec<SocketAddr>>,
+    current: &mut Vec<SocketAddr>,
+    vips: Vec<SocketAddr>,
+) {
+    publish.send_if_modified(|v| {
+        let changed = *v != vips;
+        if changed {
+            v.clone_from(&vips);
+        }
+        changed
+    });
+    if vips == *current {
+        return;
+    }
+    match handle.with(|r| r.set_vips(&vips)) {
+        Some(Ok(())) | None => {}
+        Some(Err(e)) => {
+            tracing::error!(error = %e, ?vips, "updating the redirect's VIPs failed");
+            return;
+        }
+    }
+    tracing::info!(?vips, "apiserver VIPs learned from default/kubernetes");
+    if let Err(e) = store_vips(root_dir, &vips) {
+        tracing::warn!(error = %e, "persisting the apiserver VIPs failed");
+    }
+    *current = vips;
 }
 
 /// The ClusterIPs and `https` port (else the first port) of a Service.

@@ -22,6 +22,10 @@ pub enum FaultKind {
     /// The response starts normally but the connection (h1) or stream (h2)
     /// is aborted after this many body bytes.
     CloseMidStream { after_bytes: usize },
+    /// The response starts normally, sends this many body bytes (half a
+    /// watch frame, say) and then nothing more, the connection kept open:
+    /// an upstream that stalls.
+    StallMidStream { after_bytes: usize },
     /// The request is handled normally after this delay.
     Delay(Duration),
     /// The request is answered with a Status of this HTTP code.
@@ -106,6 +110,7 @@ pub struct Truncated {
     inner: Body,
     remaining: usize,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: bool,
 }
 
 /// How long the cut body waits before failing.
@@ -117,10 +122,23 @@ impl Truncated {
             inner,
             remaining: limit,
             pause: None,
+            stall: false,
+        }
+    }
+
+    /// Sends `limit` bytes, then stalls forever instead of failing.
+    pub fn stalling(inner: Body, limit: usize) -> Self {
+        Self {
+            stall: true,
+            ..Self::new(inner, limit)
         }
     }
 
     fn cut(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.stall {
+            // Never wakes: the stream stays open with nothing more to send.
+            return Poll::Pending;
+        }
         let pause = self
             .pause
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(FLUSH_PAUSE)));

@@ -216,6 +216,7 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
     tracing::debug!(%method, %path, query = %raw_query, "request");
 
     let mut truncate = None;
+    let mut stall = false;
     match shared.faults.take(method.as_str(), &path) {
         Some(FaultKind::Garbage) => {
             info.poison.set(garbage());
@@ -227,6 +228,10 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
             return response::error(&ApiError::for_code(code), None, None);
         }
         Some(FaultKind::CloseMidStream { after_bytes }) => truncate = Some(after_bytes),
+        Some(FaultKind::StallMidStream { after_bytes }) => {
+            truncate = Some(after_bytes);
+            stall = true;
+        }
         None => {}
     }
 
@@ -285,7 +290,11 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
             let (parts, body) = resp.into_parts();
             let mut resp = Response::from_parts(
                 parts,
-                http_body_util::BodyExt::boxed_unsync(Truncated::new(body, limit)),
+                http_body_util::BodyExt::boxed_unsync(if stall {
+                    Truncated::stalling(body, limit)
+                } else {
+                    Truncated::new(body, limit)
+                }),
             );
             resp.headers_mut().remove(header::CONTENT_LENGTH);
             resp

@@ -132,14 +132,23 @@ pub struct Slot(Arc<SlotInner>);
 struct SlotInner {
     value: RwLock<Option<Arc<CertifiedKey>>>,
     generation: std::sync::atomic::AtomicU64,
+    /// The generation, for waiters (the health checker probes at once when
+    /// the credentials change).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Slot {
     pub fn set(&self, ck: Arc<CertifiedKey>) {
         *self.0.value.write().unwrap_or_else(|p| p.into_inner()) = Some(ck);
-        self.0
+        let g = self
+            .0
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.changed.send_replace(g + 1);
+    }
+    /// Wakes on every [`Slot::set`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.changed.subscribe()
     }
     pub fn get(&self) -> Option<Arc<CertifiedKey>> {
         self.0

@@ -105,7 +105,7 @@ async fn cloud_pods(
         Duration::from_secs(30),
     )
     .await
-    .map_err(remote)?;
+    .map_err(|e| remote(e.to_string()))?;
     if !code.is_success() {
         let message = list["message"].as_str().unwrap_or_default().to_owned();
         return Err(remote(format!("{code}: {message}")));

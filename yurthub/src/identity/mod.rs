@@ -62,6 +62,25 @@ pub enum Error {
     Store(#[from] crate::storage::Error),
 }
 
+/// Why fetching the issuer keys failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("{0}")]
+    Call(#[from] crate::remote::CallError),
+    #[error(
+        "{path} answered {code} (the hub's identity needs the \
+         system:service-account-issuer-discovery ClusterRole; deploy/ binds it)"
+    )]
+    Status {
+        path: &'static str,
+        code: http::StatusCode,
+    },
+    #[error("{path}: {reason}")]
+    Decode { path: &'static str, reason: String },
+    #[error("storing the keys: {0}")]
+    Store(#[from] crate::storage::Error),
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     subject: Option<String>,
@@ -396,32 +415,40 @@ impl Authenticator {
         &self,
         transports: &Transports,
         backend: &crate::remote::Backend,
-    ) -> Result<(), String> {
-        let timeout = Duration::from_secs(10);
-        let get = |path: &'static str| {
-            crate::remote::call_json(transports, backend, http::Method::GET, path, None, timeout)
+    ) -> Result<(), KeysError> {
+        const CONFIG: &str = "/.well-known/openid-configuration";
+        const JWKS: &str = "/openid/v1/jwks";
+        let get = |path: &'static str| async move {
+            let (code, body) = crate::remote::call_json(
+                transports,
+                backend,
+                http::Method::GET,
+                path,
+                None,
+                Duration::from_secs(10),
+            )
+            .await?;
+            if !code.is_success() {
+                return Err(KeysError::Status { path, code });
+            }
+            Ok(body)
         };
-        let (code, cfg) = get("/.well-known/openid-configuration").await?;
-        if !code.is_success() {
-            return Err(format!(
-                "/.well-known/openid-configuration answered {code} (the hub's identity needs \
-                 the system:service-account-issuer-discovery ClusterRole; deploy/ binds it)"
-            ));
-        }
+        let cfg = get(CONFIG).await?;
         let issuer = cfg["issuer"].as_str().unwrap_or_default().to_owned();
-        let (code, jwks) = get("/openid/v1/jwks").await?;
-        if !code.is_success() {
-            return Err(format!("/openid/v1/jwks answered {code}"));
-        }
         let jwks: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_value(jwks).map_err(|e| format!("/openid/v1/jwks: {e}"))?;
+            serde_json::from_value(get(JWKS).await?).map_err(|e| KeysError::Decode {
+                path: JWKS,
+                reason: e.to_string(),
+            })?;
         let doc = IssuerDoc { issuer, jwks };
-        let body = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&doc).map_err(|e| KeysError::Decode {
+            path: JWKS,
+            reason: e.to_string(),
+        })?;
         self.inner
             .store
             .put_document(DOC_ISSUER, "application/json", Bytes::from(body))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         tracing::info!(issuer = %doc.issuer, keys = doc.jwks.keys.len(), "service-account issuer keys cached");
         *self
             .inner

@@ -118,6 +118,21 @@ impl Multiplexer {
         }
     }
 
+    /// Read-only access for the hub's own consumers (the filters' inputs):
+    /// whether `gvr` is shared here, and its cacher once started, so they
+    /// read this state instead of opening a second upstream stream.
+    pub fn watches(&self, gvr: &Gvr) -> bool {
+        self.inner.resources.contains(gvr)
+    }
+
+    /// The cacher of `gvr` (None before the proxy listens, or not shared).
+    pub fn shared(&self, gvr: &Gvr) -> Option<Arc<Cacher>> {
+        if !self.watches(gvr) {
+            return None;
+        }
+        self.cacher(gvr)
+    }
+
     /// Whether a request is served here: a list or watch of a pool-scoped
     /// resource from anyone but the multiplexer itself.
     pub fn handles(&self, info: &RequestInfo) -> bool {

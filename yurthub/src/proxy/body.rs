@@ -3,10 +3,25 @@
 //! the stream lives (a watch is in flight for its whole life), and ends the
 //! stream when its backend turns unhealthy or the hub shuts down, so clients
 //! re-list elsewhere instead of waiting on a dead stream (upstream #2792).
+//!
+//! Every upstream wait is bounded ([`IdleBounds`], [`header_bound`]):
+//! - response headers: the client's `timeout=` for non-long-running
+//!   requests, else the apiserver's default [`REQUEST_TIMEOUT`] (60 s);
+//!   long-running ones (watch, exec, logs…) get 60 s too;
+//! - a watch that asked for bookmarks and receives no bytes for
+//!   `--watch-idle-timeout` is ended cleanly (no bytes means no events and
+//!   no bookmarks: the apiserver sends one about every 60 s, so the default
+//!   130 s is two missed bookmarks and slack); a watch without bookmarks is
+//!   bounded by its `timeoutSeconds` plus 30 s;
+//! - once a frame started (a watch event half sent, or any non-watch body),
+//!   no bytes for a quarter of that bound (1–30 s) cuts the stream with an
+//!   error: half a frame is never delivered as a clean end;
+//! - a stream ended this way asks for a re-probe of its backend.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -48,6 +63,217 @@ pin_project_lite::pin_project! {
         stops: Vec<Pin<Box<WaitForCancellationFutureOwned>>>,
         traffic: UntypedCounter,
         _in_flight: InFlight,
+        idle: Option<Box<Idle>>,
+    }
+}
+
+/// How long a request waits for the cloud's health at start before a 503.
+pub const UNKNOWN_HEALTH_WAIT: Duration = Duration::from_secs(1);
+
+/// 503 with Retry-After while no probe has answered yet: never an answer
+/// from a cache that may be empty while the cloud is up.
+pub fn health_unknown() -> http::Response<crate::Body> {
+    let mut r = super::status::service_unavailable(
+        "yurthub has not yet heard from the apiserver; retry shortly",
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    r
+}
+
+/// The apiserver's Status for a request that timed out.
+pub fn gateway_timeout(after: Duration) -> http::Response<crate::Body> {
+    super::status::status_with_details(
+        http::StatusCode::GATEWAY_TIMEOUT,
+        "Timeout",
+        format!(
+            "the server was unable to return a response in the time allotted ({after:?}), but may still be processing the request"
+        ),
+        None,
+    )
+}
+
+/// The apiserver's default request timeout (`--request-timeout`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long response headers may take: the client's `timeout=` (at most
+/// 60 s) for a non-long-running request, 60 s otherwise.
+pub fn header_bound(info: &super::RequestInfo) -> Duration {
+    if is_long_running(info) {
+        return REQUEST_TIMEOUT;
+    }
+    info.query
+        .timeout
+        .filter(|d| !d.is_zero())
+        .map_or(REQUEST_TIMEOUT, |d| d.min(REQUEST_TIMEOUT))
+}
+
+/// The apiserver's long-running request check (verbs and subresources).
+pub fn is_long_running(info: &super::RequestInfo) -> bool {
+    matches!(info.verb.as_str(), "watch" | "proxy")
+        || matches!(
+            info.subresource.as_str(),
+            "attach" | "exec" | "proxy" | "log" | "portforward"
+        )
+}
+
+/// How a body divides into frames, to tell a pause between events from a
+/// stall inside one.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// JSON watch: one event per line.
+    Lines { mid: bool },
+    /// Protobuf watch: 4-byte big-endian length, then the frame.
+    LengthPrefixed {
+        header: [u8; 4],
+        have: usize,
+        remaining: usize,
+    },
+    /// Not a watch: the whole body is one frame.
+    Whole,
+    /// Compressed: frames cannot be seen; only the idle bound applies.
+    Unknown,
+}
+
+impl Framing {
+    fn mid(&self) -> bool {
+        match self {
+            Framing::Lines { mid } => *mid,
+            Framing::LengthPrefixed {
+                have, remaining, ..
+            } => *have > 0 || *remaining > 0,
+            Framing::Whole => true,
+            Framing::Unknown => false,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        match self {
+            Framing::Lines { mid } => {
+                if let Some(last) = data.last() {
+                    *mid = *last != b'\n';
+                }
+            }
+            Framing::LengthPrefixed {
+                header,
+                have,
+                remaining,
+            } => {
+                let mut d = data;
+                while !d.is_empty() {
+                    if *remaining > 0 {
+                        let n = (*remaining).min(d.len());
+                        *remaining -= n;
+                        d = &d[n..];
+                        continue;
+                    }
+                    header[*have] = d[0];
+                    *have += 1;
+                    d = &d[1..];
+                    if *have == 4 {
+                        *remaining = u32::from_be_bytes(*header) as usize;
+                        *have = 0;
+                    }
+                }
+            }
+            Framing::Whole | Framing::Unknown => {}
+        }
+    }
+}
+
+/// The bounds of one proxied response.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleBounds {
+    between_frames: Option<Duration>,
+    mid_frame: Option<Duration>,
+    framing: Framing,
+}
+
+impl IdleBounds {
+    /// For a response to `info` with the response `headers`; see the module
+    /// docs for the rules.
+    pub fn for_response(
+        info: &super::RequestInfo,
+        headers: &http::HeaderMap,
+        watch_idle: Duration,
+    ) -> Option<IdleBounds> {
+        let mid = (watch_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        if info.verb != "watch" {
+            if is_long_running(info) {
+                // Logs and proxied streams may pause legitimately.
+                return None;
+            }
+            return Some(IdleBounds {
+                between_frames: None,
+                mid_frame: Some(mid),
+                framing: Framing::Whole,
+            });
+        }
+        let q = &info.query;
+        let between = if q.allow_watch_bookmarks {
+            Some(watch_idle)
+        } else {
+            q.timeout_seconds
+                .map(|s| Duration::from_secs(s) + Duration::from_secs(30))
+        };
+        let encoded = headers.contains_key(http::header::CONTENT_ENCODING);
+        let protobuf = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("protobuf"));
+        let framing = if encoded {
+            Framing::Unknown
+        } else if protobuf {
+            Framing::LengthPrefixed {
+                header: [0; 4],
+                have: 0,
+                remaining: 0,
+            }
+        } else {
+            Framing::Lines { mid: false }
+        };
+        Some(IdleBounds {
+            between_frames: between,
+            mid_frame: Some(mid),
+            framing,
+        })
+    }
+
+    fn current(&self) -> Option<Duration> {
+        if self.framing.mid() {
+            self.mid_frame
+        } else {
+            self.between_frames
+        }
+    }
+}
+
+struct Idle {
+    bounds: IdleBounds,
+    last: Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    on_stall: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<B, S> Proxied<B, S> {
+    /// Ends the stream when the upstream stalls past `bounds`; `on_stall`
+    /// runs once when it does (a re-probe of the backend).
+    pub fn with_idle(
+        mut self,
+        bounds: Option<IdleBounds>,
+        on_stall: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        self.idle = bounds.map(|bounds| {
+            Box::new(Idle {
+                bounds,
+                last: Instant::now(),
+                timer: None,
+                on_stall: Some(Box::new(on_stall)),
+            })
+        });
+        self
     }
 }
 
@@ -68,6 +294,7 @@ where
             stops: Vec::new(),
             traffic,
             _in_flight: in_flight,
+            idle: None,
         }
     }
 }
@@ -97,12 +324,44 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.traffic.inc_by(data.len() as u64);
+                    if let Some(idle) = this.idle.as_mut() {
+                        idle.bounds.framing.push(data);
+                        idle.last = Instant::now();
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
+                if let Some(idle) = this.idle.as_mut()
+                    && let Some(bound) = idle.bounds.current()
+                {
+                    let deadline = tokio::time::Instant::from_std(idle.last + bound);
+                    let timer = idle
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let mid = idle.bounds.framing.mid();
+                        tracing::warn!(
+                            ?bound,
+                            mid_frame = mid,
+                            "upstream stream stalled; ending it"
+                        );
+                        if let Some(f) = idle.on_stall.take() {
+                            f();
+                        }
+                        *this.idle = None;
+                        return Poll::Ready(if mid {
+                            Some(Err("the upstream stalled in the middle of a frame".into()))
+                        } else {
+                            None
+                        });
+                    }
+                }
                 if let Some(source) = this.stop_source.take() {
                     *this.stops = source()
                         .into_iter()

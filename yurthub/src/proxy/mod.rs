@@ -79,6 +79,7 @@ struct Inner {
     multiplexer: Option<crate::multiplexer::Multiplexer>,
     authn: Option<Authenticator>,
     node_refresh: std::sync::atomic::AtomicBool,
+    watch_idle_timeout: std::time::Duration,
     /// (owner, resource) → when the cloud last answered that identity's
     /// list or watch of a pool-scoped resource 2xx.
     shared_grants: Mutex<HashMap<(String, String), Instant>>,
@@ -102,6 +103,8 @@ pub struct ProxyParts {
     pub multiplexer: Option<crate::multiplexer::Multiplexer>,
     /// Offline authentication of bearer tokens (edge mode).
     pub authn: Option<Authenticator>,
+    /// `--watch-idle-timeout` (see `body::IdleBounds`).
+    pub watch_idle_timeout: std::time::Duration,
 }
 
 /// Why the admit phase turned a request away.
@@ -149,6 +152,7 @@ impl Proxy {
                 authn: p.authn,
                 node_refresh: std::sync::atomic::AtomicBool::new(false),
                 shared_grants: Mutex::default(),
+                watch_idle_timeout: p.watch_idle_timeout,
             }),
         }
     }
@@ -213,7 +217,11 @@ impl Proxy {
         }
         let (principal, bearer) = self.identify(listener, req.headers());
         info.caller = principal;
-        if !(info.caller.is_node() && info.component.starts_with("yurthub"))
+        // The hub's own clients (its multiplexer feeds the filters' inputs,
+        // which readiness waits for) pass the gate.
+        if !(info.caller.is_node()
+            && (info.component.starts_with("yurthub")
+                || info.component.starts_with("multiplexer-proxy")))
             && let Some(reason) = self.inner.readiness.not_ready_reason()
         {
             return Err(Refused::NotReady(reason));
@@ -312,8 +320,19 @@ impl Proxy {
 
     async fn forward(&self, mut req: Request<Incoming>, adm: &Admitted) -> Response<Body> {
         let info = &adm.info;
-        // Phase 4: upstream.
-        let Some(backend) = self.inner.lb.pick() else {
+        // Phase 4: upstream. Until the cloud's health is known, wait
+        // briefly, then 503.
+        let backend = match self
+            .inner
+            .lb
+            .pick_when_known(body::UNKNOWN_HEALTH_WAIT)
+            .await
+        {
+            crate::remote::Pick::Backend(b) => Some(b),
+            crate::remote::Pick::Unknown => return body::health_unknown(),
+            crate::remote::Pick::Down => None,
+        };
+        let Some(backend) = backend else {
             if self.inner.mode == WorkingMode::Edge
                 && let Some(local) = &self.inner.local
             {
@@ -364,7 +383,34 @@ impl Proxy {
         *up.headers_mut() = forwarded_headers(&parts.headers, upgrade);
 
         let client = self.inner.transports.client(identity, upgrade);
-        let mut resp = match client.request(up).await {
+        // Response headers within a bound; a timeout is a 504 (or the cache,
+        // for what the cache serves), and a re-probe of the backend.
+        let bound = body::header_bound(info);
+        let Ok(sent) = tokio::time::timeout(bound, client.request(up)).await else {
+            if let Some(h) = &self.inner.health {
+                h.report_transport_error(&backend);
+            }
+            return match self
+                .inner
+                .local
+                .as_ref()
+                .filter(|l| Self::cache_answers(l, info))
+            {
+                Some(local) => {
+                    self.answer_locally(
+                        local,
+                        adm,
+                        &parts.method,
+                        &parts.uri,
+                        &parts.headers,
+                        bytes::Bytes::new(),
+                    )
+                    .await
+                }
+                None => body::gateway_timeout(bound),
+            };
+        };
+        let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 // Phase 5: the upstream error.
@@ -376,9 +422,8 @@ impl Proxy {
                 if let Some(h) = &self.inner.health {
                     h.report_transport_error(&backend);
                 }
-                if info.verb.is_read()
-                    && let Some(local) = &self.inner.local
-                    && crate::cache::policy::not_cacheable(local.cache().agents(), info).is_none()
+                if let Some(local) = &self.inner.local
+                    && Self::cache_answers(local, info)
                 {
                     return self
                         .answer_locally(
@@ -412,6 +457,13 @@ impl Proxy {
             local.cache().on_status(plan, resp.status());
         }
         self.respond(adm, resp, plan, backend)
+    }
+
+    /// Whether the cache stands in when the cloud fails this request: a
+    /// cacheable get or list.
+    fn cache_answers(local: &Local, info: &RequestInfo) -> bool {
+        info.verb.is_read()
+            && crate::cache::policy::not_cacheable(local.cache().agents(), info).is_none()
     }
 
     /// What the cloud's answer says about the caller: a 2xx vouches for its
@@ -465,10 +517,21 @@ impl Proxy {
         // that turned unhealthy in between ends it at once.
         let stops = {
             let shutdown = self.inner.clone();
+            let backend = backend.clone();
             let epoch_id = backend.epoch_id();
             move || vec![backend.epoch_since(epoch_id), shutdown.shutdown.clone()]
         };
-        let mut body = body::Proxied::new(body, stops, traffic, in_flight).boxed_unsync();
+        // A stalled stream ends and its backend is re-probed.
+        let idle =
+            body::IdleBounds::for_response(info, &parts.headers, self.inner.watch_idle_timeout);
+        let reprobe = (self.inner.health.clone(), backend);
+        let mut body = body::Proxied::new(body, stops, traffic, in_flight)
+            .with_idle(idle, move || {
+                if let Some(h) = &reprobe.0 {
+                    h.report_transport_error(&reprobe.1);
+                }
+            })
+            .boxed_unsync();
         if !parts.status.is_success() {
             return Response::from_parts(parts, body);
         }

@@ -7,39 +7,105 @@
 //! when kubelet itself stops touching its lease (the grace period), so a dead
 //! kubelet is never hidden (upstream #420).
 //!
-//! Better than upstream: every backend is probed every interval (upstream
-//! probes one per tick), and a transport error on a proxied request triggers
-//! an immediate out-of-band probe, so a dead server is noticed in well under
-//! one interval.
+//! The probing rules (multiply every periodic request by a fleet):
+//! - **Healthy, current** (the first healthy backend in `--server-addr`
+//!   order): one lease renewal per `--heartbeat-interval`. That is the only
+//!   renewal per interval per node, whatever the number of backends.
+//! - **Healthy, not current**: `GET /readyz` every [`CHEAP_EVERY`]th
+//!   interval: no etcd write, a few bytes. It proves reachability and
+//!   authentication; the renewal proves the rest once it becomes current.
+//! - **Unhealthy or unknown**: probed with jittered exponential backoff from
+//!   [`BACKOFF_FIRST`] (the first probe within 1 s), doubling. When the
+//!   probe never reached an apiserver (refused, reset, timed out), the cap
+//!   is min(`--heartbeat-interval`, [`UNREACHABLE_CAP`]): such a probe costs
+//!   the apiserver nothing, and the hub must notice the return within
+//!   seconds. When an apiserver answered with an error (5xx, 429, 403) the
+//!   cap is the heartbeat interval: an overloaded control plane is not
+//!   probed harder than it is heartbeated. The jitter (50–100 %) keeps a
+//!   fleet that lost the cloud together from returning in lockstep. The
+//!   probe is the lease renewal while no backend is healthy (it is then the
+//!   heartbeat), `/readyz` otherwise.
+//! - After a success while not yet healthy the next probe follows at once
+//!   ([`CONFIRM_AFTER`]), so `--heartbeat-healthy-threshold` successes take
+//!   a fraction of a second, not thresholds × intervals.
+//! - **Unknown** (at start, or when the client certificate changes): probe at
+//!   once. A transport error or a stalled stream on a proxied request
+//!   triggers an immediate probe of that backend.
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::transport::Transports;
-use super::{Backend, LoadBalancer};
+use super::{Backend, CallError, LoadBalancer};
 use crate::config::Heartbeat;
 
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 const DELEGATE_ANNOTATION: &str = "openyurt.io/delegate-heartbeat";
 
-/// Per-backend consecutive-success counters and the shared lease state.
+/// Non-current healthy backends are probed every this many intervals.
+pub const CHEAP_EVERY: u32 = 3;
+/// The first retry of a failed backend (before jitter).
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+/// The backoff cap while the apiserver is unreachable.
+pub const UNREACHABLE_CAP: Duration = Duration::from_secs(2);
+/// The wait before confirming a success while not yet healthy.
+pub const CONFIRM_AFTER: Duration = Duration::from_millis(100);
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("{what} returned {code}: {message}")]
+    Answered {
+        what: &'static str,
+        code: StatusCode,
+        message: String,
+    },
+    #[error("lease changed concurrently")]
+    Conflict,
+    #[error("kubelet has not renewed its lease within the grace period; not renewing it for it")]
+    KubeletGone,
+    #[error("no client certificate yet")]
+    NoCredentials,
+}
+
+impl ProbeError {
+    /// The probe never reached an apiserver.
+    fn unreachable(&self) -> bool {
+        matches!(self, ProbeError::Call(c) if c.is_unreachable())
+    }
+}
+
+/// Per-backend probe schedule.
+#[derive(Debug, Clone)]
+struct Schedule {
+    successes: u32,
+    due: Instant,
+    backoff: Duration,
+    rounds: u32,
+}
+
+/// Per-backend probe schedules and the shared lease state.
 pub struct HealthChecker {
     lb: Arc<LoadBalancer>,
     transports: Transports,
     node: String,
     cfg: Heartbeat,
-    successes: Mutex<Vec<u32>>,
+    schedule: Mutex<Vec<Schedule>>,
     /// The Lease as the cloud last returned it: the base of the next renewal,
     /// and what kubelet's local lease reads are answered with.
     lease: Mutex<Option<Value>>,
     node_uid: Mutex<Option<String>>,
     kubelet_seen: Mutex<Option<Instant>>,
     probe_now: Notify,
+    credentials: OnceLock<crate::certificates::Slot>,
 }
 
 impl HealthChecker {
@@ -50,55 +116,128 @@ impl HealthChecker {
         cfg: Heartbeat,
     ) -> Arc<HealthChecker> {
         let n = lb.backends().len();
+        let now = Instant::now();
         Arc::new(HealthChecker {
             lb,
             transports,
             node,
             cfg,
-            successes: Mutex::new(vec![0; n]),
+            schedule: Mutex::new(vec![
+                Schedule {
+                    successes: 0,
+                    due: now,
+                    backoff: BACKOFF_FIRST,
+                    rounds: 0,
+                };
+                n
+            ]),
             lease: Mutex::new(None),
             node_uid: Mutex::new(None),
             kubelet_seen: Mutex::new(None),
             probe_now: Notify::new(),
+            credentials: OnceLock::new(),
         })
     }
 
-    /// The init phase: one probe of every backend, concurrently; success makes
-    /// a backend healthy at once, failure unhealthy.
+    /// The hub's client certificate: no probe runs without one (it could
+    /// only fail), and every change of it makes health unknown again, so
+    /// every backend is probed at once.
+    pub fn watch_credentials(&self, slot: crate::certificates::Slot) {
+        let _ = self.credentials.set(slot);
+    }
+
+    fn has_credentials(&self) -> bool {
+        self.credentials.get().is_none_or(|s| s.is_set())
+    }
+
+    /// The init phase: one probe of every backend; success makes a backend
+    /// healthy at once, failure unhealthy. Without credentials yet, health
+    /// stays unknown and the backends are probed when they arrive.
     pub async fn initial_probe(&self) {
+        if !self.has_credentials() {
+            tracing::info!("no client certificate yet; probing once it is installed");
+            return;
+        }
         for (i, b) in self.lb.backends().iter().enumerate() {
             let ok = self
-                .probe(b)
+                .probe(b, true)
                 .await
                 .map_err(|e| tracing::warn!(server = b.name(), error = %e, "initial probe failed"))
                 .is_ok();
             b.set_healthy(ok);
-            self.successes.lock().unwrap_or_else(|p| p.into_inner())[i] = u32::from(ok);
+            let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+            s[i].successes = u32::from(ok);
+            s[i].due = Instant::now()
+                + if ok {
+                    self.cfg.interval
+                } else {
+                    jitter(BACKOFF_FIRST)
+                };
         }
     }
 
-    /// Probes every backend each interval until shutdown.
+    /// Probes per the rules above until shutdown.
     pub fn spawn(self: &Arc<Self>, shutdown: CancellationToken) {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(me.cfg.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await; // the initial probe already ran
+            let mut creds = me.credentials.get().map(|s| s.subscribe());
             loop {
+                let due = me
+                    .schedule
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|s| s.due)
+                    .min()
+                    .unwrap_or_else(|| Instant::now() + me.cfg.interval);
+                let creds_changed = async {
+                    match &mut creds {
+                        Some(rx) => {
+                            if rx.changed().await.is_err() {
+                                std::future::pending::<()>().await
+                            }
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep_until(due.into()) => {}
                     _ = me.probe_now.notified() => {}
+                    _ = creds_changed => {
+                        tracing::info!("client certificate changed; probing every backend now");
+                        me.all_due_now();
+                    }
                 }
                 me.round().await;
             }
         });
     }
 
-    /// A proxied request to `backend` failed at the transport level: probe now
-    /// rather than at the next tick.
+    fn all_due_now(&self) {
+        let now = Instant::now();
+        for s in self
+            .schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            s.due = now;
+        }
+    }
+
+    /// A proxied request to `backend` failed at the transport level, or a
+    /// stream through it went silent: probe it now rather than later.
     pub fn report_transport_error(&self, backend: &Backend) {
         tracing::debug!(server = backend.name(), "transport error, probing now");
+        if let Some(i) = self
+            .lb
+            .backends()
+            .iter()
+            .position(|b| std::ptr::eq(&**b, backend))
+        {
+            self.schedule.lock().unwrap_or_else(|p| p.into_inner())[i].due = Instant::now();
+        }
         self.probe_now.notify_one();
     }
 
@@ -112,38 +251,107 @@ impl HealthChecker {
         self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Probes the backends that are due.
     async fn round(&self) {
+        if !self.has_credentials() {
+            // Nothing can succeed yet; the credentials' arrival wakes us.
+            let far = Instant::now() + self.cfg.interval;
+            for s in self
+                .schedule
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter_mut()
+            {
+                s.due = far;
+            }
+            return;
+        }
         let kubelet_gone = self
             .kubelet_seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|t| t.elapsed() > self.cfg.kubelet_grace_period);
+        let now = Instant::now();
+        let current = self.lb.current();
         for (i, b) in self.lb.backends().iter().enumerate() {
-            let result = if kubelet_gone {
-                Err("kubelet has not renewed its lease within the grace period; not renewing it for it".to_string())
+            let sched = self.schedule.lock().unwrap_or_else(|p| p.into_inner())[i].clone();
+            if sched.due > now {
+                continue;
+            }
+            let is_current = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, b));
+            let healthy = b.is_healthy();
+            // Healthy but not current: only every CHEAP_EVERY-th interval.
+            if healthy && !is_current && (sched.rounds + 1) % CHEAP_EVERY != 0 {
+                let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+                s[i].rounds = s[i].rounds.wrapping_add(1);
+                s[i].due = now + self.cfg.interval;
+                continue;
+            }
+            let renew = is_current || !self.lb.any_healthy();
+            let result = if renew && kubelet_gone {
+                Err(ProbeError::KubeletGone)
             } else {
-                self.probe(b).await
+                self.probe(b, renew).await
             };
-            let mut successes = self.successes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+            let s = &mut s[i];
+            s.rounds = s.rounds.wrapping_add(1);
             match result {
                 Ok(()) => {
-                    successes[i] = successes[i].saturating_add(1);
-                    if !b.is_healthy() && successes[i] >= self.cfg.healthy_threshold {
+                    s.successes = s.successes.saturating_add(1);
+                    s.backoff = BACKOFF_FIRST;
+                    if !b.is_healthy() && s.successes >= self.cfg.healthy_threshold {
                         b.set_healthy(true);
                     }
+                    s.due = Instant::now()
+                        + if b.is_healthy() {
+                            self.cfg.interval
+                        } else {
+                            CONFIRM_AFTER
+                        };
                 }
                 Err(e) => {
                     tracing::debug!(server = b.name(), error = %e, "probe failed");
-                    successes[i] = 0;
+                    let cap = if e.unreachable() {
+                        self.cfg.interval.min(UNREACHABLE_CAP)
+                    } else {
+                        self.cfg.interval
+                    };
+                    let was_healthy = b.is_healthy();
+                    s.successes = 0;
                     b.set_healthy(false);
+                    // A backend that just failed is retried at once-ish; a
+                    // failing one backs off.
+                    let wait = if was_healthy {
+                        BACKOFF_FIRST
+                    } else {
+                        s.backoff.min(cap)
+                    };
+                    s.due = Instant::now() + jitter(wait);
+                    s.backoff = (s.backoff * 2).min(cap);
                 }
             }
         }
     }
 
+    /// `renew`: renew the lease (the heartbeat); else the cheap `/readyz`.
+    async fn probe(&self, backend: &Backend, renew: bool) -> Result<(), ProbeError> {
+        if !renew {
+            return match self.call(backend, Method::GET, "/readyz", None).await? {
+                (StatusCode::OK, _) => Ok(()),
+                (code, _) => Err(ProbeError::Answered {
+                    what: "readyz",
+                    code,
+                    message: String::new(),
+                }),
+            };
+        }
+        self.renew(backend).await
+    }
+
     /// Renews the node Lease through `backend`, retrying conflicts.
-    async fn probe(&self, backend: &Backend) -> Result<(), String> {
-        let mut last_err = String::new();
+    async fn renew(&self, backend: &Backend) -> Result<(), ProbeError> {
+        let mut last_err = ProbeError::Conflict;
         for _ in 0..self.cfg.failed_retry {
             let base = self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let base = match base {
@@ -163,18 +371,22 @@ impl HealthChecker {
                 Ok((StatusCode::CONFLICT | StatusCode::NOT_FOUND, _)) => {
                     // Someone else wrote it (or it was deleted): re-read and retry.
                     *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    last_err = "lease changed concurrently".into();
+                    last_err = ProbeError::Conflict;
                 }
                 Ok((code, body)) => {
-                    last_err = format!("lease update returned {code}: {}", message(&body))
+                    last_err = ProbeError::Answered {
+                        what: "lease update",
+                        code,
+                        message: message(&body).to_owned(),
+                    }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(last_err)
     }
 
-    async fn ensure_lease(&self, backend: &Backend) -> Result<Value, String> {
+    async fn ensure_lease(&self, backend: &Backend) -> Result<Value, ProbeError> {
         let path = format!(
             "/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{}",
             self.node
@@ -199,12 +411,18 @@ impl HealthChecker {
                     .await?
                 {
                     (StatusCode::CREATED | StatusCode::OK, l) => Ok(l),
-                    (code, body) => {
-                        Err(format!("lease create returned {code}: {}", message(&body)))
-                    }
+                    (code, body) => Err(ProbeError::Answered {
+                        what: "lease create",
+                        code,
+                        message: message(&body).to_owned(),
+                    }),
                 }
             }
-            (code, body) => Err(format!("lease get returned {code}: {}", message(&body))),
+            (code, body) => Err(ProbeError::Answered {
+                what: "lease get",
+                code,
+                message: message(&body).to_owned(),
+            }),
         }
     }
 
@@ -268,7 +486,7 @@ impl HealthChecker {
         method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), String> {
+    ) -> Result<(StatusCode, Value), CallError> {
         super::call_json(
             &self.transports,
             backend,
@@ -279,6 +497,11 @@ impl HealthChecker {
         )
         .await
     }
+}
+
+/// 50–100 % of `d`.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.5..1.0))
 }
 
 fn message(status: &Value) -> &str {

@@ -7,6 +7,7 @@ pub mod transport;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::Uri;
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,6 +22,11 @@ pub struct Backend {
     uri: Uri,
     name: String,
     healthy: AtomicBool,
+    /// False until the first probe answered (either way): requests wait
+    /// briefly for it instead of being served from an empty cache.
+    known: AtomicBool,
+    /// Publishes (known, healthy) so waiters wake on a change instead of polling.
+    state: tokio::sync::watch::Sender<(bool, bool)>,
     /// Cancelled when the backend turns unhealthy: streams opened through it
     /// (watches above all) end promptly so clients re-list elsewhere.
     epoch: std::sync::Mutex<CancellationToken>,
@@ -45,6 +51,9 @@ impl Backend {
             uri,
             name,
             healthy: AtomicBool::new(healthy),
+            // Cloud mode has no checker: its backends start known-healthy.
+            known: AtomicBool::new(healthy),
+            state: tokio::sync::watch::Sender::new((healthy, healthy)),
             epoch: std::sync::Mutex::new(CancellationToken::new()),
             epoch_id: std::sync::atomic::AtomicU64::new(0),
             gauge,
@@ -82,12 +91,27 @@ impl Backend {
         ended
     }
 
+    /// Whether a probe has answered since start.
+    pub fn is_known(&self) -> bool {
+        self.known.load(Ordering::Acquire)
+    }
+
+    /// (known, healthy), updated on every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<(bool, bool)> {
+        self.state.subscribe()
+    }
+
     /// Records a health transition; returns whether it changed.
     pub fn set_healthy(&self, healthy: bool) -> bool {
+        let was_known = self.known.swap(true, Ordering::AcqRel);
         let was = self.healthy.swap(healthy, Ordering::AcqRel);
         if was == healthy {
+            if !was_known {
+                self.state.send_replace((true, healthy));
+            }
             return false;
         }
+        self.state.send_replace((true, healthy));
         self.gauge.set(i64::from(healthy));
         if !healthy {
             let mut epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,6 +180,100 @@ impl LoadBalancer {
     pub fn any_healthy(&self) -> bool {
         self.backends.iter().any(|b| b.is_healthy())
     }
+
+    /// The backend the hub's own periodic traffic (the lease renewal) goes
+    /// through: the first healthy one in `--server-addr` order, whatever the
+    /// mode, so one renewal per interval suffices.
+    pub fn current(&self) -> Option<Arc<Backend>> {
+        self.backends.iter().find(|b| b.is_healthy()).cloned()
+    }
+
+    /// True while no backend is healthy and some was never probed: the
+    /// cloud's state is not known yet.
+    pub fn health_unknown(&self) -> bool {
+        !self.any_healthy() && self.backends.iter().any(|b| !b.is_known())
+    }
+
+    /// Waits until some backend is healthy (woken by the change, no polling).
+    pub async fn wait_healthy(&self) {
+        let mut rxs: Vec<_> = self.backends.iter().map(|b| b.subscribe()).collect();
+        loop {
+            if self.any_healthy() {
+                return;
+            }
+            let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+            if futures_util::future::select_all(changes).await.0.is_err() {
+                // A sender dropped: the backends are going away.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Picks a backend, first waiting up to `within` while the cloud's
+    /// health is unknown (at start, before the first probe answered).
+    pub async fn pick_when_known(&self, within: Duration) -> Pick {
+        if let Some(b) = self.pick() {
+            return Pick::Backend(b);
+        }
+        if !self.health_unknown() {
+            return Pick::Down;
+        }
+        let mut rxs: Vec<_> = self.backends.iter().map(|b| b.subscribe()).collect();
+        let wait = async {
+            while self.health_unknown() {
+                let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+                if futures_util::future::select_all(changes).await.0.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, wait).await;
+        match self.pick() {
+            Some(b) => Pick::Backend(b),
+            None if self.health_unknown() => Pick::Unknown,
+            None => Pick::Down,
+        }
+    }
+}
+
+/// What [`LoadBalancer::pick_when_known`] found.
+#[derive(Debug)]
+pub enum Pick {
+    Backend(Arc<Backend>),
+    /// No probe answered yet: the caller answers a retryable 503.
+    Unknown,
+    /// Every backend is known to be unhealthy.
+    Down,
+}
+
+/// How the hub's own upstream calls fail.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("building the request to {server}: {reason}")]
+    Build { server: String, reason: String },
+    #[error("{server}: {reason}")]
+    Transport { server: String, reason: String },
+    #[error("{server}: reading the body: {reason}")]
+    Body { server: String, reason: String },
+    #[error("{server}: timed out after {after:?}")]
+    Timeout { server: String, after: Duration },
+}
+
+impl CallError {
+    /// The apiserver never answered (connection-level): it costs the
+    /// apiserver nothing to probe again soon.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            CallError::Transport { .. } | CallError::Timeout { .. }
+        )
+    }
+}
+
+impl From<CallError> for String {
+    fn from(e: CallError) -> String {
+        e.to_string()
+    }
 }
 
 /// One JSON request to `backend` with the hub's identity, bounded by
@@ -166,9 +284,10 @@ pub async fn call_json(
     method: http::Method,
     path: &str,
     body: Option<&serde_json::Value>,
-    timeout: std::time::Duration,
-) -> Result<(http::StatusCode, serde_json::Value), String> {
+    timeout: Duration,
+) -> Result<(http::StatusCode, serde_json::Value), CallError> {
     use http_body_util::BodyExt;
+    let server = || backend.name().to_owned();
     let req = http::Request::builder()
         .method(method)
         .uri(backend.url_for(path))
@@ -179,19 +298,28 @@ pub async fn call_json(
             body.map(|b| bytes::Bytes::from(b.to_string()))
                 .unwrap_or_default(),
         ))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CallError::Build {
+            server: server(),
+            reason: e.to_string(),
+        })?;
     let client = transports.client(transport::Identity::Hub, false);
     let fut = async {
         let resp = client
             .request(req)
             .await
-            .map_err(|e| format!("{}: {}", backend.name(), health::error_chain(&e)))?;
+            .map_err(|e| CallError::Transport {
+                server: server(),
+                reason: health::error_chain(&e),
+            })?;
         let code = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| CallError::Body {
+                server: server(),
+                reason: e.to_string(),
+            })?
             .to_bytes();
         Ok((
             code,
@@ -200,7 +328,10 @@ pub async fn call_json(
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| format!("{}: timed out after {timeout:?}", backend.name()))?
+        .map_err(|_| CallError::Timeout {
+            server: server(),
+            after: timeout,
+        })?
 }
 
 #[cfg(test)]

@@ -254,6 +254,7 @@ pub struct Query {
     pub dry_run: bool,
     /// `sendInitialEvents=true` (watch-list).
     pub send_initial_events: bool,
+    pub allow_watch_bookmarks: bool,
     pub watch: bool,
     pub field_selector: Option<String>,
     pub label_selector: Option<String>,
@@ -278,6 +279,7 @@ impl Query {
                 "timeout" => q.timeout = parse_go_duration(&v),
                 "dryRun" => q.dry_run = true,
                 "sendInitialEvents" => q.send_initial_events = parse_go_bool(&v),
+                "allowWatchBookmarks" => q.allow_watch_bookmarks = parse_go_bool(&v),
                 _ => {}
             }
         }
