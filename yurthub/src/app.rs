@@ -211,6 +211,7 @@ impl App {
                 filters: filters.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
+                pods: cache.as_ref().map(crate::cache::endpoints::Source::new),
             })
         });
         let proxy = Proxy::new(ProxyParts {
