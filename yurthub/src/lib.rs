@@ -21,6 +21,7 @@ pub mod dump;
 pub mod entry;
 pub mod filters;
 pub mod hub;
+pub mod install;
 pub mod metrics;
 pub mod multiplexer;
 pub mod proxy;
