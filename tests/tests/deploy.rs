@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, Probe, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
@@ -93,6 +93,7 @@ struct Objects {
     roles: BTreeMap<String, Role>,
     role_bindings: BTreeMap<String, RoleBinding>,
     config_maps: BTreeMap<String, ConfigMap>,
+    pods: BTreeMap<String, Pod>,
 }
 
 fn name_of(doc: &Value) -> String {
@@ -119,6 +120,7 @@ impl Objects {
             "Role" => drop(self.roles.insert(name, typed(doc, origin))),
             "RoleBinding" => drop(self.role_bindings.insert(name, typed(doc, origin))),
             "ConfigMap" => drop(self.config_maps.insert(name, typed(doc, origin))),
+            "Pod" => drop(self.pods.insert(name, typed(doc, origin))),
             other => panic!("{origin}: unexpected kind {other:?} in deploy/"),
         }
     }
@@ -339,8 +341,9 @@ fn every_manifest_parses_as_its_kubernetes_type() {
     assert!(o.deployments.contains_key("yurthub-csr-approver"));
     assert!(o.config_maps.contains_key("yurt-hub-cfg"));
     assert!(o.config_maps.contains_key("yurthub-env"));
+    assert!(o.pods.contains_key("yurthub"), "the static pod");
     assert_eq!(tree.kustomizations.len(), 2, "the base and cleanup/");
-    assert_eq!(tree.kubeconfigs.len(), 1, "the kubelet kubeconfig example");
+    assert_eq!(tree.kubeconfigs.len(), 1, "the kubelet kubeconfig");
     // Every kustomization lists files that exist.
     for (path, k) in &tree.kustomizations {
         let dir = path.parent().expect("kustomization dir");
@@ -953,4 +956,397 @@ fn the_kubelet_kubeconfig_points_at_the_hub_proxy() {
             .any(|c| c.get("name").and_then(Value::as_str) == Some(current)),
         "current-context exists"
     );
+}
+
+// === the static pod and the systemd unit (autonomy across an offline reboot) ===
+
+fn static_pod(tree: &Tree) -> &Pod {
+    &tree.objects.pods["yurthub"]
+}
+
+#[test]
+fn the_static_pod_is_the_daemonsets_hub_without_the_apiserver() {
+    let tree = load_tree();
+    let pod = static_pod(&tree);
+    assert_eq!(pod.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let spec = pod.spec.as_ref().expect("spec");
+    let ds_spec = pod_spec(&tree.objects.daemon_sets["yurthub"]);
+    assert_eq!(spec.host_network, Some(true));
+    assert_eq!(spec.dns_policy.as_deref(), Some("Default"));
+    assert_eq!(
+        spec.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    // A mirror pod may not use a ServiceAccount, ConfigMaps or Secrets, and
+    // nothing may come from the API: kubelet starts it with the cloud away.
+    assert!(spec.service_account_name.is_none());
+    for v in spec.volumes.iter().flatten() {
+        assert!(
+            v.host_path.is_some(),
+            "{}: only hostPath volumes in a static pod",
+            v.name
+        );
+    }
+    let c = only_container(spec);
+    let ds = only_container(ds_spec);
+    for e in c.env.iter().flatten() {
+        let from = e.value_from.as_ref();
+        assert!(
+            from.is_none_or(|f| f.config_map_key_ref.is_none() && f.secret_key_ref.is_none()),
+            "{}: env from the API",
+            e.name
+        );
+    }
+    // The DaemonSet's container: capabilities, security context, probes,
+    // mounts and the host paths behind them.
+    assert_eq!(c.security_context, ds.security_context);
+    assert_eq!(c.liveness_probe, ds.liveness_probe);
+    assert_eq!(c.readiness_probe, ds.readiness_probe);
+    assert_eq!(c.startup_probe, ds.startup_probe);
+    assert_eq!(host_mounts(spec, c), host_mounts(ds_spec, ds));
+    for (what, probe, path) in [
+        ("liveness", c.liveness_probe.as_ref(), "/v1/healthz"),
+        ("readiness", c.readiness_probe.as_ref(), "/v1/readyz"),
+    ] {
+        assert_eq!(http_probe(probe, what).1, path);
+    }
+    // The same flags; the values the DaemonSet takes from the API are literal.
+    let (a, ds_a) = (args(c), args(ds));
+    assert_eq!(flags(&a), flags(&ds_a), "same flags, same order");
+    for (mine, theirs) in a.iter().zip(&ds_a) {
+        if !theirs.contains("$(") {
+            assert_eq!(mine, theirs);
+        } else {
+            assert!(
+                !mine.contains("$("),
+                "{mine}: no env expansion in a static pod"
+            );
+        }
+    }
+    // Upgrades keep the pinned programs: the old hub leaves them in place.
+    assert_eq!(flag_value(&a, "keep-redirect-on-exit"), Some("true"));
+    let pre_stop = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+    assert!(pre_stop.is_none(), "{pre_stop:?}");
+    // Not part of the Kustomize base (kubelet reads it from disk).
+    let base = &tree.kustomizations[&deploy_dir().join("kustomization.yaml")];
+    assert!(
+        !base.to_string().contains("static/"),
+        "static/ is not applied to the cluster"
+    );
+}
+
+/// Runs the real binary and returns (exit code, stdout, stderr).
+fn hub_run(args: &[String]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(hub_binary());
+    command.args(args);
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run yurthub");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "yurthub {args:?} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The real binary checks `args` as at start (`--dry-run`).
+fn assert_binary_accepts(args: &[String], what: &str) -> String {
+    let mut a = args.to_vec();
+    a.push("--dry-run".into());
+    let (code, stdout, stderr) = hub_run(&a);
+    assert_eq!(code, Some(0), "yurthub rejects {what}: {stderr}");
+    stdout
+}
+
+#[test]
+fn the_static_manifests_flags_are_accepted_by_the_real_binary() {
+    let tree = load_tree();
+    let template = args(only_container(
+        static_pod(&tree).spec.as_ref().expect("spec"),
+    ));
+    let out = assert_binary_accepts(&template, "the static pod template's args");
+    assert!(out.contains("keep_redirect_on_exit: true"), "{out}");
+    // The dry run is a real check: a bad value is refused, naming the flag.
+    let mut bad = template.clone();
+    bad.push("--server-addr=http://10.0.0.1:6443".into());
+    let mut a = bad.clone();
+    a.push("--dry-run".into());
+    let (code, _, stderr) = hub_run(&a);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--server-addr"), "{stderr}");
+
+    // install-static writes the template with this node's flags, through the
+    // real binary, and what it writes parses as a Pod and is accepted too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    let (code, _, stderr) = hub_run(&[
+        "install-static".into(),
+        "--node-name=edge-7".into(),
+        "--server-addr=https://10.0.0.1:6443,https://10.0.0.2:6443".into(),
+        format!("--manifests-dir={}", manifests.display()),
+        "--image=registry.example/yurthub:1.2.3".into(),
+        "--".into(),
+        "--redirect-cgroup=/host/sys/fs/cgroup/unified".into(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let path = manifests.join("yurthub.yaml");
+    let text = std::fs::read_to_string(&path).expect("manifest written");
+    let docs = documents(&text, "install-static output");
+    assert_eq!(docs.len(), 1);
+    let pod: Pod = typed(&docs[0], "install-static output");
+    let c = only_container(pod.spec.as_ref().expect("spec"));
+    assert_eq!(c.image.as_deref(), Some("registry.example/yurthub:1.2.3"));
+    let a = args(c);
+    assert_eq!(flag_value(&a, "node-name"), Some("edge-7"));
+    assert_eq!(
+        flag_value(&a, "redirect-cgroup"),
+        Some("/host/sys/fs/cgroup/unified")
+    );
+    assert_eq!(
+        flags(&a).len(),
+        flags(&template).len(),
+        "replaced, not added"
+    );
+    let out = assert_binary_accepts(&a, "install-static's manifest");
+    assert!(out.contains("edge-7"), "{out}");
+    // ...and refuses to write a manifest the hub would reject.
+    let (code, _, stderr) = hub_run(&[
+        "install-static".into(),
+        "--node-name=edge-7".into(),
+        "--server-addr=http://10.0.0.1:6443".into(),
+        format!("--manifests-dir={}", manifests.display()),
+    ]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        std::fs::read_to_string(&path).expect("kept") == text,
+        "the old manifest stays"
+    );
+}
+
+/// The systemd unit's ExecStart, continuation lines joined, `${VAR}`
+/// expanded from `env` as systemd would.
+fn unit_exec_start(unit: &str, env: &BTreeMap<&str, &str>) -> Vec<String> {
+    let joined = unit.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    line.split_whitespace()
+        .map(|w| {
+            let mut w = w.to_owned();
+            while let Some(start) = w.find("${") {
+                let end = w[start..].find('}').expect("closing brace") + start;
+                let var = w[start + 2..end].to_owned();
+                let value = env
+                    .get(var.as_str())
+                    .unwrap_or_else(|| panic!("${{{var}}} is not in the unit's environment file"));
+                w.replace_range(start..=end, value);
+            }
+            w
+        })
+        .collect()
+}
+
+#[test]
+fn the_systemd_unit_runs_the_same_hub() {
+    let path = deploy_dir().join("static/yurthub.service");
+    let unit = std::fs::read_to_string(&path).expect("yurthub.service");
+    let env = BTreeMap::from([
+        ("SERVER_ADDR", "https://10.0.0.1:6443"),
+        ("NODE_NAME", "edge-1"),
+    ]);
+    // The environment file the unit documents defines what ExecStart uses.
+    for var in env.keys() {
+        assert!(unit.contains(&format!("#   {var}=")), "{var} documented");
+    }
+    let exec = unit_exec_start(&unit, &env);
+    assert_eq!(exec[0], "/usr/local/bin/yurthub");
+    let a: Vec<String> = exec[1..].to_vec();
+    let out = assert_binary_accepts(&a, "the systemd unit's ExecStart");
+    assert!(out.contains("edge-1"), "{out}");
+    assert_eq!(flag_value(&a, "keep-redirect-on-exit"), Some("true"));
+    // The static pod's flags, minus the container's view of the host cgroup
+    // (the service sees the host's own root, the default).
+    let tree = load_tree();
+    let pod_flags: Vec<String> = flags(&args(only_container(
+        static_pod(&tree).spec.as_ref().expect("spec"),
+    )))
+    .into_iter()
+    .filter(|f| f != "redirect-cgroup")
+    .collect();
+    assert_eq!(flags(&a), pod_flags);
+    for line in [
+        "Before=kubelet.service",
+        "Restart=always",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == line), "{line}");
+    }
+    assert!(
+        unit.lines()
+            .any(|l| l.trim() == "RestartPreventExitStatus=64"),
+        "bad flags (exit 64) are not retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_static_pods_command_serves_from_an_offline_cache() {
+    use yurthub_e2e::hub::{
+        Hub, HubFiles, HubProcess, NODE, eventually, free_port, get, plain_client,
+    };
+    let pki = std::sync::Arc::new(yurthub_e2e::pki::TestPki::new().expect("pki"));
+    let api = yurthub_e2e::apiserver::ApiServer::builder()
+        .pki(pki.clone())
+        .start()
+        .await
+        .expect("double");
+    api.create(serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}))
+        .expect("node");
+    for name in ["web-0", "web-1"] {
+        api.create(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}]}}))
+            .expect("pod");
+    }
+    // Online: kubelet's pods and node go into the cache.
+    let files = HubFiles::new(&pki);
+    let online = files.args(&[api.url()], &[]);
+    let hub = Hub::start(&online).await;
+    let c = plain_client();
+    let pods_path = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}");
+    let kubelet = "kubelet/v1.34.0 (linux/amd64) kubernetes/abcdef";
+    let r = get(&c, &format!("{}{pods_path}", hub.proxy_url()), kubelet).await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
+    let r = get(
+        &c,
+        &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
+        kubelet,
+    )
+    .await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
+    let hub_url = hub.hub_url();
+    eventually(Duration::from_secs(15), "pods and node cached", || async {
+        get(&c, &format!("{hub_url}/v1/cache"), "test").await.json()["objects"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
+    })
+    .await;
+    hub.stop().await;
+    api.shutdown().await;
+
+    // The manifest for this node, written by install-static. What differs
+    // on a test machine is passed the way an operator would: after `--`
+    // (this test's PKI and paths, free ports, no eBPF).
+    let keep = |f: &str| {
+        online
+            .iter()
+            .find(|a| a.starts_with(&format!("--{f}=")))
+            .cloned()
+            .unwrap_or_else(|| panic!("--{f} in the test args"))
+    };
+    let (serve, proxy) = (free_port(), free_port());
+    let manifests = files.dir.path().join("manifests");
+    let mut install: Vec<String> = vec![
+        "install-static".into(),
+        format!("--node-name={NODE}"),
+        format!("--server-addr={}", api.url()),
+        format!("--manifests-dir={}", manifests.display()),
+        "--".into(),
+    ];
+    for f in [
+        "bootstrap-mode",
+        "kubelet-client-certificate",
+        "kubelet-ca-file",
+        "tls-cert-file",
+        "tls-private-key-file",
+        "root-dir",
+        "disk-cache-path",
+        "hub-address",
+        "redirect-mode",
+    ] {
+        install.push(keep(f));
+    }
+    install.extend([
+        format!("--serve-port={serve}"),
+        format!("--proxy-port={proxy}"),
+        format!("--proxy-secure-port={}", free_port()),
+        format!("--multiplexer-port={}", free_port()),
+    ]);
+    let (code, _, stderr) = hub_run(&install);
+    assert_eq!(code, Some(0), "{stderr}");
+    let text = std::fs::read_to_string(manifests.join("yurthub.yaml")).expect("manifest");
+    let docs = documents(&text, "install-static output");
+    let pod: Pod = typed(&docs[0], "install-static output");
+    let container = only_container(pod.spec.as_ref().expect("spec"));
+    // The image's entrypoint is the binary (Containerfile); no command override.
+    assert!(container.command.is_none());
+    let mut argv = vec!["yurthub".to_owned()];
+    argv.extend(args(container));
+    assert_eq!(flag_value(&argv, "keep-redirect-on-exit"), Some("true"));
+
+    // Started like kubelet would, with the cloud away: it serves kubelet
+    // from the cache, and both probes pass.
+    let started = Instant::now();
+    let p = HubProcess::spawn(&argv);
+    let proxy_url = format!("http://127.0.0.1:{proxy}");
+    eventually(
+        Duration::from_secs(20),
+        "the static pod's hub serves kubelet offline",
+        || async {
+            let req = http::Request::get(format!("{proxy_url}{pods_path}"))
+                .header("user-agent", kubelet)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("request");
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), c.request(req)).await,
+                Ok(Ok(r)) if r.status() == http::StatusCode::OK
+            )
+        },
+    )
+    .await;
+    eprintln!(
+        "static pod command: first offline answer after {:?}",
+        started.elapsed()
+    );
+    let r = get(&c, &format!("{proxy_url}{pods_path}"), kubelet).await;
+    let mut names: Vec<String> = r.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            i["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["web-0", "web-1"], "from the cache: {}", p.log());
+    let r = get(&c, &format!("{proxy_url}/api/v1/nodes/{NODE}"), kubelet).await;
+    assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
+    // The probes of the manifest, on the port it was given.
+    for (what, probe) in [
+        ("liveness", container.liveness_probe.as_ref()),
+        ("readiness", container.readiness_probe.as_ref()),
+    ] {
+        let (host, path, _) = http_probe(probe, what);
+        let url = format!("http://{host}:{serve}{path}");
+        eventually(
+            Duration::from_secs(10),
+            &format!("{what} probe passes"),
+            || async { get(&c, &url, "kube-probe/1.34").await.status == http::StatusCode::OK },
+        )
+        .await;
+    }
+    drop(p);
 }

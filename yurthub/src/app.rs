@@ -261,6 +261,7 @@ impl App {
                 filters: filters.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
+                pods: cache.as_ref().map(crate::cache::endpoints::Source::new),
             })
         });
         sync.multiplexer = multiplexer.clone();

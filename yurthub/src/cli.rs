@@ -34,6 +34,33 @@ pub enum Command {
     /// Approve the hub's client and serving CSRs (and deny look-alikes that
     /// break the rules), like yurt-manager's csrapprover. Runs until stopped.
     ApproveCsrs(ApproveCsrsArgs),
+    /// Write the static-pod manifest (deploy/static/yurthub.yaml) with this
+    /// node's flags into kubelet's staticPodPath, atomically, after checking
+    /// the flags as the hub does. Run it again with a new --image to upgrade.
+    InstallStatic(InstallStaticArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallStaticArgs {
+    /// This node's name, as kubelet registers it.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Comma-separated kube-apiserver URLs (https only).
+    #[arg(long)]
+    pub server_addr: String,
+    /// kubelet's staticPodPath.
+    #[arg(long, default_value = "/etc/kubernetes/manifests")]
+    pub manifests_dir: PathBuf,
+    /// Container image (default: the template's).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Print the manifest instead of writing it.
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = ArgAction::Set)]
+    pub dry_run: bool,
+    /// More hub flags after `--` (e.g. `-- --redirect-cgroup=/host/sys/fs/cgroup/unified`);
+    /// each replaces the template's flag of the same name.
+    #[arg(last = true)]
+    pub hub_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +118,10 @@ pub struct RunArgs {
     /// Print the version and exit.
     #[arg(long, action = ArgAction::SetTrue)]
     pub version: bool,
+    /// Check the flags as at start, print the resulting configuration and
+    /// exit without starting (0, or 64 naming the rejected flag).
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = ArgAction::Set)]
+    pub dry_run: bool,
 
     // --- identity and upstream ---
     /// Comma-separated kube-apiserver URLs (https only).

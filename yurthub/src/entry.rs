@@ -20,6 +20,7 @@ pub fn main() -> ExitCode {
         Some(Command::Cleanup(args)) => return cleanup(args),
         Some(Command::ImportCache(args)) => return import_cache(args),
         Some(Command::ApproveCsrs(args)) => return approve_csrs(args),
+        Some(Command::InstallStatic(args)) => return install_static(args),
         None => {}
     }
     let cfg = match Config::from_args(&cli.run) {
@@ -29,6 +30,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if cli.run.dry_run {
+        println!("{cfg:#?}");
+        return ExitCode::SUCCESS;
+    }
     if let Err(e) = crate::telemetry::init(cli.run.verbosity, &cli.run.log_format) {
         eprintln!("error: {e}");
         return ExitCode::from(64);
@@ -181,6 +186,24 @@ fn import_cache(args: &crate::cli::ImportCacheArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: importing {}: {e}", args.dir.display());
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `yurthub install-static`: writes (or prints) the static-pod manifest.
+fn install_static(args: &crate::cli::InstallStaticArgs) -> ExitCode {
+    match crate::install::install(args) {
+        Ok(Some(path)) => {
+            eprintln!(
+                "wrote {}; kubelet starts (or restarts) the hub from it",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

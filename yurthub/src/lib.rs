@@ -23,6 +23,7 @@ pub mod filters;
 pub mod hub;
 pub mod identity;
 pub mod informer;
+pub mod install;
 pub mod metrics;
 pub mod multiplexer;
 pub mod proxy;

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::keys::{self, Selectors};
 use super::manager::{CacheManager, document_key, is_cached_document};
 use super::policy::{self, not_cacheable};
-use super::{patch, token};
+use super::{endpoints, patch, token};
 use crate::codec::{self, Format, HubRestrictions, ListMeta};
 use crate::identity::Authenticator;
 use crate::remote::LoadBalancer;
@@ -218,7 +218,17 @@ impl Local {
         for space in spaces {
             let key = keys::resource_key(info, *space).object(ns, &info.name);
             match self.cache.store().get(&key) {
-                Ok(Some(stored)) => return answer_object(req.headers, &stored, StatusCode::OK),
+                Ok(Some(stored)) => {
+                    let mut items = vec![stored];
+                    items = endpoints::offline(
+                        &self.cache,
+                        &info.group,
+                        &info.resource,
+                        &info.component,
+                        items,
+                    );
+                    return answer_object(req.headers, &items[0], StatusCode::OK);
+                }
                 Ok(None) => {}
                 Err(e) => return internal(format!("reading {key}: {e}")),
             }
@@ -304,7 +314,14 @@ impl Local {
                     .map(|m| m.resource_version.to_string())
             })
             .unwrap_or_default();
-        answer_list(req.headers, &api_version, &kind, &rv, &listing.items)
+        let items = endpoints::offline(
+            &self.cache,
+            &info.group,
+            &info.resource,
+            &info.component,
+            listing.items,
+        );
+        answer_list(req.headers, &api_version, &kind, &rv, &items)
     }
 
     fn empty_list(&self, req: &LocalRequest<'_>, resource: &ResourceKey) -> Response<Body> {

@@ -7,11 +7,13 @@
 //! - [`tee`]: the non-blocking copy of proxied responses;
 //! - [`manager`]: writing teed responses to the store;
 //! - [`local`]: offline answers from the store;
+//! - [`endpoints`]: offline endpoints that follow the node's pods;
 //! - [`patch`], [`token`]: offline updates and token requests;
 //! - [`gc`]: removing what the cloud no longer has;
 //! - [`hubcfg`]: extra cache agents from the `yurt-hub-cfg` ConfigMap;
 //! - [`status`]: metrics and the `/v1/cache` document.
 
+pub mod endpoints;
 pub mod gc;
 pub mod hubcfg;
 pub mod keys;

@@ -82,6 +82,9 @@ pub fn strategic(target: &Value, patch: &Value) -> Value {
         }
         let merged = match (out.get(k), v) {
             (Some(Value::Array(cur)), Value::Array(new)) => merge_list(cur, new),
+            // Into nothing: `$patch: delete` entries delete nothing and must
+            // not land in the object (kubelet sends them for old podIPs).
+            (None | Some(Value::Null), Value::Array(new)) => merge_list(&[], new),
             (Some(cur), Value::Object(_)) => strategic(cur, v),
             (None, Value::Object(_)) => strategic(&Value::Null, v),
             _ => v.clone(),
@@ -266,6 +269,23 @@ mod tests {
         let del = json!({"status": {"conditions": [{"type": "Ready", "$patch": "delete"}]}});
         let out = strategic(&out, &del);
         assert_eq!(out["status"]["conditions"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn kubelet_pod_ip_change_replaces_the_address() {
+        // kubelet's two-way strategic merge patch when a pod's IP changes.
+        let patch = json!({"status": {
+            "$setElementOrder/podIPs": [{"ip": "10.0.0.9"}],
+            "podIPs": [{"ip": "10.0.0.9"}, {"$patch": "delete", "ip": "10.0.0.5"}],
+            "podIP": "10.0.0.9"
+        }});
+        let pod = json!({"status": {"podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}]}});
+        let out = strategic(&pod, &patch);
+        assert_eq!(out["status"]["podIPs"], json!([{"ip": "10.0.0.9"}]));
+        assert_eq!(out["status"]["podIP"], "10.0.0.9");
+        // A pod whose cached status has no podIPs yet.
+        let out = strategic(&json!({"status": {"phase": "Pending"}}), &patch);
+        assert_eq!(out["status"]["podIPs"], json!([{"ip": "10.0.0.9"}]));
     }
 
     #[test]

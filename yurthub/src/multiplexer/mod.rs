@@ -72,6 +72,8 @@ pub struct MultiplexerParts {
     pub filters: Option<Arc<FilterRegistry>>,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    /// Offline, EndpointSlices and Endpoints follow the node's pods from here.
+    pub pods: Option<crate::cache::endpoints::Source>,
 }
 
 #[derive(Clone)]
@@ -88,6 +90,7 @@ struct Inner {
     shutdown: CancellationToken,
     upstream: OnceLock<SocketAddr>,
     cachers: Mutex<HashMap<Gvr, Arc<Cacher>>>,
+    pods: Option<crate::cache::endpoints::Source>,
 }
 
 impl Multiplexer {
@@ -102,6 +105,7 @@ impl Multiplexer {
                 shutdown: p.shutdown,
                 upstream: OnceLock::new(),
                 cachers: Mutex::new(HashMap::new()),
+                pods: p.pods,
             }),
         }
     }
@@ -263,6 +267,8 @@ struct View {
     chain: Option<FilterChain>,
     format: Format,
     bookmarks: bool,
+    /// Offline only: the node's pods that endpoints follow.
+    pods: Option<crate::cache::endpoints::NodePods>,
 }
 
 impl View {
@@ -319,6 +325,10 @@ impl View {
                 .and_then(|f| f.chain_for(&info.component, info.verb.as_str(), &info.resource)),
             format,
             bookmarks,
+            pods: (!mux.inner.lb.any_healthy())
+                .then(|| mux.inner.pods.as_ref())
+                .flatten()
+                .and_then(|p| p.for_resource(&info.group, &info.resource)),
         })
     }
 
@@ -330,16 +340,18 @@ impl View {
 
     /// The object as this client sees it; None when a filter drops it.
     fn filtered(&self, o: &Obj) -> Option<Bytes> {
+        let followed = self.pods.as_ref().and_then(|p| p.apply_json(&o.json));
+        let json = followed.map(Bytes::from).unwrap_or_else(|| o.json.clone());
         let Some(chain) = &self.chain else {
-            return Some(o.json.clone());
+            return Some(json);
         };
-        match chain.filter_object(Format::Json, &o.json) {
-            Ok(Filtered::Unchanged) => Some(o.json.clone()),
+        match chain.filter_object(Format::Json, &json) {
+            Ok(Filtered::Unchanged) => Some(json),
             Ok(Filtered::Mutated(b)) => Some(Bytes::from(b)),
             Ok(Filtered::Dropped) => None,
             Err(e) => {
                 tracing::warn!(error = %e, name = %o.name, "object passed unfiltered: it does not decode");
-                Some(o.json.clone())
+                Some(json)
             }
         }
     }
