@@ -23,6 +23,7 @@ pub mod filters;
 pub mod hub;
 pub mod metrics;
 pub mod multiplexer;
+pub mod pool;
 pub mod proxy;
 pub mod redirect;
 pub mod redirector;

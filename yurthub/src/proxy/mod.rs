@@ -80,6 +80,7 @@ struct Inner {
     local: Option<Local>,
     filters: Option<Arc<FilterRegistry>>,
     multiplexer: Option<crate::multiplexer::Multiplexer>,
+    pool: Option<Arc<crate::pool::Router>>,
     node_refresh: std::sync::atomic::AtomicBool,
 }
 
@@ -99,6 +100,8 @@ pub struct ProxyParts {
     pub filters: Option<Arc<FilterRegistry>>,
     /// Shared watches of pool-scoped resources (None: all go upstream).
     pub multiplexer: Option<crate::multiplexer::Multiplexer>,
+    /// Follower routing of pool-scoped requests to the pool's leader hubs.
+    pub pool: Option<Arc<crate::pool::Router>>,
 }
 
 impl Proxy {
@@ -116,6 +119,7 @@ impl Proxy {
                 local: p.local,
                 filters: p.filters,
                 multiplexer: p.multiplexer,
+                pool: p.pool,
                 node_refresh: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -216,7 +220,10 @@ impl Proxy {
         listener: Listener,
         labels: &RequestLabels,
     ) -> Response<Body> {
-        let Some(backend) = self.inner.lb.pick() else {
+        // A follower's pool-scoped list/watch goes to a leader hub.
+        let leader = self.inner.pool.as_ref().and_then(|p| p.pick(info));
+        let via_leader = leader.is_some();
+        let Some(backend) = leader.or_else(|| self.inner.lb.pick()) else {
             if self.inner.mode == WorkingMode::Edge
                 && let Some(local) = &self.inner.local
             {
@@ -275,6 +282,11 @@ impl Proxy {
                 }
                 let chain = error_chain(&e);
                 tracing::warn!(server = backend.name(), verb = %info.verb, path = %info.path, error = %chain, "upstream request failed");
+                if let (true, Some(pool)) = (via_leader, &self.inner.pool) {
+                    // The caller retries; the next pick is another leader or the cloud.
+                    pool.report_transport_error(&backend);
+                    return status::bad_gateway(format!("pool leader {}: {chain}", backend.name()));
+                }
                 if let Some(h) = &self.inner.health {
                     h.report_transport_error(&backend);
                 }
