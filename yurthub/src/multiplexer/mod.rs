@@ -258,21 +258,18 @@ impl Multiplexer {
         headers: &HeaderMap,
     ) -> Option<Response<Body>> {
         let gvr = self.gvr(info)?;
-        let cacher = self.cacher(&gvr)?;
         let online = self.inner.lb.any_healthy() || caller == Caller::Pool;
+        let Some(cacher) = self.cacher(&gvr) else {
+            // Not started yet (a pool hub learns its leaders first): a
+            // client retries rather than opening its own upstream watch.
+            return online.then(|| not_ready(&gvr));
+        };
         let ready = cacher.is_ready() || (online && cacher.wait_ready(FIRST_LIST_WAIT).await);
         if !ready {
             if !online {
                 return None;
             }
-            let mut r = status::status(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                format!("the multiplexer is not ready for {gvr} yet, please try again later"),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return Some(r);
+            return Some(not_ready(&gvr));
         }
         let query = Query::parse(uri.query());
         let bookmarks = query_flag(uri, "allowWatchBookmarks");
@@ -301,6 +298,18 @@ impl Multiplexer {
             _ => list(&cacher, &view),
         })
     }
+}
+
+/// 429 with `Retry-After: 1`, as upstream answers before its cache is ready.
+fn not_ready(gvr: &Gvr) -> Response<Body> {
+    let mut r = status::status(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        format!("the multiplexer is not ready for {gvr} yet, please try again later"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
 }
 
 /// A boolean query parameter, parsed as Go's strconv.ParseBool.
