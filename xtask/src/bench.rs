@@ -1,4 +1,4 @@
-//! `cargo xtask bench proxy|redirect|cache|fanout|all`: release builds of the
+//! `cargo xtask bench proxy|redirect|cache|fanout|pool|all`: release builds of the
 //! benchmark binaries in `tests/src/bin/`, run with their output shown as
 //! is. Setup runs first when a tool is missing.
 //!
@@ -9,6 +9,8 @@
 //! - `cache`: `bench-cache` (the cache; run with `cargo run`);
 //! - `fanout`: `bench-fanout` (50 local watchers of endpointslices through
 //!   the multiplexer vs 50 separate upstream watches through the hub).
+//! - `pool`: `bench-pool` (1 leader hub and 20 followers sharing pool-scoped
+//!   watches; upstream watches and bytes, delivery p99, failover).
 
 use std::path::PathBuf;
 
@@ -32,6 +34,7 @@ pub enum Which {
     Redirect,
     Cache,
     Fanout,
+    Pool,
     All,
 }
 
@@ -39,7 +42,13 @@ const PACKAGE: &str = "yurthub-e2e";
 
 pub fn run(args: &Args) -> Result<()> {
     setup::ensure()?;
-    let all = [Which::Proxy, Which::Redirect, Which::Cache, Which::Fanout];
+    let all = [
+        Which::Proxy,
+        Which::Redirect,
+        Which::Cache,
+        Which::Fanout,
+        Which::Pool,
+    ];
     let selected: Vec<Which> = if args.which == Which::All {
         all.to_vec()
     } else {
@@ -53,6 +62,7 @@ pub fn run(args: &Args) -> Result<()> {
             Which::Redirect => redirect(&args.bench_args),
             Which::Cache => cache(&args.bench_args),
             Which::Fanout => build_and_run("bench-fanout", &[], &args.bench_args),
+            Which::Pool => build_and_run("bench-pool", &["yurthub-under-test"], &args.bench_args),
             Which::All => unreachable!("expanded above"),
         };
         if let Err(err) = result {

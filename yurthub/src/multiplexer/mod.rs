@@ -201,7 +201,9 @@ impl Multiplexer {
     /// resource from anyone but the multiplexer itself; offline also a GET
     /// of one pool-scoped object (coredns re-reading a Service it listed).
     pub fn handles(&self, info: &RequestInfo) -> bool {
-        let read = (info.is_list_or_watch() && info.name.is_empty())
+        // A list/watch's name comes from a metadata.name field selector,
+        // which the view applies.
+        let read = info.is_list_or_watch()
             || (info.verb == "get" && !info.name.is_empty() && !self.inner.lb.any_healthy());
         read && !info.component.starts_with("multiplexer-proxy") && self.is_pool_scoped(info)
     }

@@ -212,7 +212,7 @@ impl Router {
     /// list/watch, this hub is a leader, election is off, or no leader is
     /// healthy).
     pub fn pick(&self, info: &RequestInfo) -> Option<Arc<Backend>> {
-        if !(info.is_list_or_watch() && info.name.is_empty() && self.mux.is_pool_scoped(info)) {
+        if !(info.is_list_or_watch() && self.mux.is_pool_scoped(info)) {
             return None;
         }
         let route = self.route.read().unwrap_or_else(|p| p.into_inner());
