@@ -4,4 +4,5 @@
 pub mod apiserver;
 pub mod hub;
 pub mod pki;
+pub mod pool;
 pub mod sandbox;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench proxy|redirect|cache|fanout|all`: release builds of the
+//! `cargo xtask bench proxy|redirect|cache|fanout|pool|all`: release builds of the
 //! benchmark binaries in `tests/src/bin/`, run with their output shown as
 //! is. Setup runs first when a tool is missing.
 //!
@@ -8,10 +8,13 @@
 //!   iptables DNAT in a sandbox; needs root);
 //! - `cache`: `bench-cache` (the cache; run with `cargo run`);
 //! - `fanout`: `bench-fanout` (50 local watchers of endpointslices through
-//!   the multiplexer vs 50 separate upstream watches through the hub);
+
 //! - `fleet`: `bench-fleet` (N hub processes against one double: idle cost,
 //!   a burst, an outage and the return; `-- --hubs 50` for fewer; not in
 //!   `all`: at 200 hubs it takes minutes).
+
+//! - `pool`: `bench-pool` (1 leader hub and 20 followers sharing pool-scoped
+//!   watches; upstream watches and bytes, delivery p99, failover).
 
 use std::path::PathBuf;
 
@@ -36,6 +39,7 @@ pub enum Which {
     Cache,
     Fanout,
     Fleet,
+    Pool,
     All,
 }
 
@@ -43,7 +47,13 @@ const PACKAGE: &str = "yurthub-e2e";
 
 pub fn run(args: &Args) -> Result<()> {
     setup::ensure()?;
-    let all = [Which::Proxy, Which::Redirect, Which::Cache, Which::Fanout];
+    let all = [
+        Which::Proxy,
+        Which::Redirect,
+        Which::Cache,
+        Which::Fanout,
+        Which::Pool,
+    ];
     let selected: Vec<Which> = if args.which == Which::All {
         all.to_vec()
     } else {
@@ -58,6 +68,7 @@ pub fn run(args: &Args) -> Result<()> {
             Which::Cache => cache(&args.bench_args),
             Which::Fanout => build_and_run("bench-fanout", &[], &args.bench_args),
             Which::Fleet => build_and_run("bench-fleet", &["yurthub-under-test"], &args.bench_args),
+            Which::Pool => build_and_run("bench-pool", &["yurthub-under-test"], &args.bench_args),
             Which::All => unreachable!("expanded above"),
         };
         if let Err(err) = result {

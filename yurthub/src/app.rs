@@ -43,6 +43,8 @@ pub struct App {
     pub proxy_addr: SocketAddr,
     pub proxy_secure_addr: SocketAddr,
     pub hub_server_addr: Option<SocketAddr>,
+    /// The pool's multiplexer listener, when it could bind.
+    pub multiplexer_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
@@ -73,6 +75,13 @@ impl App {
         // for it to carry the learned VIPs).
         let serving_managed =
             matches!(cfg.bootstrap, Bootstrap::Token { .. }) && cfg.tls_cert_file.is_none();
+        // As its help promises: an empty --node-ip is detected (the serving
+        // certificate and the multiplexer listener use it).
+        let node_ip = cfg.node_ip.or_else(|| {
+            let ip = crate::pool::detect_node_ip(&cfg.servers);
+            tracing::info!(node_ip = ?ip, "--node-ip is empty; detected");
+            ip
+        });
         let serving_files = cfg
             .tls_cert_file
             .clone()
@@ -134,7 +143,7 @@ impl App {
                         serving::ServingSettings {
                             cluster_domain: cfg.cluster_domain.clone(),
                             hub_address: cfg.hub_address,
-                            node_ip: cfg.node_ip,
+                            node_ip,
                             vips: vips_rx.clone(),
                         },
                     );
@@ -277,6 +286,24 @@ impl App {
                 redirector::vips_not_ready_reason(&lb, &learned, &vips, serving.as_ref())
             });
         }
+        // Pool sharing through leader hubs (edge hubs with a multiplexer).
+        let pool_router = match (&multiplexer, cfg.working_mode) {
+            (Some(m), WorkingMode::Edge) => {
+                let pm = crate::pool::PoolMetrics::register(&mut registry);
+                let r = crate::pool::Router::new(
+                    cfg.node_name.clone(),
+                    cfg.multiplexer_port,
+                    metrics.clone(),
+                    pm,
+                    transports.clone(),
+                    m.clone(),
+                );
+                let sink = r.clone();
+                m.set_byte_sink(Arc::new(move |leader, n| sink.count(leader, n)));
+                Some(r)
+            }
+            _ => None,
+        };
         let proxy = Proxy::new(ProxyParts {
             mode: cfg.working_mode,
             lb: lb.clone(),
@@ -291,6 +318,7 @@ impl App {
             multiplexer: multiplexer.clone(),
             authn,
             watch_idle_timeout: cfg.watch_idle_timeout,
+            pool: pool_router.clone(),
         });
 
         let (redirect, redirect_reason) = match cfg.redirect_mode {
@@ -318,6 +346,22 @@ impl App {
             );
             let c = certs.clone();
             docs.insert("/v1/certificates".into(), Arc::new(move || c.status_json()));
+        }
+        let pool_slot: Arc<std::sync::OnceLock<crate::pool::Pool>> = Arc::default();
+        {
+            let slot = pool_slot.clone();
+            let off = if pool_router.is_some() {
+                "starting"
+            } else {
+                "no multiplexer (--pool-scope-resources is empty) or cloud mode"
+            };
+            docs.insert(
+                "/v1/pool".into(),
+                Arc::new(move || match slot.get() {
+                    Some(p) => p.status_json(),
+                    None => crate::pool::off_status(off),
+                }),
+            );
         }
         let token_handler: Option<crate::hub::TokenHandler> = client_identity.map(|id| {
             let handler: crate::hub::TokenHandler = Arc::new(move |token: String| {
@@ -417,10 +461,31 @@ impl App {
             source,
         })?;
         let proxy_addr = plain.local_addr().unwrap_or(cfg.proxy_addr);
+        let mut multiplexer_addr = None;
         if let Some(m) = &multiplexer {
             // The cachers list and watch through this listener, so the
             // proxy's balancing, identity and cache apply to them.
-            m.set_upstream(proxy_addr);
+            match &pool_router {
+                Some(router) => {
+                    let listener = bind_multiplexer(&cfg, node_ip);
+                    multiplexer_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+                    let pool = crate::pool::Pool::start(
+                        crate::pool::PoolParts {
+                            node: cfg.node_name.clone(),
+                            pool_flag: cfg.nodepool_name.clone(),
+                            mux: m.clone(),
+                            router: router.clone(),
+                            certs: certs.clone(),
+                            listener,
+                            shutdown: shutdown.clone(),
+                            tracker: tracker.clone(),
+                        },
+                        proxy_addr,
+                    );
+                    let _ = pool_slot.set(pool);
+                }
+                None => m.set_upstream(proxy_addr),
+            }
         }
         let p = proxy.clone();
         server::serve(
@@ -480,6 +545,7 @@ impl App {
             proxy_addr,
             proxy_secure_addr,
             hub_server_addr,
+            multiplexer_addr,
             shutdown,
             tracker,
             grace: cfg.shutdown_grace_period,
@@ -508,6 +574,32 @@ impl App {
         // open (no heartbeat); now remove it unless the next hub adopts it.
         self.redirect.shutdown().await;
         tracing::info!("yurthub stopped");
+    }
+}
+
+/// Binds the multiplexer listener on `--bind-multiplexer-address` (default
+/// the node IP) and `--multiplexer-port`. Not fatal: without it this hub
+/// cannot lead, but it still follows.
+fn bind_multiplexer(
+    cfg: &Config,
+    node_ip: Option<std::net::IpAddr>,
+) -> Option<tokio::net::TcpListener> {
+    let Some(ip) = cfg.bind_multiplexer_address.or(node_ip) else {
+        tracing::warn!(
+            "no node IP: the multiplexer listener is not started (set --node-ip or --bind-multiplexer-address)"
+        );
+        return None;
+    };
+    let addr = SocketAddr::new(ip, cfg.multiplexer_port);
+    match server::bind(addr, false) {
+        Ok(l) => {
+            tracing::info!(%addr, "multiplexer listener");
+            Some(l)
+        }
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot bind the multiplexer listener; this hub cannot serve its pool");
+            None
+        }
     }
 }
 

@@ -165,6 +165,10 @@ pub struct RunArgs {
     /// Port of the pool-scope multiplexer on --node-ip.
     #[arg(long, default_value_t = 10269)]
     pub multiplexer_port: u16,
+    /// IP of the multiplexer listener other hubs of the pool use. Empty =
+    /// the node IP.
+    #[arg(long, default_value = "")]
+    pub bind_multiplexer_address: String,
     /// Node-local address pods reach the hub on (redirect target). Default
     /// 169.254.2.1, or fd00::2:1 when --bind-address is IPv6.
     #[arg(long)]

@@ -89,6 +89,8 @@ pub struct Config {
     pub hub_address_link: String,
     pub proxy_secure_addr: SocketAddr,
     pub multiplexer_port: u16,
+    /// `--bind-multiplexer-address`; None = the node IP.
+    pub bind_multiplexer_address: Option<IpAddr>,
     pub redirect_mode: RedirectMode,
     pub redirect_cgroup: Option<PathBuf>,
     pub apiserver_vips: Vec<SocketAddr>,
@@ -328,6 +330,15 @@ impl Config {
                 "--nodepool-name is empty: pool-aware filters fall back to node topology".into(),
             );
         }
+        if !a.host_control_plane_address.is_empty() {
+            // Only OpenYurt's `local` working mode reads it, which is not supported.
+            warnings.push(
+                "--host-control-plane-address is ignored: it only applies to the local working mode, which is not supported".into(),
+            );
+        }
+        let bind_multiplexer_address = (!a.bind_multiplexer_address.is_empty())
+            .then(|| parse_ip("--bind-multiplexer-address", &a.bind_multiplexer_address))
+            .transpose()?;
         let node_ip = (!a.node_ip.is_empty())
             .then(|| parse_ip("--node-ip", &a.node_ip))
             .transpose()?;
@@ -352,6 +363,7 @@ impl Config {
             hub_address_link: a.hub_address_link.clone(),
             proxy_secure_addr: SocketAddr::new(hub_address, a.proxy_secure_port),
             multiplexer_port: a.multiplexer_port,
+            bind_multiplexer_address,
             redirect_mode,
             redirect_cgroup: a.redirect_cgroup.clone(),
             apiserver_vips,
@@ -579,6 +591,29 @@ mod tests {
         assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
         let c = cfg(&["--enable-dummy-if=false"]).expect("valid");
         assert_eq!(c.redirect_mode, RedirectMode::None);
+    }
+
+    #[test]
+    fn multiplexer_flags_and_the_ignored_host_control_plane_address() {
+        let c = cfg(&[
+            "--bind-multiplexer-address=127.0.0.7",
+            "--multiplexer-port=12000",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.bind_multiplexer_address,
+            Some("127.0.0.7".parse::<IpAddr>().unwrap())
+        );
+        assert_eq!(c.multiplexer_port, 12000);
+        assert!(cfg(&["--bind-multiplexer-address=nope"]).is_err());
+        let c = cfg(&["--host-control-plane-address=10.0.0.1:6443"]).expect("valid");
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("--host-control-plane-address is ignored")),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod informer;
 pub mod install;
 pub mod metrics;
 pub mod multiplexer;
+pub mod pool;
 pub mod proxy;
 pub mod redirect;
 pub mod redirector;

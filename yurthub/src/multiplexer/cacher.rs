@@ -67,12 +67,21 @@ pub struct State {
     pub history: VecDeque<Arc<Event>>,
 }
 
+/// Told the bytes of every upstream response body, with the pool leader
+/// that served it (from the leader's [`super::LEADER_HEADER`]) or None for
+/// the cloud.
+pub type ByteSink = Arc<dyn Fn(Option<&str>, u64) + Send + Sync>;
+
 pub struct Cacher {
     pub gvr: Gvr,
     state: RwLock<State>,
     events: broadcast::Sender<Arc<Event>>,
     ready: AtomicBool,
     ready_tx: tokio::sync::watch::Sender<bool>,
+    /// Ends the current upstream watch (it resumes from the same
+    /// resourceVersion): the route to the pool's leader changed.
+    rewatch: tokio::sync::Notify,
+    sink: Option<ByteSink>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +97,7 @@ enum UpstreamError {
 }
 
 impl Cacher {
-    pub fn new(gvr: Gvr) -> Arc<Cacher> {
+    pub fn new(gvr: Gvr, sink: Option<ByteSink>) -> Arc<Cacher> {
         let (events, _) = broadcast::channel(BROADCAST);
         Arc::new(Cacher {
             gvr,
@@ -96,7 +105,20 @@ impl Cacher {
             events,
             ready: AtomicBool::new(false),
             ready_tx: tokio::sync::watch::Sender::new(false),
+            rewatch: tokio::sync::Notify::new(),
+            sink,
         })
+    }
+
+    /// Ends the open upstream watch so the next one is routed afresh.
+    pub fn rewatch(&self) {
+        self.rewatch.notify_waiters();
+    }
+
+    fn count(&self, leader: Option<&str>, bytes: usize) {
+        if let Some(sink) = &self.sink {
+            sink(leader, bytes as u64);
+        }
     }
 
     /// True once the first upstream list completed.
@@ -190,7 +212,8 @@ impl Cacher {
         base: &str,
         user_agent: &str,
     ) -> Result<(), UpstreamError> {
-        let (code, body) = get_whole(client, base, user_agent).await?;
+        let (code, leader, body) = get_whole(client, base, user_agent).await?;
+        self.count(leader.as_deref(), body.len());
         if !code.is_success() {
             return Err(UpstreamError::Status {
                 path: base.to_owned(),
@@ -292,11 +315,15 @@ impl Cacher {
             path: url.clone(),
             reason,
         };
+        let leader = leader_of(resp.headers());
         let mut body = resp.into_body();
         let mut decoder = WatchDecoder::new(Format::Json);
+        let rewatch = self.rewatch.notified();
+        tokio::pin!(rewatch);
         loop {
             let frame = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = &mut rewatch => return Ok(()),
                 f = body.frame() => f,
             };
             let Some(frame) = frame else {
@@ -309,6 +336,7 @@ impl Cacher {
             let Ok(data) = frame.into_data() else {
                 continue;
             };
+            self.count(leader.as_deref(), data.len());
             decoder.push(&data);
             while let Some(event) = decoder.next_event().map_err(|e| decode(e.to_string()))? {
                 let object: Value =
@@ -417,7 +445,7 @@ async fn get_whole(
     client: &Client<HttpConnector, Empty<Bytes>>,
     url: &str,
     user_agent: &str,
-) -> Result<(StatusCode, Bytes), UpstreamError> {
+) -> Result<(StatusCode, Option<String>, Bytes), UpstreamError> {
     let fail = |reason: String| UpstreamError::Request {
         path: url.to_owned(),
         reason,
@@ -430,12 +458,20 @@ async fn get_whole(
     .map_err(|_| fail("timed out after 60s".into()))?
     .map_err(|e| fail(crate::remote::health::error_chain(&e)))?;
     let code = resp.status();
+    let leader = leader_of(resp.headers());
     let body = tokio::time::timeout(Duration::from_secs(60), resp.into_body().collect())
         .await
         .map_err(|_| fail("body timed out after 60s".into()))?
         .map_err(|e| fail(e.to_string()))?
         .to_bytes();
-    Ok((code, body))
+    Ok((code, leader, body))
+}
+
+/// The pool leader that answered, if a leader did.
+fn leader_of(h: &http::HeaderMap) -> Option<String> {
+    h.get(super::LEADER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn parse_rv(v: &Value) -> u64 {

@@ -17,7 +17,7 @@ pub mod cacher;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -37,7 +37,12 @@ use crate::request::status;
 use crate::storage::Gvr;
 use crate::{Body, BoxError, full_body};
 
+pub use cacher::ByteSink;
 use cacher::{Cacher, Event, Obj, State};
+
+/// Set by a pool leader's multiplexer listener on what it serves (the
+/// leader's node name), so followers can tell leader bytes from cloud bytes.
+pub const LEADER_HEADER: &str = "x-yurthub-pool-leader";
 
 /// How long a request waits for its resource's first upstream list before
 /// it is answered 429.
@@ -82,32 +87,106 @@ pub struct Multiplexer {
 }
 
 struct Inner {
-    resources: Vec<Gvr>,
+    /// The pool-scoped set: `--pool-scope-resources`, or the pool's
+    /// `pool-scoped-metadata` once the leader-hub ConfigMap says so.
+    resources: RwLock<Vec<Gvr>>,
     component: String,
     lb: Arc<LoadBalancer>,
     filters: Option<Arc<FilterRegistry>>,
     metrics: Metrics,
     shutdown: CancellationToken,
     upstream: OnceLock<SocketAddr>,
-    cachers: Mutex<HashMap<Gvr, Arc<Cacher>>>,
+    sink: OnceLock<ByteSink>,
+    cachers: Mutex<HashMap<Gvr, (Arc<Cacher>, CancellationToken)>>,
     pods: Option<crate::cache::endpoints::Source>,
+}
+
+/// Which path a request arrived on: a local client through the proxy, or
+/// another hub of the pool through the multiplexer listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Local,
+    Pool,
 }
 
 impl Multiplexer {
     pub fn new(p: MultiplexerParts) -> Multiplexer {
         Multiplexer {
             inner: Arc::new(Inner {
-                resources: p.resources,
+                resources: RwLock::new(p.resources),
                 component: component(&p.node),
                 lb: p.lb,
                 filters: p.filters,
                 metrics: p.metrics,
                 shutdown: p.shutdown,
                 upstream: OnceLock::new(),
+                sink: OnceLock::new(),
                 cachers: Mutex::new(HashMap::new()),
                 pods: p.pods,
             }),
         }
+    }
+
+    /// Counts the cachers' upstream bytes by source (set before
+    /// [`Multiplexer::set_upstream`]).
+    pub fn set_byte_sink(&self, sink: ByteSink) {
+        let _ = self.inner.sink.set(sink);
+    }
+
+    /// The pool-scoped resources now.
+    pub fn resources(&self) -> Vec<Gvr> {
+        self.inner
+            .resources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the pool-scoped set: new resources start their cacher,
+    /// dropped ones stop theirs (their requests go upstream again).
+    pub fn set_resources(&self, resources: Vec<Gvr>) {
+        let old = std::mem::replace(
+            &mut *self
+                .inner
+                .resources
+                .write()
+                .unwrap_or_else(|p| p.into_inner()),
+            resources.clone(),
+        );
+        if old == resources {
+            return;
+        }
+        tracing::info!(?resources, "pool-scoped resources changed");
+        {
+            let mut cachers = self.inner.cachers.lock().unwrap_or_else(|p| p.into_inner());
+            cachers.retain(|gvr, (_, stop)| {
+                let keep = resources.contains(gvr);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+        }
+        if self.inner.upstream.get().is_some() {
+            for gvr in &resources {
+                self.cacher(gvr);
+            }
+        }
+    }
+
+    /// Ends every cacher's upstream watch; each resumes from its
+    /// resourceVersion through whatever route is current (a leader came
+    /// back, the leaders changed).
+    pub fn rewatch(&self) {
+        let cachers = self.inner.cachers.lock().unwrap_or_else(|p| p.into_inner());
+        for (c, _) in cachers.values() {
+            c.rewatch();
+        }
+    }
+
+    /// Whether `info` names a pool-scoped resource.
+    pub fn is_pool_scoped(&self, info: &RequestInfo) -> bool {
+        info.is_resource && info.subresource.is_empty() && self.gvr(info).is_some()
     }
 
     /// The hub's loopback proxy the cachers list and watch through (known
@@ -117,7 +196,7 @@ impl Multiplexer {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let _ = self.inner.upstream.set(addr);
-        for gvr in &self.inner.resources {
+        for gvr in &self.resources() {
             self.cacher(gvr);
         }
     }
@@ -126,7 +205,11 @@ impl Multiplexer {
     /// whether `gvr` is shared here, and its cacher once started, so they
     /// read this state instead of opening a second upstream stream.
     pub fn watches(&self, gvr: &Gvr) -> bool {
-        self.inner.resources.contains(gvr)
+        self.inner
+            .resources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(gvr)
     }
 
     /// The cacher of `gvr` (None before the proxy listens, or not shared).
@@ -138,36 +221,42 @@ impl Multiplexer {
     }
 
     /// Whether a request is served here: a list or watch of a pool-scoped
-    /// resource from anyone but the multiplexer itself.
+    /// resource from anyone but the multiplexer itself; offline also a GET
+    /// of one pool-scoped object (coredns re-reading a Service it listed).
     pub fn handles(&self, info: &RequestInfo) -> bool {
-        info.is_resource
-            && info.is_list_or_watch()
-            && info.subresource.is_empty()
-            && info.name.is_empty()
-            && !info.component.starts_with("multiplexer-proxy")
-            && self.gvr(info).is_some()
+        // A list/watch's name comes from a metadata.name field selector,
+        // which the view applies.
+        let read = info.is_list_or_watch()
+            || (info.verb == "get" && !info.name.is_empty() && !self.inner.lb.any_healthy());
+        read && !info.component.starts_with("multiplexer-proxy") && self.is_pool_scoped(info)
     }
 
-    fn gvr(&self, info: &RequestInfo) -> Option<&Gvr> {
-        self.inner.resources.iter().find(|g| {
-            g.group == info.group && g.version == info.version && g.resource == info.resource
-        })
+    fn gvr(&self, info: &RequestInfo) -> Option<Gvr> {
+        self.inner
+            .resources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|g| {
+                g.group == info.group && g.version == info.version && g.resource == info.resource
+            })
+            .cloned()
     }
 
     /// The cacher of `gvr`, created (and started) on first use.
     fn cacher(&self, gvr: &Gvr) -> Option<Arc<Cacher>> {
         let upstream = *self.inner.upstream.get()?;
         let mut cachers = self.inner.cachers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cachers.get(gvr) {
+        if let Some((c, _)) = cachers.get(gvr) {
             return Some(c.clone());
         }
-        let c = Cacher::new(gvr.clone());
-        tokio::spawn(c.clone().run(
-            upstream,
-            self.inner.component.clone(),
-            self.inner.shutdown.child_token(),
-        ));
-        cachers.insert(gvr.clone(), c.clone());
+        let c = Cacher::new(gvr.clone(), self.inner.sink.get().cloned());
+        let stop = self.inner.shutdown.child_token();
+        tokio::spawn(
+            c.clone()
+                .run(upstream, self.inner.component.clone(), stop.clone()),
+        );
+        cachers.insert(gvr.clone(), (c.clone(), stop));
         Some(c)
     }
 
@@ -179,22 +268,33 @@ impl Multiplexer {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Option<Response<Body>> {
+        self.serve_for(Caller::Local, info, uri, headers).await
+    }
+
+    /// Serves a list, watch or get of a pool-scoped resource from the
+    /// multiplexer's state; `Caller::Pool` (a follower hub) waits for the
+    /// first list even while this hub is offline, and is never left to the
+    /// local cache (None only for resources that are not pool-scoped).
+    pub async fn serve_for(
+        &self,
+        caller: Caller,
+        info: &RequestInfo,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Option<Response<Body>> {
         let gvr = self.gvr(info)?;
-        let cacher = self.cacher(gvr)?;
-        let ready = cacher.is_ready()
-            || (self.inner.lb.any_healthy() && cacher.wait_ready(FIRST_LIST_WAIT).await);
+        let online = self.inner.lb.any_healthy() || caller == Caller::Pool;
+        let Some(cacher) = self.cacher(&gvr) else {
+            // Not started yet (a pool hub learns its leaders first): a
+            // client retries rather than opening its own upstream watch.
+            return online.then(|| not_ready(&gvr));
+        };
+        let ready = cacher.is_ready() || (online && cacher.wait_ready(FIRST_LIST_WAIT).await);
         if !ready {
-            if !self.inner.lb.any_healthy() {
+            if !online {
                 return None;
             }
-            let mut r = status::status(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                format!("the multiplexer is not ready for {gvr} yet, please try again later"),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return Some(r);
+            return Some(not_ready(&gvr));
         }
         let query = Query::parse(uri.query());
         let bookmarks = query_flag(uri, "allowWatchBookmarks");
@@ -210,19 +310,31 @@ impl Multiplexer {
             client: info.component.clone(),
         };
         let in_flight = InFlight::new(&self.inner.metrics, &labels);
-        Some(if info.verb == crate::request::Verb::Watch {
-            watch(
+        Some(match info.verb.as_str() {
+            "watch" => watch(
                 cacher,
                 view,
                 &query,
                 initial_events,
                 in_flight,
                 self.inner.shutdown.child_token(),
-            )
-        } else {
-            list(&cacher, &view)
+            ),
+            "get" => get_one(&cacher, &view, info),
+            _ => list(&cacher, &view),
         })
     }
+}
+
+/// 429 with `Retry-After: 1`, as upstream answers before its cache is ready.
+fn not_ready(gvr: &Gvr) -> Response<Body> {
+    let mut r = status::status(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        format!("the multiplexer is not ready for {gvr} yet, please try again later"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
 }
 
 /// A boolean query parameter, parsed as Go's strconv.ParseBool.
@@ -402,6 +514,51 @@ impl View {
             None => self.frame(state_kind, EventType::Deleted, &obj.json),
         }
     }
+}
+
+/// One object from the state, as the client's filters and format see it.
+fn get_one(cacher: &Cacher, view: &View, info: &RequestInfo) -> Response<Body> {
+    let state = cacher.read();
+    let key = (info.namespace.clone(), info.name.clone());
+    let found = state.objects.get(&key).and_then(|o| view.filtered(o));
+    let kind = (state.api_version.clone(), state.kind.clone());
+    drop(state);
+    let Some(json) = found else {
+        return status::status_with_details(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} {:?} not found", info.resource, info.name),
+            Some(
+                serde_json::json!({"name": info.name, "group": info.group, "kind": info.resource}),
+            ),
+        );
+    };
+    let body = match view.format {
+        Format::Json => json,
+        Format::Protobuf => {
+            let encoded = serde_json::from_slice::<serde_json::Value>(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    crate::codec::to_protobuf(&kind.0, &kind.1, &v).map_err(|e| e.to_string())
+                });
+            match encoded {
+                Ok(b) => Bytes::from(b),
+                Err(e) => {
+                    return status::status(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        format!("encoding the object as protobuf: {e}"),
+                    );
+                }
+            }
+        }
+    };
+    let mut r = Response::new(full_body(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(view.format.media_type()),
+    );
+    r
 }
 
 fn list(cacher: &Cacher, view: &View) -> Response<Body> {

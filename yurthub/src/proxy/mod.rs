@@ -78,6 +78,7 @@ struct Inner {
     filters: Option<Arc<FilterRegistry>>,
     multiplexer: Option<crate::multiplexer::Multiplexer>,
     authn: Option<Authenticator>,
+    pool: Option<Arc<crate::pool::Router>>,
     node_refresh: std::sync::atomic::AtomicBool,
     watch_idle_timeout: std::time::Duration,
     /// (owner, resource) → when the cloud last answered that identity's
@@ -105,6 +106,8 @@ pub struct ProxyParts {
     pub authn: Option<Authenticator>,
     /// `--watch-idle-timeout` (see `body::IdleBounds`).
     pub watch_idle_timeout: std::time::Duration,
+    /// Follower routing of pool-scoped requests to the pool's leader hubs.
+    pub pool: Option<Arc<crate::pool::Router>>,
 }
 
 /// Why the admit phase turned a request away.
@@ -150,6 +153,7 @@ impl Proxy {
                 filters: p.filters,
                 multiplexer: p.multiplexer,
                 authn: p.authn,
+                pool: p.pool,
                 node_refresh: std::sync::atomic::AtomicBool::new(false),
                 shared_grants: Mutex::default(),
                 watch_idle_timeout: p.watch_idle_timeout,
@@ -320,17 +324,27 @@ impl Proxy {
 
     async fn forward(&self, mut req: Request<Incoming>, adm: &Admitted) -> Response<Body> {
         let info = &adm.info;
-        // Phase 4: upstream. Until the cloud's health is known, wait
-        // briefly, then 503.
-        let backend = match self
-            .inner
-            .lb
-            .pick_when_known(body::UNKNOWN_HEALTH_WAIT)
-            .await
-        {
-            crate::remote::Pick::Backend(b) => Some(b),
-            crate::remote::Pick::Unknown => return body::health_unknown(),
-            crate::remote::Pick::Down => None,
+        // Phase 4: upstream. A follower's pool-scoped list/watch for the
+        // node's components (its multiplexer) goes to a leader hub, which
+        // authenticates the node; else the cloud. Until the cloud's health
+        // is known, wait briefly, then 503.
+        let leader = match &self.inner.pool {
+            Some(p) if info.caller.is_node() => p.pick(info),
+            _ => None,
+        };
+        let via_leader = leader.is_some();
+        let backend = match leader {
+            Some(b) => Some(b),
+            None => match self
+                .inner
+                .lb
+                .pick_when_known(body::UNKNOWN_HEALTH_WAIT)
+                .await
+            {
+                crate::remote::Pick::Backend(b) => Some(b),
+                crate::remote::Pick::Unknown => return body::health_unknown(),
+                crate::remote::Pick::Down => None,
+            },
         };
         let Some(backend) = backend else {
             if self.inner.mode == WorkingMode::Edge
@@ -387,9 +401,7 @@ impl Proxy {
         // for what the cache serves), and a re-probe of the backend.
         let bound = body::header_bound(info);
         let Ok(sent) = tokio::time::timeout(bound, client.request(up)).await else {
-            if let Some(h) = &self.inner.health {
-                h.report_transport_error(&backend);
-            }
+            self.report_transport_error(&backend, via_leader);
             return match self
                 .inner
                 .local
@@ -419,8 +431,10 @@ impl Proxy {
                 }
                 let chain = error_chain(&e);
                 tracing::warn!(server = backend.name(), verb = %info.verb, path = %info.path, error = %chain, "upstream request failed");
-                if let Some(h) = &self.inner.health {
-                    h.report_transport_error(&backend);
+                self.report_transport_error(&backend, via_leader);
+                if via_leader {
+                    // The caller retries; the next pick is another leader or the cloud.
+                    return status::bad_gateway(format!("pool leader {}: {chain}", backend.name()));
                 }
                 if let Some(local) = &self.inner.local
                     && Self::cache_answers(local, info)
@@ -457,6 +471,16 @@ impl Proxy {
             local.cache().on_status(plan, resp.status());
         }
         self.respond(adm, resp, plan, backend)
+    }
+
+    /// A transport failure re-probes the backend: a leader hub through the
+    /// pool's checks, a cloud backend through the health checker.
+    fn report_transport_error(&self, backend: &Arc<crate::remote::Backend>, via_leader: bool) {
+        match (&self.inner.pool, &self.inner.health) {
+            (Some(pool), _) if via_leader => pool.report_transport_error(backend),
+            (_, Some(h)) => h.report_transport_error(backend),
+            _ => {}
+        }
     }
 
     /// Whether the cache stands in when the cloud fails this request: a
