@@ -1969,10 +1969,9 @@ async fn issuer_discovery_is_for_service_accounts_unless_granted() {
 
 #[tokio::test]
 async fn restricted_identities_get_rbac_forbidden() {
-    let api = server_with(
-        ApiServer::builder().restrict(
-            "system:serviceaccount:team:app",
-            vec![
+    let api = server_with(ApiServer::builder().restrict(
+        "system:serviceaccount:team:app",
+        vec![
                 Rule::new(&["get", "list", "watch"], &[""], &["configmaps"])
                     .in_namespaces(&["team"]),
                 Rule::new(&["get"], &[""], &["secrets"])
@@ -1980,8 +1979,7 @@ async fn restricted_identities_get_rbac_forbidden() {
                     .names(&["app-secret"]),
                 Rule::new(&["get"], &["coordination.k8s.io"], &["leases"]),
             ],
-        ),
-    )
+    ))
     .await;
     let token = api.service_account_token("team", "app", Duration::from_secs(3600));
     let sa = Http::new(&api, Some(&token), None, false);

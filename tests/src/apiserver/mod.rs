@@ -28,6 +28,57 @@
 //! # let _ = kubeconfig; Ok(()) }
 //! ```
 //!
+//! Service-account tokens and issuer discovery work as in a cluster with
+//! `--service-account-issuer` (builder: [`ApiServerBuilder::service_account_issuer`],
+//! default `https://kubernetes.default.svc.cluster.local`), `--api-audiences`
+//! ([`ApiServerBuilder::api_audiences`], default the issuer) and
+//! `--service-account-jwks-uri` ([`ApiServerBuilder::service_account_jwks_uri`]):
+//! tokens are ES256 JWTs (`kid` = base64url SHA-256 of the PKIX public key)
+//! with `iss, sub, aud, exp, iat, nbf, jti, kubernetes.io{namespace,
+//! serviceaccount{name,uid}, pod?, node?, secret?, warnafter?}`. They come
+//! from `POST .../serviceaccounts/<sa>/token` (expirationSeconds default
+//! 3600, < 600 is 422, boundObjectRef Pod/Secret/Node, a pod-bound 3607 s is
+//! extended to a year) or from [`ApiServer::service_account_token`],
+//! [`ApiServer::service_account_token_at`] (e.g. already expired) and
+//! [`ApiServer::forged_service_account_token`] (same claims and `kid`,
+//! another key). They authenticate as `system:serviceaccount:<ns>:<sa>` in
+//! `system:serviceaccounts`, `system:serviceaccounts:<ns>` and
+//! `system:authenticated` when the signature, issuer, an API audience and
+//! exp/nbf/iat (one minute of skew) check out and the ServiceAccount (and
+//! the bound pod/secret/node) still exists with the claimed uid; otherwise
+//! 401. TokenReview applies the same checks for its spec.audiences.
+//! `GET /.well-known/openid-configuration` and `GET /openid/v1/jwks`
+//! (`application/jwk-set+json`, see also [`ApiServer::service_account_jwks`])
+//! are allowed, as by the default system:service-account-issuer-discovery
+//! binding, only to the group `system:serviceaccounts`, system:masters and
+//! subjects given [`ApiServer::grant_issuer_discovery`]; others get 403.
+//!
+//! Authorization: identities are allowed everything unless restricted with
+//! [`ApiServer::restrict`] / [`ApiServerBuilder::restrict`] (by user name or
+//! group) to a list of [`Rule`]s (verbs, apiGroups, resources incl.
+//! `pods/status`, resourceNames, namespaces = RoleBindings, or none =
+//! ClusterRoleBinding, nonResourceURLs), on top of what every authenticated
+//! user may do (discovery, health, version, self reviews). A restricted
+//! identity gets the apiserver's 403 Status for anything else
+//! (`secrets is forbidden: User "…" cannot list resource "secrets" in API
+//! group "" in the namespace "x"`); SubjectAccessReviews answer from the
+//! same rules. system:masters always may.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use yurthub_e2e::apiserver::{ApiServer, Rule};
+//!
+//! let api = ApiServer::builder()
+//!     .restrict("system:serviceaccount:team:app",
+//!         vec![Rule::new(&["get", "list", "watch"], &[""], &["configmaps"]).in_namespaces(&["team"])])
+//!     .start()
+//!     .await?;
+//! let token = api.service_account_token("team", "app", Duration::from_secs(3600));
+//! api.grant_issuer_discovery("system:nodes"); // let nodes fetch /openid/v1/jwks
+//! # let _ = token; Ok(()) }
+//! ```
+//!
 //! Known differences from kube-apiserver (deliberate scope limits, not
 //! bent semantics): no OpenAPI documents (`/openapi/*` is 404, so
 //! `kubectl apply/create -f` needs `--validate=false`); no managedFields
@@ -37,8 +88,11 @@
 //! garbage collector (propagationPolicy is ignored); SPDY exec/attach/
 //! port-forward only complete the 101 handshake (WebSocket exec v4/v5 and
 //! WebSocket port-forward with an echoing pod are served, but not the
-//! SPDY-over-WebSocket tunnel kubectl port-forward uses); `pods/log` is empty; every authenticated user
-//! may do everything (like system:masters).
+//! SPDY-over-WebSocket tunnel kubectl port-forward uses); `pods/log` is empty; unrestricted
+//! authenticated users may do everything (like system:masters) except
+//! issuer discovery; no Node authorizer; legacy Secret-based
+//! service-account tokens and the user `extra` (credential-id, pod-name)
+//! are not modelled.
 
 mod conn;
 mod controllers;
