@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use yurthub_e2e::apiserver::{
-    ApiServer, Auth, Fault, FaultKind, ProtobufCodec, ResourceType, User,
+    ApiServer, Auth, Fault, FaultKind, ProtobufCodec, ResourceType, Rule, User,
 };
 
 const TOKEN: &str = "test-admin-token";
@@ -1053,7 +1053,7 @@ async fn service_account_tokens_authenticate() {
     let tr = http
         .post(
             "/api/v1/namespaces/kube-system/serviceaccounts/default/token",
-            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": ["x"], "expirationSeconds": 3600}}),
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": ["x", "https://kubernetes.default.svc.cluster.local"], "expirationSeconds": 3600}}),
         )
         .await;
     assert_eq!(tr.status, StatusCode::CREATED);
@@ -1642,5 +1642,462 @@ async fn kube_rs_watcher_sees_create_update_delete() {
             ("apply", Some("changed".to_owned())),
             ("delete", Some("changed".to_owned()))
         ]
+    );
+}
+
+/// The header and claims of a JWT, decoded without verification.
+fn jwt_parts(token: &str) -> (Value, Value) {
+    use base64::Engine as _;
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    let dec = |p: &str| -> Value {
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .expect("base64url"),
+        )
+        .expect("json")
+    };
+    (dec(parts[0]), dec(parts[1]))
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+fn unauthorized_status() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401})
+}
+
+#[tokio::test]
+async fn service_account_jwts_verify_against_the_published_keys() {
+    let api = server().await;
+    let token = api.service_account_token("team", "robot", Duration::from_secs(3600));
+    let (header, claims) = jwt_parts(&token);
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["kid"], api.service_account_key_id());
+    let sa = api
+        .get("v1", "ServiceAccount", "team", "robot")
+        .expect("the ServiceAccount was created for the token");
+    assert_eq!(claims["iss"], ISSUER);
+    assert_eq!(claims["sub"], "system:serviceaccount:team:robot");
+    assert_eq!(claims["aud"], json!([ISSUER]));
+    assert_eq!(
+        claims["kubernetes.io"],
+        json!({"namespace": "team", "serviceaccount": {"name": "robot", "uid": sa["metadata"]["uid"]}})
+    );
+    let iat = claims["iat"].as_i64().expect("iat");
+    assert_eq!(claims["nbf"], iat);
+    assert_eq!(claims["exp"].as_i64().expect("exp") - iat, 3600);
+    assert!((iat - now_unix()).abs() < 60);
+
+    // The token authenticates as the service account.
+    let as_sa = Http::new(&api, Some(&token), None, false);
+    let me = as_sa
+        .post(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}),
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::CREATED);
+    assert_eq!(
+        me.json()["status"]["userInfo"],
+        json!({"username": "system:serviceaccount:team:robot",
+               "groups": ["system:serviceaccounts", "system:serviceaccounts:team", "system:authenticated"]})
+    );
+
+    // A relying party verifies it with the key set from /openid/v1/jwks.
+    let jwks = as_sa.get("/openid/v1/jwks").await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&jwks.body).expect("a JWK set");
+    let jwk = set
+        .find(api.service_account_key_id())
+        .expect("kid published");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("usable key");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_issuer(&[ISSUER]);
+    v.set_audience(&[ISSUER]);
+    jsonwebtoken::decode::<Value>(&token, &key, &v).expect("signature verifies");
+    let forged = api.forged_service_account_token("team", "robot", Duration::from_secs(3600));
+    assert_eq!(jwt_parts(&forged).0["kid"], api.service_account_key_id());
+    assert!(jsonwebtoken::decode::<Value>(&forged, &key, &v).is_err());
+
+    // Forged, expired, not yet valid, or of a deleted account: 401.
+    let hour = Duration::from_secs(3600);
+    let expired = api.service_account_token_at(
+        "team",
+        "robot",
+        std::time::SystemTime::now() - 2 * hour,
+        hour,
+    );
+    let future =
+        api.service_account_token_at("team", "robot", std::time::SystemTime::now() + hour, hour);
+    let within_skew = api.service_account_token_at(
+        "team",
+        "robot",
+        std::time::SystemTime::now() - hour - Duration::from_secs(30),
+        hour,
+    );
+    assert_eq!(
+        Http::new(&api, Some(&within_skew), None, false)
+            .get(PODS)
+            .await
+            .status,
+        StatusCode::OK,
+        "one minute of clock skew is tolerated"
+    );
+    for bad in [&forged, &expired, &future] {
+        let r = Http::new(&api, Some(bad), None, false).get(PODS).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.json(), unauthorized_status());
+    }
+    assert_eq!(as_sa.get(PODS).await.status, StatusCode::OK);
+    api.delete("v1", "ServiceAccount", "team", "robot")
+        .expect("delete sa");
+    assert_eq!(as_sa.get(PODS).await.status, StatusCode::UNAUTHORIZED);
+    // A new account of the same name has another uid: old tokens stay dead.
+    api.create(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot", "namespace": "team"}}))
+        .expect("recreate sa");
+    assert_eq!(as_sa.get(PODS).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn token_request_issues_bound_jwts() {
+    let api = server().await;
+    let http = Http::admin(&api);
+    let path = "/api/v1/namespaces/default/serviceaccounts/default/token";
+    let tr = |spec: Value| json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+
+    let r = http.post(path, &tr(json!({}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let body = r.json();
+    assert_eq!(body["spec"]["audiences"], json!([ISSUER]));
+    assert_eq!(body["spec"]["expirationSeconds"], 3600);
+    let token = body["status"]["token"].as_str().expect("token").to_owned();
+    let (_, claims) = jwt_parts(&token);
+    assert_eq!(claims["sub"], "system:serviceaccount:default:default");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3600
+    );
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    assert_eq!(
+        Http::new(&api, Some(&token), None, false)
+            .get(PODS)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // Below ten minutes is invalid, as ValidateTokenRequest says.
+    let short = http
+        .post(path, &tr(json!({"expirationSeconds": 599})))
+        .await;
+    assert_eq!(short.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        short.json()["message"],
+        "TokenRequest.authentication.k8s.io \"default\" is invalid: spec.expirationSeconds: Invalid value: 599: may not specify a duration less than 10 minutes"
+    );
+    let ten = http
+        .post(path, &tr(json!({"expirationSeconds": 600})))
+        .await;
+    assert_eq!(ten.status, StatusCode::CREATED);
+    let (_, c) = jwt_parts(ten.json()["status"]["token"].as_str().unwrap());
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 600);
+
+    // A token for another audience does not authenticate to the apiserver,
+    // but a TokenReview for that audience accepts it.
+    let other = http.post(path, &tr(json!({"audiences": ["vault"]}))).await;
+    let other = other.json()["status"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(jwt_parts(&other).1["aud"], json!(["vault"]));
+    let r = Http::new(&api, Some(&other), None, false).get(PODS).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let review = |t: &str, auds: Value| json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": t, "audiences": auds}});
+    let tr_ok = http
+        .post(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            &review(&other, json!(["vault"])),
+        )
+        .await;
+    assert_eq!(tr_ok.json()["status"]["authenticated"], true);
+    assert_eq!(tr_ok.json()["status"]["audiences"], json!(["vault"]));
+    assert_eq!(
+        tr_ok.json()["status"]["user"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    let tr_no = http
+        .post(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            &review(&other, json!([])),
+        )
+        .await;
+    assert_eq!(tr_no.json()["status"]["error"], "invalid bearer token");
+
+    // Pod-bound: pod and node claims; the kubelet's 3607 s becomes a year
+    // with warnafter; the token dies with the pod.
+    api.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}))
+        .expect("node");
+    let p = api.create(pod("bound", "n1", json!({}))).expect("pod");
+    let node = api.get("v1", "Node", "", "n1").expect("node");
+    let r = http
+        .post(path, &tr(json!({"expirationSeconds": 3607, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "bound", "uid": p["metadata"]["uid"]}})))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["spec"]["expirationSeconds"], 3607);
+    let bound = r.json()["status"]["token"].as_str().unwrap().to_owned();
+    let (_, c) = jwt_parts(&bound);
+    let iat = c["iat"].as_i64().unwrap();
+    assert_eq!(c["exp"].as_i64().unwrap() - iat, 365 * 24 * 3600);
+    assert_eq!(c["kubernetes.io"]["warnafter"], iat + 3607);
+    assert_eq!(
+        c["kubernetes.io"]["pod"],
+        json!({"name": "bound", "uid": p["metadata"]["uid"]})
+    );
+    assert_eq!(
+        c["kubernetes.io"]["node"],
+        json!({"name": "n1", "uid": node["metadata"]["uid"]})
+    );
+    let as_pod = Http::new(&api, Some(&bound), None, false);
+    assert_eq!(as_pod.get(PODS).await.status, StatusCode::OK);
+    let wrong_uid = http
+        .post(
+            path,
+            &tr(json!({"boundObjectRef": {"kind": "Pod", "name": "bound", "uid": "nope"}})),
+        )
+        .await;
+    assert_eq!(wrong_uid.status, StatusCode::CONFLICT);
+    api.delete_now("v1", "Pod", "default", "bound")
+        .expect("delete pod");
+    assert_eq!(as_pod.get(PODS).await.status, StatusCode::UNAUTHORIZED);
+    let gone = http
+        .post(
+            path,
+            &tr(json!({"boundObjectRef": {"kind": "Pod", "name": "bound"}})),
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn issuer_discovery_is_for_service_accounts_unless_granted() {
+    let api =
+        server_with(ApiServer::builder().service_account_issuer("https://issuer.example")).await;
+    assert_eq!(api.service_account_issuer(), "https://issuer.example");
+    let sa = api.service_account_token("kube-system", "reader", Duration::from_secs(600));
+    assert_eq!(jwt_parts(&sa).1["iss"], "https://issuer.example");
+    assert_eq!(jwt_parts(&sa).1["aud"], json!(["https://issuer.example"]));
+    let as_sa = Http::new(&api, Some(&sa), None, false);
+    let cfg = as_sa.get("/.well-known/openid-configuration").await;
+    assert_eq!(cfg.status, StatusCode::OK);
+    assert_eq!(cfg.content_type(), "application/json");
+    assert_eq!(cfg.headers[header::CACHE_CONTROL], "public, max-age=3600");
+    assert_eq!(
+        cfg.json(),
+        json!({
+            "issuer": "https://issuer.example",
+            "jwks_uri": format!("{}/openid/v1/jwks", api.url()),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        })
+    );
+    let jwks = as_sa.get("/openid/v1/jwks").await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    assert_eq!(jwks.content_type(), "application/jwk-set+json");
+    let keys = jwks.json();
+    assert_eq!(keys, api.service_account_jwks());
+    assert_eq!(keys["keys"][0]["kid"], api.service_account_key_id());
+    assert_eq!(keys["keys"][0]["use"], "sig");
+    assert_eq!(keys["keys"][0]["alg"], "ES256");
+    assert_eq!(keys["keys"][0]["kty"], "EC");
+
+    // A node has no such binding by default; the operator adds one.
+    let cert = api
+        .pki()
+        .issue_client_cert("system:node:n1", &["system:nodes"])
+        .expect("node cert");
+    let node = Http::new(&api, None, Some(cert), false);
+    for path in ["/.well-known/openid-configuration", "/openid/v1/jwks"] {
+        let r = node.get(path).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(
+            r.json(),
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": format!("forbidden: User \"system:node:n1\" cannot get path \"{path}\""),
+                   "reason": "Forbidden", "details": {}, "code": 403})
+        );
+    }
+    assert_eq!(
+        node.get(PODS).await.status,
+        StatusCode::OK,
+        "otherwise unrestricted"
+    );
+    assert_eq!(
+        Http::new(&api, None, None, false)
+            .get("/openid/v1/jwks")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        Http::admin(&api).get("/openid/v1/jwks").await.status,
+        StatusCode::OK,
+        "system:masters"
+    );
+    api.grant_issuer_discovery("system:nodes");
+    assert_eq!(node.get("/openid/v1/jwks").await.json(), keys);
+    assert_eq!(
+        node.get("/.well-known/openid-configuration").await.status,
+        StatusCode::OK
+    );
+    api.revoke_issuer_discovery("system:nodes");
+    assert_eq!(
+        node.get("/openid/v1/jwks").await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn restricted_identities_get_rbac_forbidden() {
+    let api = server_with(ApiServer::builder().restrict(
+        "system:serviceaccount:team:app",
+        vec![
+                Rule::new(&["get", "list", "watch"], &[""], &["configmaps"])
+                    .in_namespaces(&["team"]),
+                Rule::new(&["get"], &[""], &["secrets"])
+                    .in_namespaces(&["team"])
+                    .names(&["app-secret"]),
+                Rule::new(&["get"], &["coordination.k8s.io"], &["leases"]),
+            ],
+    ))
+    .await;
+    let token = api.service_account_token("team", "app", Duration::from_secs(3600));
+    let sa = Http::new(&api, Some(&token), None, false);
+    assert_eq!(
+        sa.get("/api/v1/namespaces/team/configmaps").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        sa.get("/api").await.status,
+        StatusCode::OK,
+        "system:discovery"
+    );
+    assert_eq!(
+        sa.get("/openid/v1/jwks").await.status,
+        StatusCode::OK,
+        "issuer discovery"
+    );
+    let r = sa.get("/api/v1/namespaces/x/secrets").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.json(),
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": "secrets is forbidden: User \"system:serviceaccount:team:app\" cannot list resource \"secrets\" in API group \"\" in the namespace \"x\"",
+               "reason": "Forbidden", "details": {"kind": "secrets"}, "code": 403})
+    );
+    let r = sa.get("/api/v1/namespaces/team/secrets/other").await;
+    assert_eq!(
+        r.json()["message"],
+        "secrets \"other\" is forbidden: User \"system:serviceaccount:team:app\" cannot get resource \"secrets\" in API group \"\" in the namespace \"team\""
+    );
+    assert_eq!(
+        r.json()["details"],
+        json!({"kind": "secrets", "name": "other"})
+    );
+    assert_eq!(
+        sa.get("/api/v1/namespaces/team/secrets/app-secret")
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "allowed, absent"
+    );
+    let r = sa.get("/apis/coordination.k8s.io/v1/leases").await;
+    assert_eq!(
+        r.json()["message"],
+        "leases.coordination.k8s.io is forbidden: User \"system:serviceaccount:team:app\" cannot list resource \"leases\" in API group \"coordination.k8s.io\" at the cluster scope"
+    );
+    assert_eq!(
+        r.json()["details"],
+        json!({"group": "coordination.k8s.io", "kind": "leases"})
+    );
+    let r = sa
+        .post(
+            "/api/v1/namespaces/team/serviceaccounts/app/token",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        r.json()["message"],
+        "serviceaccounts \"app\" is forbidden: User \"system:serviceaccount:team:app\" cannot create resource \"serviceaccounts/token\" in API group \"\" in the namespace \"team\""
+    );
+    assert_eq!(
+        sa.get("/api/v1/namespaces/other/configmaps").await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    // A SubjectAccessReview answers from the same rules.
+    let sar = |verb: &str, ns: &str| {
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "system:serviceaccount:team:app", "groups": ["system:serviceaccounts"],
+                 "resourceAttributes": {"verb": verb, "resource": "configmaps", "namespace": ns}}})
+    };
+    let admin = Http::admin(&api);
+    let path = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+    assert_eq!(
+        admin.post(path, &sar("list", "team")).await.json()["status"]["allowed"],
+        true
+    );
+    assert_eq!(
+        admin.post(path, &sar("delete", "team")).await.json()["status"]["allowed"],
+        false
+    );
+
+    // kubectl shows the apiserver's error.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        api.kubeconfig(&yurthub_e2e::apiserver::Credential::Token(token.clone()))
+            .expect("kubeconfig"),
+    )
+    .expect("write kubeconfig");
+    let out = kubectl(&kubeconfig, &["get", "secrets", "-n", "x"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Error from server (Forbidden): secrets is forbidden: User \"system:serviceaccount:team:app\" cannot list resource \"secrets\" in API group \"\" in the namespace \"x\""),
+        "{stderr}"
+    );
+    stdout(&kubectl(&kubeconfig, &["get", "configmaps", "-n", "team"]).await);
+
+    // Restrictions change at runtime; others stay unrestricted.
+    api.unrestrict("system:serviceaccount:team:app");
+    assert_eq!(
+        sa.get("/api/v1/namespaces/x/secrets").await.status,
+        StatusCode::OK
+    );
+    api.restrict("system:serviceaccounts:team", vec![]);
+    assert_eq!(
+        sa.get("/api/v1/namespaces/team/configmaps").await.status,
+        StatusCode::FORBIDDEN,
+        "restricted by group"
+    );
+    let other = api.service_account_token("default", "free", Duration::from_secs(3600));
+    assert_eq!(
+        Http::new(&api, Some(&other), None, false)
+            .get("/api/v1/namespaces/x/secrets")
+            .await
+            .status,
+        StatusCode::OK
     );
 }

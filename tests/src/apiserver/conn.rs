@@ -65,6 +65,8 @@ pub struct ConnInfo {
     pub client_cert_serial: Option<String>,
     /// Lets a fault replace the response with garbage bytes.
     pub poison: Poison,
+    /// The address the client connected to (the apiserver's URL for it).
+    pub local: Option<SocketAddr>,
 }
 
 struct Tracked {
@@ -168,6 +170,7 @@ async fn serve_connection(
     id: u64,
 ) {
     let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
     match acceptor.accept(tcp).await {
         Ok(tls) => {
             let leaf = tls
@@ -185,6 +188,7 @@ async fn serve_connection(
                 client_cert,
                 client_cert_serial,
                 poison: poison.clone(),
+                local,
             };
             let io = FaultIo {
                 inner: tls,

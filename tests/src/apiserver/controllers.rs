@@ -12,7 +12,7 @@ use super::objects::{self, meta_str, now_rfc3339};
 use super::registry::ResourceType;
 use super::status::ApiError;
 use super::store::{ObjectKey, Write};
-use super::{Shared, User};
+use super::{Shared, User, lock, rbac, satoken};
 
 /// Signers kube-controller-manager signs for.
 const KNOWN_SIGNERS: &[&str] = &[
@@ -194,19 +194,84 @@ pub fn review(
                     "at least one of user or group must be specified",
                 ));
             }
-            let allowed = user != "system:anonymous" || anonymous_allowed;
+            let groups: Vec<String> = out
+                .pointer("/spec/groups")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let subject = User {
+                name: user.to_owned(),
+                groups,
+            };
+            let mut spec = out.get("spec").cloned().unwrap_or(Value::Null);
+            if rt.resource == "localsubjectaccessreviews"
+                && let Some(ra) = spec
+                    .get_mut("resourceAttributes")
+                    .and_then(Value::as_object_mut)
+            {
+                let ns = out
+                    .pointer("/metadata/namespace")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                ra.insert("namespace".into(), ns);
+            }
+            let allowed = if user == "system:anonymous" {
+                anonymous_allowed
+            } else {
+                rbac::Attributes::from_review(&spec)
+                    .is_some_and(|a| lock(&shared.policy).allows(&subject, &a))
+            };
             json!({"allowed": allowed, "reason": if allowed { "allowed by the apiserver double" } else { "" }})
         }
-        "selfsubjectaccessreviews" => json!({"allowed": user.is_some() || anonymous_allowed}),
+        "selfsubjectaccessreviews" => {
+            let spec = out.get("spec").cloned().unwrap_or(Value::Null);
+            let allowed = match user {
+                Some(u) => rbac::Attributes::from_review(&spec)
+                    .is_some_and(|a| lock(&shared.policy).allows(u, &a)),
+                None => anonymous_allowed,
+            };
+            json!({"allowed": allowed})
+        }
         "tokenreviews" => {
             let token = out
                 .pointer("/spec/token")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            match shared.lookup_token(token) {
+            let wanted: Vec<String> = out
+                .pointer("/spec/audiences")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let static_user = lock(&shared.tokens)
+                .get(token)
+                .cloned()
+                .or_else(|| bootstrap_token_user(shared, token));
+            let found = match static_user {
+                // Non-JWT authenticators answer for the API audiences.
                 Some(u) => {
+                    let auds = if wanted.is_empty() {
+                        shared.issuer.api_audiences.clone()
+                    } else {
+                        wanted.clone()
+                    };
+                    Some((u, auds))
+                }
+                None => satoken::authenticate(shared, token, Some(&wanted)).ok(),
+            };
+            match found {
+                Some((u, auds)) => {
                     json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups},
-                    "audiences": out.pointer("/spec/audiences").cloned().unwrap_or(json!([]))})
+                    "audiences": auds})
                 }
                 None => json!({"user": {}, "error": "invalid bearer token"}),
             }

@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
+//! use std::time::{Duration, SystemTime};
 //! use yurthub_e2e::apiserver::{ApiServer, Fault, FaultKind, User};
 //!
 //! let api = ApiServer::builder()
@@ -28,6 +28,57 @@
 //! # let _ = kubeconfig; Ok(()) }
 //! ```
 //!
+//! Service-account tokens and issuer discovery work as in a cluster with
+//! `--service-account-issuer` (builder: [`ApiServerBuilder::service_account_issuer`],
+//! default `https://kubernetes.default.svc.cluster.local`), `--api-audiences`
+//! ([`ApiServerBuilder::api_audiences`], default the issuer) and
+//! `--service-account-jwks-uri` ([`ApiServerBuilder::service_account_jwks_uri`]):
+//! tokens are ES256 JWTs (`kid` = base64url SHA-256 of the PKIX public key)
+//! with `iss, sub, aud, exp, iat, nbf, jti, kubernetes.io{namespace,
+//! serviceaccount{name,uid}, pod?, node?, secret?, warnafter?}`. They come
+//! from `POST .../serviceaccounts/<sa>/token` (expirationSeconds default
+//! 3600, < 600 is 422, boundObjectRef Pod/Secret/Node, a pod-bound 3607 s is
+//! extended to a year) or from [`ApiServer::service_account_token`],
+//! [`ApiServer::service_account_token_at`] (e.g. already expired) and
+//! [`ApiServer::forged_service_account_token`] (same claims and `kid`,
+//! another key). They authenticate as `system:serviceaccount:<ns>:<sa>` in
+//! `system:serviceaccounts`, `system:serviceaccounts:<ns>` and
+//! `system:authenticated` when the signature, issuer, an API audience and
+//! exp/nbf/iat (one minute of skew) check out and the ServiceAccount (and
+//! the bound pod/secret/node) still exists with the claimed uid; otherwise
+//! 401. TokenReview applies the same checks for its spec.audiences.
+//! `GET /.well-known/openid-configuration` and `GET /openid/v1/jwks`
+//! (`application/jwk-set+json`, see also [`ApiServer::service_account_jwks`])
+//! are allowed, as by the default system:service-account-issuer-discovery
+//! binding, only to the group `system:serviceaccounts`, system:masters and
+//! subjects given [`ApiServer::grant_issuer_discovery`]; others get 403.
+//!
+//! Authorization: identities are allowed everything unless restricted with
+//! [`ApiServer::restrict`] / [`ApiServerBuilder::restrict`] (by user name or
+//! group) to a list of [`Rule`]s (verbs, apiGroups, resources incl.
+//! `pods/status`, resourceNames, namespaces = RoleBindings, or none =
+//! ClusterRoleBinding, nonResourceURLs), on top of what every authenticated
+//! user may do (discovery, health, version, self reviews). A restricted
+//! identity gets the apiserver's 403 Status for anything else
+//! (`secrets is forbidden: User "…" cannot list resource "secrets" in API
+//! group "" in the namespace "x"`); SubjectAccessReviews answer from the
+//! same rules. system:masters always may.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use yurthub_e2e::apiserver::{ApiServer, Rule};
+//!
+//! let api = ApiServer::builder()
+//!     .restrict("system:serviceaccount:team:app",
+//!         vec![Rule::new(&["get", "list", "watch"], &[""], &["configmaps"]).in_namespaces(&["team"])])
+//!     .start()
+//!     .await?;
+//! let token = api.service_account_token("team", "app", Duration::from_secs(3600));
+//! api.grant_issuer_discovery("system:nodes"); // let nodes fetch /openid/v1/jwks
+//! # let _ = token; Ok(()) }
+//! ```
+//!
 //! Known differences from kube-apiserver (deliberate scope limits, not
 //! bent semantics): no OpenAPI documents (`/openapi/*` is 404, so
 //! `kubectl apply/create -f` needs `--validate=false`); no managedFields
@@ -37,8 +88,11 @@
 //! garbage collector (propagationPolicy is ignored); SPDY exec/attach/
 //! port-forward only complete the 101 handshake (WebSocket exec v4/v5 and
 //! WebSocket port-forward with an echoing pod are served, but not the
-//! SPDY-over-WebSocket tunnel kubectl port-forward uses); `pods/log` is empty; every authenticated user
-//! may do everything (like system:masters).
+//! SPDY-over-WebSocket tunnel kubectl port-forward uses); `pods/log` is empty; unrestricted
+//! authenticated users may do everything (like system:masters) except
+//! issuer discovery; no Node authorizer; legacy Secret-based
+//! service-account tokens and the user `extra` (credential-id, pod-name)
+//! are not modelled.
 
 mod conn;
 mod controllers;
@@ -50,10 +104,12 @@ mod negotiate;
 mod objects;
 mod patch;
 mod protobuf;
+mod rbac;
 mod registry;
 mod response;
 mod rest;
 mod route;
+mod satoken;
 mod selectors;
 mod status;
 mod store;
@@ -64,7 +120,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
@@ -72,6 +128,7 @@ use crate::pki::{PkiError, TestPki};
 
 pub use faults::{Fault, FaultKind};
 pub use protobuf::{KubeProtobuf, ProtobufCodec};
+pub use rbac::Rule;
 pub use registry::{ResourceType, Subresource};
 pub use status::{ApiError, GroupResource};
 
@@ -144,6 +201,8 @@ pub enum ApiServerError {
     Tls(String),
     #[error("api error: {0}")]
     Api(#[from] ApiError),
+    #[error("service-account issuer: {0}")]
+    Issuer(#[from] satoken::SaTokenError),
 }
 
 /// Builder for [`ApiServer`].
@@ -160,6 +219,10 @@ pub struct ApiServerBuilder {
     custom: Vec<ResourceType>,
     csr_auto_approve: bool,
     signing: controllers::Signing,
+    issuer: String,
+    api_audiences: Option<Vec<String>>,
+    jwks_uri: Option<String>,
+    policy: rbac::Policy,
 }
 
 impl Default for ApiServerBuilder {
@@ -177,6 +240,10 @@ impl Default for ApiServerBuilder {
             custom: Vec::new(),
             csr_auto_approve: true,
             signing: controllers::Signing::default(),
+            issuer: satoken::DEFAULT_ISSUER.to_owned(),
+            api_audiences: None,
+            jwks_uri: None,
+            policy: rbac::Policy::default(),
         }
     }
 }
@@ -259,6 +326,41 @@ impl ApiServerBuilder {
         self
     }
 
+    /// `--service-account-issuer` (default
+    /// `https://kubernetes.default.svc.cluster.local`).
+    pub fn service_account_issuer(mut self, url: &str) -> Self {
+        self.issuer = url.to_owned();
+        self
+    }
+
+    /// `--api-audiences`: a service-account token authenticates only if one
+    /// of its audiences is among these (default: the issuer). An empty
+    /// list accepts any audience (the authenticator's no-implicit-audience path).
+    pub fn api_audiences(mut self, audiences: &[&str]) -> Self {
+        self.api_audiences = Some(audiences.iter().map(|a| (*a).to_owned()).collect());
+        self
+    }
+
+    /// `--service-account-jwks-uri`: the `jwks_uri` of the discovery
+    /// document (default: `<apiserver URL>/openid/v1/jwks`).
+    pub fn service_account_jwks_uri(mut self, uri: &str) -> Self {
+        self.jwks_uri = Some(uri.to_owned());
+        self
+    }
+
+    /// Restricts a user or group to `rules` (see [`ApiServer::restrict`]).
+    pub fn restrict(mut self, subject: &str, rules: Vec<Rule>) -> Self {
+        self.policy.restricted.insert(subject.to_owned(), rules);
+        self
+    }
+
+    /// Binds system:service-account-issuer-discovery to a user or group
+    /// (see [`ApiServer::grant_issuer_discovery`]).
+    pub fn grant_issuer_discovery(mut self, subject: &str) -> Self {
+        self.policy.issuer_discovery.insert(subject.to_owned());
+        self
+    }
+
     /// Registers a custom resource type at start.
     pub fn crd(mut self, t: ResourceType) -> Self {
         self.custom.push(t);
@@ -290,7 +392,10 @@ impl ApiServerBuilder {
         for t in self.custom {
             registry.register(t);
         }
+        let issuer = satoken::Issuer::new(self.issuer, self.api_audiences, self.jwks_uri)?;
         let shared = Arc::new(Shared {
+            issuer: Arc::new(issuer),
+            policy: Arc::new(Mutex::new(self.policy)),
             registry,
             store: store::Store::new(self.history_window, objects::INITIAL_RESOURCE_VERSION),
             bookmark_interval: self.bookmark_interval,
@@ -304,7 +409,6 @@ impl ApiServerBuilder {
             ready: AtomicBool::new(true),
             pki: pki.clone(),
             port: AtomicU64::new(0),
-            token_serial: AtomicU64::new(0),
             csr_auto_approve: self.csr_auto_approve,
             signing: self.signing,
         });
@@ -323,6 +427,10 @@ impl ApiServerBuilder {
 
 /// State shared by every connection and the test's handle.
 pub(crate) struct Shared {
+    /// The service-account token issuer; shared with replicas.
+    issuer: Arc<satoken::Issuer>,
+    /// Restrictions and grants; shared with replicas.
+    policy: Arc<Mutex<rbac::Policy>>,
     registry: registry::Registry,
     store: store::Store,
     bookmark_interval: Duration,
@@ -337,7 +445,6 @@ pub(crate) struct Shared {
     ready: AtomicBool,
     pki: Arc<TestPki>,
     port: AtomicU64,
-    token_serial: AtomicU64,
     csr_auto_approve: bool,
     signing: controllers::Signing,
 }
@@ -347,10 +454,19 @@ impl Shared {
         self.protobuf.as_deref()
     }
 
-    /// Static and service-account tokens, then bootstrap tokens.
+    /// Static tokens, then bootstrap tokens, then service-account JWTs
+    /// (checked against the API audiences).
     fn lookup_token(&self, token: &str) -> Option<User> {
         let known = lock(&self.tokens).get(token).cloned();
-        known.or_else(|| controllers::bootstrap_token_user(self, token))
+        known
+            .or_else(|| controllers::bootstrap_token_user(self, token))
+            .or_else(|| match satoken::authenticate(self, token, None) {
+                Ok((user, _)) => Some(user),
+                Err(why) => {
+                    tracing::debug!(error = %why, "invalid bearer token");
+                    None
+                }
+            })
     }
 }
 
@@ -433,6 +549,8 @@ impl ApiServer {
     pub async fn replica(&self, listen: SocketAddr) -> Result<ApiServer, ApiServerError> {
         let s = &self.shared;
         let shared = Arc::new(Shared {
+            issuer: s.issuer.clone(),
+            policy: s.policy.clone(),
             registry: s.registry.clone(),
             store: s.store.clone(),
             bookmark_interval: s.bookmark_interval,
@@ -446,7 +564,6 @@ impl ApiServer {
             ready: AtomicBool::new(true),
             pki: s.pki.clone(),
             port: AtomicU64::new(0),
-            token_serial: AtomicU64::new(0),
             csr_auto_approve: s.csr_auto_approve,
             signing: s.signing,
         });
@@ -528,6 +645,131 @@ impl ApiServer {
 
     pub fn add_token(&self, token: &str, user: User) {
         lock(&self.shared.tokens).insert(token.to_owned(), user);
+    }
+
+    /// The service-account issuer URL (the tokens' `iss`).
+    pub fn service_account_issuer(&self) -> &str {
+        &self.shared.issuer.url
+    }
+
+    /// The `kid` of the service-account signing key.
+    pub fn service_account_key_id(&self) -> &str {
+        self.shared.issuer.kid()
+    }
+
+    /// The key set `/openid/v1/jwks` serves.
+    pub fn service_account_jwks(&self) -> Value {
+        self.shared.issuer.jwks()
+    }
+
+    /// A service-account token as a TokenRequest without a bound object
+    /// would issue it now: ES256, signed by the cluster key, `aud` = the
+    /// API audiences. The ServiceAccount (and its namespace) is created if
+    /// missing, since the authenticator rejects tokens of deleted ones.
+    pub fn service_account_token(&self, namespace: &str, name: &str, lifetime: Duration) -> String {
+        self.service_account_token_at(namespace, name, SystemTime::now(), lifetime)
+    }
+
+    /// Like [`Self::service_account_token`] but issued at `issued_at`
+    /// (`iat` = `nbf`), e.g. two hours ago with a one-hour lifetime for an
+    /// expired token. The apiserver allows one minute of clock skew.
+    pub fn service_account_token_at(
+        &self,
+        namespace: &str,
+        name: &str,
+        issued_at: SystemTime,
+        lifetime: Duration,
+    ) -> String {
+        self.mint(namespace, name, issued_at, lifetime, false)
+    }
+
+    /// A token with the same claims and `kid` signed by a different key:
+    /// every verifier must reject it (401 here).
+    pub fn forged_service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        lifetime: Duration,
+    ) -> String {
+        self.mint(namespace, name, SystemTime::now(), lifetime, true)
+    }
+
+    fn mint(
+        &self,
+        namespace: &str,
+        name: &str,
+        issued_at: SystemTime,
+        lifetime: Duration,
+        forged: bool,
+    ) -> String {
+        let sa_uid = self.ensure_service_account(namespace, name);
+        self.shared.issuer.sign(
+            &satoken::Mint {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                sa_uid,
+                audiences: Vec::new(),
+                issued_at,
+                lifetime,
+                pod: None,
+                node: None,
+                secret: None,
+                warn_after: None,
+            },
+            forged,
+        )
+    }
+
+    /// The uid of `namespace/name`, creating the ServiceAccount (and the
+    /// namespace) first if needed.
+    fn ensure_service_account(&self, namespace: &str, name: &str) -> String {
+        if self.get("v1", "Namespace", "", namespace).is_none() {
+            let _ = self.create(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": namespace}}));
+        }
+        let sa = self
+            .get("v1", "ServiceAccount", namespace, name)
+            .or_else(|| {
+                self.create(
+                    serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": name, "namespace": namespace}}),
+                )
+                .ok()
+            });
+        sa.map(|o| objects::meta_str(&o, "uid").to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Restricts every identity whose user name or one of whose groups is
+    /// `subject` to `rules` (replacing earlier rules for that subject), on
+    /// top of what every authenticated user may do (discovery, health,
+    /// self reviews). Anything else gets the apiserver's 403 Forbidden
+    /// Status. Identities never restricted may do everything, as before;
+    /// system:masters always may.
+    pub fn restrict(&self, subject: &str, rules: Vec<Rule>) {
+        lock(&self.shared.policy)
+            .restricted
+            .insert(subject.to_owned(), rules);
+    }
+
+    /// Lifts a restriction set by [`Self::restrict`].
+    pub fn unrestrict(&self, subject: &str) {
+        lock(&self.shared.policy).restricted.remove(subject);
+    }
+
+    /// Binds the system:service-account-issuer-discovery ClusterRole to a
+    /// user or group (by default only system:serviceaccounts has it), as an
+    /// operator does to let nodes read `/.well-known/openid-configuration`
+    /// and `/openid/v1/jwks`.
+    pub fn grant_issuer_discovery(&self, subject: &str) {
+        lock(&self.shared.policy)
+            .issuer_discovery
+            .insert(subject.to_owned());
+    }
+
+    /// Removes a binding made by [`Self::grant_issuer_discovery`].
+    pub fn revoke_issuer_discovery(&self, subject: &str) {
+        lock(&self.shared.policy).issuer_discovery.remove(subject);
     }
 
     /// Approves a pending CSR (it is then signed), like `kubectl certificate approve`.

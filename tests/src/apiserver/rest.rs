@@ -17,7 +17,7 @@ use super::route::{ApiRequest, ResourcePath};
 use super::status::{self, ApiError};
 use super::store::ObjectKey;
 use super::table::{self, IncludeObject};
-use super::{Shared, controllers, watch};
+use super::{Shared, controllers, satoken, watch};
 
 /// Formats a resource endpoint offers and serves without a conversion.
 pub fn endpoint_for(shared: &Shared, rt: &ResourceType) -> ResourceEndpoint {
@@ -523,8 +523,8 @@ async fn status_subresource(
     }
 }
 
-/// `POST serviceaccounts/<name>/token`: issues a token that authenticates
-/// as the service account, answering with the TokenRequest.
+/// `POST serviceaccounts/<name>/token`: issues a bound service-account
+/// JWT, answering with the TokenRequest (registry/core/serviceaccount/storage/token.go).
 async fn token_request(
     shared: &Shared,
     mut req: ApiRequest,
@@ -542,33 +542,70 @@ async fn token_request(
         })?
     };
     let ns = ns.unwrap_or("default");
+    // SetDefaults_TokenRequestSpec, then ValidateTokenRequest.
     let expiration = tr
         .pointer("/spec/expirationSeconds")
         .and_then(Value::as_i64)
-        .unwrap_or(3600)
-        .max(600);
-    let serial = shared
-        .token_serial
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let token = format!(
-        "double-sa.{ns}.{name}.{serial}.{}",
-        objects::meta_str(&sa, "uid").replace('-', "")
+        .unwrap_or(3600);
+    let invalid = |detail: String| {
+        ApiError::invalid(
+            "TokenRequest",
+            "authentication.k8s.io",
+            name,
+            "spec.expirationSeconds",
+            "FieldValueInvalid",
+            &detail,
+        )
+    };
+    if expiration < 600 {
+        return Err(invalid(format!(
+            "{expiration}: may not specify a duration less than 10 minutes"
+        )));
+    }
+    if expiration > 1 << 32 {
+        return Err(invalid(format!(
+            "{expiration}: may not specify a duration larger than 2^32 seconds"
+        )));
+    }
+    let audiences: Vec<String> = tr
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .filter(|a: &Vec<String>| !a.is_empty())
+        .unwrap_or_else(|| shared.issuer.api_audiences.clone());
+    let bound = tr
+        .pointer("/spec/boundObjectRef")
+        .cloned()
+        .filter(|b| !b.is_null());
+    let (pod, node, secret) = match &bound {
+        Some(b) => bound_object(shared, ns, b)?,
+        None => (None, None, None),
+    };
+    let now = std::time::SystemTime::now();
+    let iat = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    let (lifetime, warn_after) = satoken::extended_lifetime(expiration, pod.is_some(), iat);
+    let token = shared.issuer.sign(
+        &satoken::Mint {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            sa_uid: objects::meta_str(&sa, "uid").to_owned(),
+            audiences: audiences.clone(),
+            issued_at: now,
+            lifetime: std::time::Duration::from_secs(lifetime.unsigned_abs()),
+            pod,
+            node,
+            secret,
+            warn_after,
+        },
+        false,
     );
-    shared
-        .tokens
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            token.clone(),
-            super::User {
-                name: format!("system:serviceaccount:{ns}:{name}"),
-                groups: vec![
-                    "system:serviceaccounts".into(),
-                    format!("system:serviceaccounts:{ns}"),
-                    "system:authenticated".into(),
-                ],
-            },
-        );
     let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(expiration);
     if let Some(m) = tr.as_object_mut() {
         m.insert("kind".into(), json!("TokenRequest"));
@@ -581,10 +618,9 @@ async fn token_request(
         }
         let spec = m.entry("spec").or_insert_with(|| json!({}));
         if let Some(spec) = spec.as_object_mut() {
-            spec.entry("audiences")
-                .or_insert_with(|| json!(["https://kubernetes.default.svc.cluster.local"]));
+            spec.insert("audiences".into(), json!(audiences));
             spec.insert("expirationSeconds".into(), json!(expiration));
-            spec.entry("boundObjectRef").or_insert(Value::Null);
+            spec.insert("boundObjectRef".into(), bound.unwrap_or(Value::Null));
         }
         m.insert(
             "status".into(),
@@ -592,4 +628,71 @@ async fn token_request(
         );
     }
     Ok(response::json_response(StatusCode::CREATED, &tr))
+}
+
+type BoundRefs = (
+    Option<satoken::ObjRef>,
+    Option<satoken::ObjRef>,
+    Option<satoken::ObjRef>,
+);
+
+/// Resolves spec.boundObjectRef (Pod, Secret or Node) to the claims it
+/// adds: a pod also names its node. The object must exist and match the uid.
+fn bound_object(shared: &Shared, ns: &str, bound: &Value) -> Result<BoundRefs, ApiError> {
+    let field = |k: &str| bound.get(k).and_then(Value::as_str).unwrap_or("");
+    let (kind, name, uid) = (field("kind"), field("name"), field("uid"));
+    let lookup = |resource: &str, ns: &str, name: &str| {
+        shared
+            .store
+            .get(&ObjectKey::new(resource, ns, name))
+            .ok_or_else(|| {
+                ApiError::not_found(&super::status::GroupResource::new("", resource), name)
+            })
+    };
+    let reference = |obj: &Value, resource: &str| -> Result<satoken::ObjRef, ApiError> {
+        let actual = objects::meta_str(obj, "uid");
+        if !uid.is_empty() && uid != actual {
+            return Err(ApiError::conflict(
+                &super::status::GroupResource::new("", resource),
+                name,
+                &format!(
+                    "the UID in the bound object reference ({uid}) does not match the UID in record. The object might have been deleted and then recreated"
+                ),
+            ));
+        }
+        Ok(satoken::ObjRef {
+            name: name.to_owned(),
+            uid: actual.to_owned(),
+        })
+    };
+    match kind {
+        "Pod" => {
+            let pod = lookup("pods", ns, name)?;
+            let pod_ref = reference(&pod, "pods")?;
+            let node_name = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let node = (!node_name.is_empty()).then(|| satoken::ObjRef {
+                name: node_name.to_owned(),
+                uid: shared
+                    .store
+                    .get(&ObjectKey::new("nodes", "", node_name))
+                    .map(|n| objects::meta_str(&n, "uid").to_owned())
+                    .unwrap_or_default(),
+            });
+            Ok((Some(pod_ref), node, None))
+        }
+        "Secret" => {
+            let secret = lookup("secrets", ns, name)?;
+            Ok((None, None, Some(reference(&secret, "secrets")?)))
+        }
+        "Node" => {
+            let node = lookup("nodes", "", name)?;
+            Ok((None, Some(reference(&node, "nodes")?), None))
+        }
+        other => Err(ApiError::bad_request(format!(
+            "cannot bind token for object of kind {other:?}"
+        ))),
+    }
 }

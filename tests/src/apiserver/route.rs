@@ -12,8 +12,9 @@ use serde_json::json;
 
 use super::conn::ConnInfo;
 use super::faults::{FaultKind, Truncated, garbage};
+use super::rbac;
 use super::response::{self, Body};
-use super::status::{ApiError, GroupResource};
+use super::status::ApiError;
 use super::{Auth, RecordedRequest, Shared, User, lock};
 
 /// A parsed request to a resource path.
@@ -40,6 +41,10 @@ pub enum Target {
         legacy: bool,
     },
     Health(&'static str),
+    /// `/.well-known/openid-configuration`.
+    OpenIdConfiguration,
+    /// `/openid/v1/jwks`.
+    Jwks,
     Version,
     Root,
     NotFound,
@@ -55,6 +60,8 @@ pub fn parse_path(path: &str) -> Target {
     match parts.as_slice() {
         [] => return Target::Root,
         ["version"] => return Target::Version,
+        [".well-known", "openid-configuration"] => return Target::OpenIdConfiguration,
+        ["openid", "v1", "jwks"] => return Target::Jwks,
         ["healthz", ..] => return Target::Health("healthz"),
         ["livez", ..] => return Target::Health("livez"),
         ["readyz", ..] => return Target::Health("readyz"),
@@ -143,6 +150,8 @@ pub struct ApiRequest {
     pub body: Option<Incoming>,
     /// Present when the client asked for a protocol upgrade (exec, attach).
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The address the client connected to.
+    pub local_addr: Option<std::net::SocketAddr>,
 }
 
 impl ApiRequest {
@@ -268,6 +277,7 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
         user,
         body: Some(req.into_body()),
         upgrade,
+        local_addr: info.local,
     };
 
     let mut resp = match authorize(&shared, &req, &target) {
@@ -277,10 +287,13 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
     // Every apiserver response carries these (WithCacheControl, WithAuditInit).
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let h = resp.headers_mut();
-        h.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache, private"),
-        );
+        // WithCacheControl sets it before the handler, which may override it.
+        if !h.contains_key(header::CACHE_CONTROL) {
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, private"),
+            );
+        }
         if let Ok(v) = HeaderValue::from_str(&super::objects::new_uid()) {
             h.insert("audit-id", v);
         }
@@ -303,19 +316,35 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
     }
 }
 
-/// Default RBAC lets unauthenticated users see only version and health.
+/// Authenticated users go through the RBAC policy (allow-all unless
+/// restricted); default RBAC lets unauthenticated users see only version
+/// and health (and the issuer documents if granted to them).
 fn authorize(shared: &Shared, req: &ApiRequest, target: &Target) -> Result<(), ApiError> {
-    if req.user.is_some() || shared.allow_anonymous {
+    let attrs = rbac::Attributes::of(req, target);
+    if let Some(user) = &req.user {
+        return if lock(&shared.policy).allows(user, &attrs) {
+            Ok(())
+        } else {
+            Err(rbac::forbidden(&user.name, &attrs))
+        };
+    }
+    if shared.allow_anonymous {
         return Ok(());
     }
-    let verb = verb_of(req, target);
-    let why_prefix = "User \"system:anonymous\" cannot";
     match target {
         Target::Version | Target::Health(_) => Ok(()),
+        Target::OpenIdConfiguration | Target::Jwks
+            if attrs.verb == "get"
+                && ["system:anonymous", "system:unauthenticated"]
+                    .iter()
+                    .any(|s| lock(&shared.policy).issuer_discovery.contains(*s)) =>
+        {
+            Ok(())
+        }
         // kubeadm's kubeadm:bootstrap-signer-clusterinfo Role: token
         // discovery reads cluster-info anonymously.
         Target::Resource(rp)
-            if verb == "get"
+            if attrs.verb == "get"
                 && rp.group.is_empty()
                 && rp.resource == "configmaps"
                 && rp.subresource.is_none()
@@ -324,29 +353,7 @@ fn authorize(shared: &Shared, req: &ApiRequest, target: &Target) -> Result<(), A
         {
             Ok(())
         }
-        Target::Resource(rp) => {
-            let mut resource = rp.resource.clone();
-            if let Some(sub) = &rp.subresource {
-                resource = format!("{resource}/{sub}");
-            }
-            let scope = match &rp.namespace {
-                Some(ns) => format!("in the namespace {ns:?}"),
-                None => "at the cluster scope".to_owned(),
-            };
-            Err(ApiError::forbidden(
-                &GroupResource::new(&rp.group, &rp.resource),
-                rp.name.as_deref().unwrap_or(""),
-                &format!(
-                    "{why_prefix} {verb} resource {resource:?} in API group {:?} {scope}",
-                    rp.group
-                ),
-            ))
-        }
-        _ => Err(ApiError::forbidden(
-            &GroupResource::new("", ""),
-            "",
-            &format!("{why_prefix} {verb} path {:?}", req.path),
-        )),
+        _ => Err(rbac::forbidden("system:anonymous", &attrs)),
     }
 }
 
@@ -371,6 +378,20 @@ pub fn verb_of(req: &ApiRequest, target: &Target) -> &'static str {
 async fn dispatch(shared: &Arc<Shared>, req: ApiRequest, target: Target) -> Response<Body> {
     match target {
         Target::Version => response::json_response(StatusCode::OK, &version_info()),
+        Target::OpenIdConfiguration | Target::Jwks if req.method != Method::GET => {
+            response::error(&ApiError::for_code(405), None, None)
+        }
+        Target::OpenIdConfiguration => issuer_document(
+            "application/json",
+            &shared.issuer.openid_configuration(&format!(
+                "https://{}",
+                req.local_addr.map_or_else(
+                    || format!("127.0.0.1:{}", shared.port.load(Ordering::SeqCst)),
+                    |a| a.to_string()
+                )
+            )),
+        ),
+        Target::Jwks => issuer_document("application/jwk-set+json", &shared.issuer.jwks()),
         Target::Health(which) => health(shared, which, &req),
         Target::Root => response::json_response(
             StatusCode::OK,
@@ -387,6 +408,16 @@ async fn dispatch(shared: &Arc<Shared>, req: ApiRequest, target: Target) -> Resp
             super::rest::serve(shared, req, rp, verb).await
         }
     }
+}
+
+/// The issuer documents are public and cacheable (routes/openidmetadata.go).
+fn issuer_document(content_type: &str, body: &serde_json::Value) -> Response<Body> {
+    let mut resp = response::plain(StatusCode::OK, content_type, body.to_string());
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    resp
 }
 
 fn health(shared: &Shared, which: &str, req: &ApiRequest) -> Response<Body> {
