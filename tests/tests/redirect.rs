@@ -19,8 +19,8 @@ use std::{
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
 use yurthub::redirect::{self, Config, Redirect};
 use yurthub_e2e::sandbox::{
-    self, BPFFS, Listener, NetSandbox, Probe, Side, TestCgroup, probe, read_probe, require_bpffs,
-    require_cgroup2, require_root, run_in_child, unique_name, wait_until,
+    self, BPFFS, Listener, NetSandbox, PinDir, Probe, Side, TestCgroup, probe, read_probe,
+    require_bpffs, require_cgroup2, require_root, run_in_child, unique_name, wait_until,
 };
 
 const HUB_V4: IpAddr = IpAddr::V4(redirect::DEFAULT_HUB_ADDRESS_V4);
@@ -143,21 +143,6 @@ impl Env {
     /// Programs of ours attached to the test cgroup, per `bpftool`.
     fn attached(&self) -> Vec<(String, String)> {
         sandbox::attached_programs(self.cgroup.path())
-    }
-}
-
-/// Removes `<bpffs>/<name>` (unpinning detaches what a failed test left).
-struct PinDir(String);
-
-impl PinDir {
-    fn path(&self) -> PathBuf {
-        PathBuf::from(BPFFS).join(&self.0)
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(self.path());
     }
 }
 

@@ -19,7 +19,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext as _,
+    EbpfContext as _, Global,
     bindings::bpf_sock_addr,
     btf_maps::SkStorage,
     helpers::generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
@@ -321,6 +321,51 @@ fn try_getpeername6(ctx: &SockAddrContext) -> Option<()> {
     write_ip6(sa, entry.original.addr_be);
     sa.user_port = u32::from(entry.original.port_be);
     Some(())
+}
+
+// === socket-LB stand-in (tests only) ===
+//
+// What Cilium's or Calico's socket load balancer does, reduced to one
+// Service and one backend: rewrite the Service address at connect() and
+// restore it at getpeername(). The daemon never loads these two programs;
+// the coexistence tests do, with the addresses patched in as load-time
+// globals, to put a competing program before or after the redirect.
+
+#[unsafe(no_mangle)]
+static LB_SERVICE_ADDR: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static LB_SERVICE_PORT: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static LB_BACKEND_ADDR: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static LB_BACKEND_PORT: Global<u32> = Global::new(0);
+
+fn global(value: &Global<u32>) -> u32 {
+    value.load()
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    let (service, service_port) = (global(&LB_SERVICE_ADDR), global(&LB_SERVICE_PORT));
+    let sa = sock_addr(&ctx);
+    if service != 0 && is_tcp(sa) && sa.user_ip4 == service && sa.user_port == service_port {
+        let sa = sock_addr_mut(&ctx);
+        sa.user_ip4 = global(&LB_BACKEND_ADDR);
+        sa.user_port = global(&LB_BACKEND_PORT);
+    }
+    PROCEED
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    let (backend, backend_port) = (global(&LB_BACKEND_ADDR), global(&LB_BACKEND_PORT));
+    let sa = sock_addr(&ctx);
+    if backend != 0 && sa.user_ip4 == backend && sa.user_port == backend_port {
+        let sa = sock_addr_mut(&ctx);
+        sa.user_ip4 = global(&LB_SERVICE_ADDR);
+        sa.user_port = global(&LB_SERVICE_PORT);
+    }
+    PROCEED
 }
 
 // === context access ===

@@ -200,6 +200,11 @@ pub struct RunArgs {
     /// shown at --v=2 or RUST_LOG=debug). Off by default: free on the fast path.
     #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = ArgAction::Set)]
     pub redirect_ebpf_log: bool,
+    /// How often a probe process in the pods' cgroup proves that a VIP
+    /// connection lands on the hub (also at start and whenever the programs
+    /// around ours change); 0 turns the self-check off.
+    #[arg(long, default_value = "30s")]
+    pub redirect_self_check_interval: String,
 
     // --- deprecated network-manager flags (mapped onto the redirect) ---
     /// Deprecated: the hub address is managed by rtnetlink on --hub-address-link.

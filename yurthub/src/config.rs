@@ -98,6 +98,8 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub redirect_pin_dir: String,
     pub redirect_ebpf_log: bool,
+    /// `None`: the redirect self-check is off.
+    pub redirect_self_check: Option<Duration>,
     pub bootstrap: Bootstrap,
     pub hub_cert_organizations: Vec<String>,
     pub tls_cert_file: Option<PathBuf>,
@@ -371,6 +373,16 @@ impl Config {
             bpffs: a.bpffs.clone(),
             redirect_pin_dir: a.redirect_pin_dir.clone(),
             redirect_ebpf_log: a.redirect_ebpf_log,
+            redirect_self_check: match parse_duration(&a.redirect_self_check_interval) {
+                Ok(d) if d.is_zero() => None,
+                Ok(d) if d >= Duration::from_millis(100) => Some(d),
+                _ => {
+                    return Err(err(
+                        "--redirect-self-check-interval",
+                        "must be a duration of at least 100ms, or 0 to turn the self-check off",
+                    ));
+                }
+            },
             bootstrap,
             hub_cert_organizations: a
                 .hub_cert_organizations

@@ -72,6 +72,7 @@ pub fn redirect_config(cfg: &Config, vips: Vec<SocketAddr>) -> redirect::Config 
     r.pin_dir_name = cfg.redirect_pin_dir.clone();
     r.keep_on_exit = cfg.keep_redirect_on_exit;
     r.ebpf_log = cfg.redirect_ebpf_log;
+    r.self_check = cfg.redirect_self_check;
     r
 }
 
@@ -418,6 +419,24 @@ impl prometheus_client::collector::Collector for Collector {
         active.encode(encoder.encode_descriptor(
             "node_yurthub_redirect_active",
             "1 while the kernel redirect is active (fresh heartbeat)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        if status.self_check.enabled {
+            let effective: Gauge = Gauge::default();
+            effective.set(i64::from(status.self_check.effective == Some(true)));
+            effective.encode(encoder.encode_descriptor(
+                "node_yurthub_redirect_effective",
+                "1 while the last self-check proved that a connection from the pods' cgroup to the VIP lands on the hub",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        let before: Gauge = Gauge::default();
+        before.set(i64::try_from(status.connect_programs_before_ours).unwrap_or(i64::MAX));
+        before.encode(encoder.encode_descriptor(
+            "node_yurthub_redirect_programs_before",
+            "other cgroup/connect programs that run before the redirect's (they see the VIP first)",
             None,
             MetricType::Gauge,
         )?)?;

@@ -70,15 +70,28 @@ fn remove(path: &Path) -> Result<(), String> {
     }
 }
 
+/// Removes `path` after any sub-cgroups someone else made in it (the hub's
+/// probe cgroup, a recreated kubepods), deepest first.
+fn remove_tree(path: &Path) -> Result<(), String> {
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path())?;
+            }
+        }
+    }
+    remove(path)
+}
+
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let mut errors = Vec::new();
         for child in self.children.iter().rev() {
-            if let Err(e) = remove(child) {
+            if let Err(e) = remove_tree(child) {
                 errors.push(e);
             }
         }
-        if let Err(e) = remove(&self.path) {
+        if let Err(e) = remove_tree(&self.path) {
             errors.push(e);
         }
         if !errors.is_empty() && !thread::panicking() {

@@ -14,7 +14,9 @@
 
 mod cgroup;
 mod netns;
+pub mod node;
 mod privileged;
+pub mod standin;
 
 use std::{
     fs::{File, OpenOptions},
@@ -262,6 +264,27 @@ pub fn probe(addr: SocketAddr) -> Result<Probe, String> {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     read_probe(stream)
+}
+
+/// A pin directory `<bpffs>/<name>`, removed on drop (unpinning detaches
+/// whatever a failed test left attached).
+pub struct PinDir(pub String);
+
+impl PinDir {
+    /// A fresh, unique name under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self(unique_name(prefix))
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(BPFFS).join(&self.0)
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.path());
+    }
 }
 
 /// Polls `condition` every 50 ms until it holds or `limit` passes; returns

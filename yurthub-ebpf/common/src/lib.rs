@@ -11,8 +11,9 @@
 //! - IPv4 addresses inside IPv6-shaped fields use the IPv4-mapped form
 //!   `::ffff:a.b.c.d`.
 //!
-//! With feature `user` the types implement `aya::Pod`, and [`link`] offers the
-//! few `bpf(2)` commands on cgroup links that aya 0.14 does not expose.
+//! With feature `user` the types implement `aya::Pod`, [`link`] offers the
+//! few `bpf(2)` commands on cgroup links that aya 0.14 does not expose, and
+//! [`probe`] starts a process born into a cgroup (the redirect self-check).
 #![cfg_attr(not(test), no_std)]
 
 #[cfg(feature = "user")]
@@ -20,6 +21,9 @@ extern crate std;
 
 #[cfg(feature = "user")]
 pub mod link;
+
+#[cfg(feature = "user")]
+pub mod probe;
 
 /// Version of the map layout below. It is part of the pin path of the maps
 /// (`<bpffs>/<pin dir>/maps-v<LAYOUT_VERSION>/`), so an upgrade that changes a
@@ -58,6 +62,23 @@ pub mod program {
     pub const CONNECT6: &str = "yh_connect6";
     pub const GETPEERNAME4: &str = "yh_getpeername4";
     pub const GETPEERNAME6: &str = "yh_getpeername6";
+    /// A stand-in for a CNI's socket load balancer (Cilium, Calico eBPF):
+    /// rewrites one Service address to one backend at `connect()`. Only the
+    /// tests load it, to prove the redirect coexists with such programs;
+    /// the daemon never does. Configured through the load-time globals in
+    /// [`super::standin`].
+    pub const STANDIN_LB_CONNECT4: &str = "lb_connect4";
+    /// The stand-in's reverse translation (backend -> Service address).
+    pub const STANDIN_LB_GETPEERNAME4: &str = "lb_getpeername4";
+}
+
+/// Load-time globals of the socket-LB stand-in programs (network-order
+/// IPv4 address, network-order port in the low 16 bits). Zero: inactive.
+pub mod standin {
+    pub const SERVICE_ADDR: &str = "LB_SERVICE_ADDR";
+    pub const SERVICE_PORT: &str = "LB_SERVICE_PORT";
+    pub const BACKEND_ADDR: &str = "LB_BACKEND_ADDR";
+    pub const BACKEND_PORT: &str = "LB_BACKEND_PORT";
 }
 
 /// Names of the maps (the eBPF static names, also their pin file names).

@@ -133,6 +133,58 @@ pub(crate) fn cgroup_dir(path: &Path) -> Result<CgroupDir, Error> {
     })
 }
 
+/// Whether a cgroup directory name is one the kubelet gives the parent of
+/// all pod cgroups: `kubepods` (cgroupfs driver), `kubepods.slice` (systemd
+/// driver) or `<root>-kubepods.slice` (systemd driver with a
+/// `--cgroup-root`, e.g. `kubelet-kubepods.slice`).
+pub(crate) fn is_pods_parent_name(name: &str) -> bool {
+    name == "kubepods" || name == "kubepods.slice" || name.ends_with("-kubepods.slice")
+}
+
+/// The pods' parent cgroups directly under `search`, sorted by path.
+pub(crate) fn pods_parents(search: &Path) -> Vec<CgroupDir> {
+    let Ok(entries) = fs::read_dir(search) else {
+        return Vec::new();
+    };
+    let mut found: Vec<CgroupDir> = entries
+        .flatten()
+        .filter(|e| is_pods_parent_name(&e.file_name().to_string_lossy()))
+        .filter_map(|e| cgroup_dir(&e.path()).ok())
+        .collect();
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
+
+/// Where the programs attach: the pods' parent cgroups under `search` when
+/// there are any (so they run before programs attached higher up, such as a
+/// CNI's socket load balancer at the root), else `search` itself.
+pub(crate) fn attach_points(search: &CgroupDir) -> Vec<CgroupDir> {
+    let found = pods_parents(&search.path);
+    if found.is_empty() {
+        vec![search.clone()]
+    } else {
+        found
+    }
+}
+
+/// `dir` and its ancestors up to the cgroup v2 mount point, nearest first.
+pub(crate) fn with_ancestors(dir: &Path) -> Vec<PathBuf> {
+    let mount = cgroup2_mount().map(|m| m.mount_point).ok();
+    let mut out = Vec::new();
+    let mut current = Some(dir);
+    while let Some(path) = current {
+        out.push(path.to_owned());
+        if mount.as_deref() == Some(path) || out.len() > 64 {
+            break;
+        }
+        current = path.parent();
+        if current.is_some_and(|p| fs_type(p).map_or(true, |t| t != CGROUP2_SUPER_MAGIC)) {
+            break;
+        }
+    }
+    out
+}
+
 /// The cgroup this process belongs to in the v2 hierarchy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct OwnCgroup {
@@ -266,6 +318,21 @@ mod tests {
         let text = "9:name=systemd:/\n4:memory:/x\n0::/kubepods/pod1/abc\n";
         assert_eq!(parse_v2_membership(text), Some("/kubepods/pod1/abc"));
         assert_eq!(parse_v2_membership("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn pods_parent_names_of_both_drivers() {
+        for name in ["kubepods", "kubepods.slice", "kubelet-kubepods.slice"] {
+            assert!(is_pods_parent_name(name), "{name}");
+        }
+        for name in [
+            "kubepods-besteffort.slice",
+            "system.slice",
+            "kubepods2",
+            "yurthub-probe",
+        ] {
+            assert!(!is_pods_parent_name(name), "{name}");
+        }
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub struct Config {
     pub hub_port: u16,
     /// Existing link that carries the hub address (default `lo`).
     pub link: String,
-    /// cgroup v2 directory to attach to; `None` = the detected v2 root.
+    /// cgroup v2 directory under which the pods' parent cgroups
+    /// (`kubepods`, `kubepods.slice`, `*-kubepods.slice`) are attached to,
+    /// or which is attached to itself when it has none; `None` = the
+    /// detected v2 root.
     pub cgroup: Option<PathBuf>,
     /// Destinations to redirect. IPv4 VIPs need an IPv4 hub address (they
     /// are also matched when dialled as `::ffff:a.b.c.d`), IPv6 VIPs an IPv6
@@ -51,6 +54,11 @@ pub struct Config {
     /// Let the programs log each redirect through aya-log (diagnostics;
     /// off by default, and then free on the fast path).
     pub ebpf_log: bool,
+    /// How often to prove, with a probe process in the pods' cgroup, that a
+    /// VIP connection lands on the hub (also at start and after every change
+    /// of the programs around ours). `None`: never (the probe's connections
+    /// would show in the counters).
+    pub self_check: Option<Duration>,
 }
 
 impl Config {
@@ -68,6 +76,7 @@ impl Config {
             address_resync: Duration::from_secs(60),
             grace: DEFAULT_GRACE,
             ebpf_log: false,
+            self_check: None,
         }
     }
 
@@ -135,6 +144,12 @@ pub(super) fn validate(cfg: &Config) -> Result<BTreeSet<SocketAddr>, Error> {
             "grace period {:?} must be > 0 and at most 2s",
             cfg.grace
         ));
+    }
+    if cfg
+        .self_check
+        .is_some_and(|i| i < Duration::from_millis(100))
+    {
+        return invalid("self-check interval must be at least 100ms".to_owned());
     }
     if cfg.address_resync.is_zero() {
         return invalid("address resync interval must be > 0".to_owned());

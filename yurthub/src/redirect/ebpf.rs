@@ -23,7 +23,8 @@ use yurthub_ebpf_common::{
 use super::Error;
 
 /// The programs, built by `build.rs` from the `yurthub-ebpf` crate.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/yurthub-ebpf"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/yurthub-ebpf"));
 
 /// aya-log level the programs log at when diagnostics are on (`Debug`).
 const LOG_LEVEL_DEBUG: u8 = 4;

@@ -1,17 +1,17 @@
-//! Cgroup attachments as pinned `bpf_link`s, one per program under
-//! `<pin dir>/links/<program>`.
+//! Cgroup attachments as pinned `bpf_link`s: one per program and attach
+//! point, pinned as `<pin dir>/links/<program>_<cgroup id>`.
 //!
-//! - First install: attach through a `bpf_link` (always multi-attach: it
-//!   never overrides or detaches another agent's program, e.g. a CNI's
-//!   socket LB) and pin the link.
-//! - A later daemon (upgrade, restart, crash recovery) opens the pinned link
-//!   and swaps its program in place with `BPF_LINK_UPDATE`: no window without
-//!   redirect and never a second attachment.
-//! - A pinned link attached to another cgroup (the configured cgroup changed)
-//!   is replaced: the new link is pinned under a temporary name and renamed
-//!   over the old pin, and the old link detaches when its last fd closes.
-//! - Detaching is unpinning plus closing the fd; the kernel detaches a link
-//!   when nothing references it any more.
+//! [`reconcile`] makes the pins match the wanted attach points:
+//! - a pinned link on a wanted cgroup and hook is adopted: its program is
+//!   swapped in place with `BPF_LINK_UPDATE` (upgrade, restart, crash
+//!   recovery): no window without redirect and never a second attachment;
+//! - a missing one is created, first in that cgroup's chain where the kernel
+//!   offers it (`BPF_F_BEFORE`, Linux 6.16+), else last. Links are always
+//!   multi-attach: they never override or detach another agent's program;
+//! - pins on cgroups no longer wanted (the pods' cgroup was recreated, the
+//!   configuration changed) are removed after the new links exist, so moving
+//!   never leaves a gap. The kernel detaches a link when nothing references
+//!   it any more.
 
 use std::{
     fs,
@@ -20,20 +20,31 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
-    util::KernelVersion,
-};
-use yurthub_ebpf_common::link::{self as sys, BPF_LINK_TYPE_CGROUP, LinkInfo};
+use aya::util::KernelVersion;
+use yurthub_ebpf_common::link::{self as sys, BPF_LINK_TYPE_CGROUP, LinkInfo, Order};
 
 use super::{Error, cgroup::CgroupDir};
 
-/// A program attached to the cgroup through a pinned link we hold open.
+/// A loaded program, ready to attach.
+#[derive(Debug)]
+pub(crate) struct Program {
+    pub name: &'static str,
+    pub attach_type: u32,
+    pub id: u32,
+    pub fd: OwnedFd,
+}
+
+/// A program attached to a cgroup through a pinned link we hold open.
 #[derive(Debug)]
 pub(crate) struct Attachment {
     pub program: &'static str,
+    pub cgroup: PathBuf,
     pub pin: PathBuf,
+    /// Took over a link pinned by an earlier daemon.
     pub adopted: bool,
+    /// Where a link created by this daemon went in the cgroup's own chain
+    /// (`None` for adopted links: wherever the earlier daemon put it).
+    pub order: Option<Order>,
     pub info: LinkInfo,
     fd: OwnedFd,
 }
@@ -52,133 +63,128 @@ fn link_error(pin: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::from_io(format!("cgroup link {}", pin.display()), source)
 }
 
-/// Attaches `program` (already loaded) to `cgroup` for `attach_type`, or
-/// adopts the link pinned at `pin` by swapping its program.
-pub(crate) fn attach_or_adopt(
-    program: &mut CgroupSockAddr,
-    name: &'static str,
-    attach_type: u32,
-    cgroup: &CgroupDir,
-    pin: &Path,
-) -> Result<Attachment, Error> {
-    // Two attempts: if another daemon pins the same path between our check
-    // and our pin, we drop our link and adopt theirs.
-    for _ in 0..2 {
-        match sys::open_pinned(pin) {
-            Ok(fd) => {
-                let info = sys::link_info(fd.as_fd()).map_err(link_error(pin))?;
-                if info.link_type == BPF_LINK_TYPE_CGROUP
-                    && info.attach_type == attach_type
-                    && info.cgroup_id == cgroup.id
-                {
-                    let new_program = program.fd().map_err(|source| Error::Program {
-                        name,
-                        source: Box::new(source),
-                    })?;
-                    sys::update_program(fd.as_fd(), new_program.as_fd())
-                        .map_err(link_error(pin))?;
-                    let info = sys::link_info(fd.as_fd()).map_err(link_error(pin))?;
-                    return Ok(Attachment {
-                        program: name,
-                        pin: pin.to_owned(),
-                        adopted: true,
-                        info,
-                        fd,
-                    });
-                }
-                // Stale pin (other cgroup, or not our kind of link): attach
-                // anew and atomically take over the pin path.
-                // bpffs refuses names containing '.', hence no extension.
-                let tmp = pin.with_file_name(format!("{name}_new"));
-                remove_pin(&tmp)?;
-                let fresh = attach(program, name, cgroup)?;
-                fresh.pin(&tmp).map_err(|e| pin_error(&tmp, e))?;
-                fs::rename(&tmp, pin).map_err(link_error(pin))?;
-                drop(fd);
-                return open_attachment(name, pin, false);
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                let fresh = attach(program, name, cgroup)?;
-                match fresh.pin(pin) {
-                    Ok(pinned) => {
-                        drop(pinned);
-                        return open_attachment(name, pin, false);
-                    }
-                    Err(aya::pin::PinError::SyscallError(e))
-                        if e.io_error.kind() == ErrorKind::AlreadyExists =>
-                    {
-                        // Lost a race with another daemon; our unpinned link
-                        // was dropped (detached) by `pin`'s error path.
-                        continue;
-                    }
-                    Err(e) => return Err(pin_error(pin, e)),
-                }
-            }
-            Err(e) => return Err(link_error(pin)(e)),
+const NO_LINKS: &str =
+    "cgroup bpf_link (Linux 5.7), needed to pin, adopt and atomically replace the programs";
+
+struct Pinned {
+    pin: PathBuf,
+    fd: OwnedFd,
+    info: Option<LinkInfo>,
+}
+
+fn pinned_links(links_dir: &Path) -> Result<Vec<Pinned>, Error> {
+    let entries = match fs::read_dir(links_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::Io {
+                path: links_dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let pin = entry.path();
+        // Not a link (or unreadable): left to cleanup.
+        if let Ok(fd) = sys::open_pinned(&pin) {
+            // A link whose cgroup is gone reports no usable info: stale.
+            let info = sys::link_info(fd.as_fd())
+                .ok()
+                .filter(|i| i.link_type == BPF_LINK_TYPE_CGROUP);
+            out.push(Pinned { pin, fd, info });
         }
     }
-    Err(Error::from_io(
-        format!("cgroup link {}", pin.display()),
-        std::io::Error::from(ErrorKind::AlreadyExists),
-    ))
+    Ok(out)
 }
 
-fn attach(
-    program: &mut CgroupSockAddr,
-    name: &'static str,
-    cgroup: &CgroupDir,
-) -> Result<FdLink, Error> {
-    let dir = fs::File::open(&cgroup.path).map_err(|source| Error::Io {
-        path: cgroup.path.clone(),
+/// Makes the pinned links be exactly one per program and attach point, and
+/// returns them (see the module docs). `current` are the attachments this
+/// daemon holds (their `adopted` flags carry over).
+pub(crate) fn reconcile(
+    links_dir: &Path,
+    programs: &[Program],
+    targets: &[CgroupDir],
+    current: Vec<Attachment>,
+) -> Result<Vec<Attachment>, Error> {
+    if !KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0)) {
+        return Err(Error::KernelTooOld { missing: NO_LINKS });
+    }
+    let mut pinned = pinned_links(links_dir)?;
+    let mut wanted = Vec::new();
+    for target in targets {
+        for program in programs {
+            let found = pinned.iter().position(|p| {
+                p.info.is_some_and(|i| {
+                    i.attach_type == program.attach_type && i.cgroup_id == target.id
+                })
+            });
+            let attachment = match found {
+                Some(index) => {
+                    let Pinned { pin, fd, info } = pinned.swap_remove(index);
+                    let before = info.map(|i| i.prog_id);
+                    if before != Some(program.id) {
+                        sys::update_program(fd.as_fd(), program.fd.as_fd())
+                            .map_err(link_error(&pin))?;
+                    }
+                    let info = sys::link_info(fd.as_fd()).map_err(link_error(&pin))?;
+                    let held = current.iter().find(|a| a.pin == pin);
+                    Attachment {
+                        program: program.name,
+                        cgroup: target.path.clone(),
+                        adopted: held.is_none_or(|a| a.adopted),
+                        order: held.and_then(|a| a.order),
+                        pin,
+                        info,
+                        fd,
+                    }
+                }
+                None => attach(links_dir, program, target)?,
+            };
+            wanted.push(attachment);
+        }
+    }
+    // Only now that every wanted link exists: drop the others.
+    for stale in pinned {
+        remove_pin(&stale.pin)?;
+    }
+    drop(current);
+    Ok(wanted)
+}
+
+fn attach(links_dir: &Path, program: &Program, target: &CgroupDir) -> Result<Attachment, Error> {
+    let dir = fs::File::open(&target.path).map_err(|source| Error::Io {
+        path: target.path.clone(),
         source,
     })?;
-    // Before Linux 5.7 aya would fall back to BPF_PROG_ATTACH, which cannot
-    // be pinned, adopted or replaced atomically (and `Single` would then be
-    // exclusive): refuse before attaching anything.
-    let has_cgroup_links =
-        KernelVersion::current().is_ok_and(|current| current >= KernelVersion::new(5, 7, 0));
-    if !has_cgroup_links {
-        return Err(Error::KernelTooOld {
-            missing: "cgroup bpf_link (Linux 5.7), needed to pin, adopt and atomically replace the programs",
-        });
-    }
-    let program_error = |source| Error::Program {
-        name,
-        source: Box::new(source),
+    let operation = || format!("attaching {} to {}", program.name, target.path.display());
+    let create = |order| {
+        sys::create_cgroup_link(program.fd.as_fd(), dir.as_fd(), program.attach_type, order)
     };
-    // A cgroup bpf_link is always attached in multi mode, next to other
-    // agents' programs; BPF_LINK_CREATE rejects any attach flag, so the
-    // mode must be `Single` (flags 0), not `AllowMultiple`.
-    let id = program
-        .attach(&dir, CgroupAttachMode::Single)
-        .map_err(program_error)?;
-    let link = program.take_link(id).map_err(program_error)?;
-    FdLink::try_from(link).map_err(|_| Error::KernelTooOld {
-        missing: "cgroup bpf_link (Linux 5.7), needed to pin, adopt and atomically replace the programs",
-    })
-}
-
-fn open_attachment(name: &'static str, pin: &Path, adopted: bool) -> Result<Attachment, Error> {
-    let fd = sys::open_pinned(pin).map_err(link_error(pin))?;
-    let info = sys::link_info(fd.as_fd()).map_err(link_error(pin))?;
+    // First in the cgroup's own chain where the kernel has the multi-program
+    // API for cgroups; older kernels refuse the flag with EINVAL.
+    let (fd, order) = match create(Order::First) {
+        Ok(fd) => (fd, Order::First),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (
+            create(Order::Last).map_err(|e| Error::from_io(operation(), e))?,
+            Order::Last,
+        ),
+        Err(e) => return Err(Error::from_io(operation(), e)),
+    };
+    let pin = links_dir.join(format!("{}_{}", program.name, target.id));
+    // A pin of that name that did not match (a dead link): replace it.
+    remove_pin(&pin)?;
+    sys::pin(fd.as_fd(), &pin).map_err(link_error(&pin))?;
+    let info = sys::link_info(fd.as_fd()).map_err(link_error(&pin))?;
     Ok(Attachment {
-        program: name,
-        pin: pin.to_owned(),
-        adopted,
+        program: program.name,
+        cgroup: target.path.clone(),
+        pin,
+        adopted: false,
+        order: Some(order),
         info,
         fd,
     })
-}
-
-fn pin_error(pin: &Path, error: aya::pin::PinError) -> Error {
-    let operation = format!("pinning {}", pin.display());
-    match error {
-        aya::pin::PinError::SyscallError(e) => Error::from_io(operation, e.io_error),
-        other => Error::Kernel {
-            operation,
-            source: std::io::Error::other(other.to_string()),
-        },
-    }
 }
 
 /// Removes a pin file; absent is fine.

@@ -4,9 +4,16 @@
 //!
 //! What this module owns:
 //! - the cgroup `connect4/6` and `getpeername4/6` programs (crate
-//!   `yurthub-ebpf`), attached through pinned `bpf_link`s to the cgroup v2
-//!   root (or a configured cgroup), adopted and atomically replaced by the
-//!   next daemon (see `links`);
+//!   `yurthub-ebpf`), attached through pinned `bpf_link`s to the pods'
+//!   parent cgroups (`kubepods`, `kubepods.slice`) under the cgroup v2 root
+//!   or a configured cgroup (to that cgroup itself when it has none),
+//!   first in each cgroup's chain where the kernel allows, adopted and
+//!   atomically replaced by the next daemon (see `links`);
+//! - the watch over them (see `monitor`): attach points followed as the
+//!   kubelet creates and recreates its cgroups, the programs around ours
+//!   (`chain`) and a self-check that proves a pod's VIP connection lands on
+//!   the hub (`selfcheck`), because a program that runs before ours (a CNI
+//!   socket load balancer) would silently take the VIP;
 //! - their maps (VIPs, hub endpoint, heartbeat, exemptions, counters), pinned
 //!   under `<bpffs>/<pin dir>/maps-v<layout>/` (see `ebpf`);
 //! - the hub address on its link, through rtnetlink (see `address`).
@@ -42,10 +49,13 @@
 
 mod address;
 mod cgroup;
+mod chain;
 mod config;
 mod ebpf;
 mod error;
 mod links;
+mod monitor;
+mod selfcheck;
 mod socket;
 mod status;
 
@@ -54,13 +64,19 @@ use std::{
     fs, io,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
+use std::os::fd::AsFd as _;
+
 use aya::{Ebpf, programs::CgroupSockAddr};
 use tracing::{debug, info, warn};
-use yurthub_ebpf_common::{LAYOUT_VERSION, LINKS_DIR, MAPS_DIR_PREFIX, link::attach_type, program};
+use yurthub_ebpf_common::{
+    LAYOUT_VERSION, LINKS_DIR, MAPS_DIR_PREFIX,
+    link::{Order, attach_type},
+    program,
+};
 
 pub use cgroup::detect_cgroup2_root;
 pub use config::{
@@ -68,7 +84,16 @@ pub use config::{
 };
 pub use error::Error;
 pub use socket::prepare_upstream_socket;
-pub use status::{CleanupReport, OwnSockets, ProgramStatus, Status, VipStatus};
+
+/// The eBPF object the daemon loads: the redirect programs, plus the
+/// socket-LB stand-in (`lb_*`) that only the coexistence tests load.
+pub fn object() -> &'static [u8] {
+    ebpf::OBJECT
+}
+pub use status::{
+    ChainProgram, CleanupReport, OwnSockets, ProbeResult, ProgramStatus, SelfCheck, Status,
+    VipStatus,
+};
 
 use config::{validate, vip_set};
 
@@ -90,16 +115,89 @@ struct State {
     vips: BTreeSet<SocketAddr>,
 }
 
+/// The loaded programs and where they are attached.
+struct LinkSet {
+    programs: Vec<links::Program>,
+    attachments: Vec<links::Attachment>,
+}
+
+/// What the redirect and its monitor task share.
+struct Shared {
+    config: Config,
+    /// The configured cgroup, under which the pods' parents are looked for.
+    search: cgroup::CgroupDir,
+    links_dir: PathBuf,
+    /// The network namespace of the installing thread (the hub's): the
+    /// self-check's probe connects from there, never from wherever a task
+    /// happens to run.
+    netns: fs::File,
+    state: Mutex<State>,
+    links: Mutex<LinkSet>,
+    check: Mutex<monitor::CheckState>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Map handles and fds stay valid even if a holder panicked.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn active(&self) -> bool {
+        let beat = self.state().maps.heartbeat().unwrap_or(0);
+        let grace = u64::try_from(self.config.grace.as_nanos()).unwrap_or(u64::MAX);
+        beat != 0 && monotonic_ns().saturating_sub(beat) <= grace
+    }
+
+    fn attach_points(&self) -> Vec<PathBuf> {
+        let mut points: Vec<PathBuf> = lock(&self.links)
+            .attachments
+            .iter()
+            .map(|a| a.cgroup.clone())
+            .collect();
+        points.dedup();
+        points
+    }
+
+    fn our_program_ids(&self) -> Vec<u32> {
+        lock(&self.links).programs.iter().map(|p| p.id).collect()
+    }
+
+    /// Re-detects the attach points and moves the links if they changed.
+    /// Returns whether they did.
+    fn follow_attach_points(&self) -> Result<bool, Error> {
+        let targets = cgroup::attach_points(&self.search);
+        let mut set = lock(&self.links);
+        let mut current: Vec<PathBuf> = set.attachments.iter().map(|a| a.cgroup.clone()).collect();
+        current.dedup();
+        let wanted: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
+        // Same paths can still be new cgroups (removed and created again).
+        let same_ids = set.attachments.iter().all(|a| {
+            targets
+                .iter()
+                .any(|t| t.path == a.cgroup && t.id == a.info.cgroup_id)
+        });
+        if current == wanted && same_ids {
+            return Ok(false);
+        }
+        let held = std::mem::take(&mut set.attachments);
+        set.attachments = links::reconcile(&self.links_dir, &set.programs, &targets, held)?;
+        info!(from = ?current, to = ?wanted, "redirect attach points changed");
+        Ok(true)
+    }
+}
+
 /// The installed redirect. See the module docs for its lifecycle.
 pub struct Redirect {
-    config: Config,
-    cgroup: PathBuf,
+    shared: Arc<Shared>,
     pin_dir: PathBuf,
-    state: Mutex<State>,
-    attachments: Vec<links::Attachment>,
     notes: Vec<(&'static str, String)>,
     own_sockets: OwnSockets,
     address: address::Manager,
+    _monitor: AbortOnDrop,
     _logger: Option<AbortOnDrop>,
     _socket_marks: socket::Registration,
     // Keeps the loaded programs (and aya-log's buffer) alive.
@@ -125,21 +223,29 @@ const PROGRAMS: [(&str, u32, bool); 4] = [
 impl Redirect {
     /// Installs (or adopts) the redirect: mounts bpffs if needed, loads the
     /// programs with their pinned maps, fills the maps, ensures the hub
-    /// address, then attaches each program or swaps it into the pinned link.
+    /// address, then attaches each program to each attach point (the pods'
+    /// parent cgroups under the configured cgroup, else the configured
+    /// cgroup) or swaps it into the pinned link; then starts the monitor
+    /// that follows the attach points and runs the self-check.
     ///
     /// Redirecting starts with the first [`Redirect::heartbeat`]: call it
     /// once the listener on the hub address serves, and keep calling it
     /// (every few hundred ms) while it does.
     ///
-    /// The hub address is managed in the network namespace of the calling
-    /// thread.
+    /// The hub address is managed, and the self-check connects, in the
+    /// network namespace of the calling thread.
     pub async fn install(config: Config) -> Result<Redirect, Error> {
         let vips = validate(&config)?;
         let cgroup_path = match &config.cgroup {
             Some(path) => path.clone(),
             None => detect_cgroup2_root()?,
         };
-        let cgroup = cgroup::cgroup_dir(&cgroup_path)?;
+        let search = cgroup::cgroup_dir(&cgroup_path)?;
+        let netns_path = Path::new("/proc/thread-self/ns/net");
+        let netns = fs::File::open(netns_path).map_err(|source| Error::Io {
+            path: netns_path.to_owned(),
+            source,
+        })?;
         if cgroup::ensure_bpffs(&config.bpffs)? {
             info!(path = %config.bpffs.display(), "mounted bpf filesystem");
         }
@@ -168,24 +274,25 @@ impl Redirect {
             config.grace,
         ))?;
         maps.set_heartbeat(0)?;
-        let own_sockets = exempt_own_cgroup(&mut maps, &cgroup.path)?;
+        let own_sockets = exempt_own_cgroup(&mut maps, &search.path)?;
         maps.set_vips(&vips)?;
 
         let address =
             address::Manager::start(config.hub_address, &config.link, config.address_resync)
                 .await?;
 
-        let mut attachments = Vec::new();
+        let mut programs = Vec::new();
         let mut notes = Vec::new();
         for (name, attach_type, required) in PROGRAMS {
+            let program_error = |source| Error::Program {
+                name,
+                source: Box::new(source),
+            };
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or(Error::MissingObject { name })?
                 .try_into()
-                .map_err(|source| Error::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
+                .map_err(program_error)?;
             if let Err(source) = program.load() {
                 if let Some(denied) =
                     Error::permission_in(&format!("loading program {name}"), &source)
@@ -193,10 +300,7 @@ impl Redirect {
                     return Err(denied);
                 }
                 if required {
-                    return Err(Error::Program {
-                        name,
-                        source: Box::new(source),
-                    });
+                    return Err(program_error(source));
                 }
                 // getpeername hooks arrived in Linux 5.8: without them the
                 // redirect works, but getpeername() shows the hub address.
@@ -204,15 +308,31 @@ impl Redirect {
                 notes.push((name, format!("not loaded (needs Linux 5.8): {source}")));
                 continue;
             }
-            let pin = links_dir.join(name);
-            let attachment = links::attach_or_adopt(program, name, attach_type, &cgroup, &pin)?;
+            let id = program.info().map_err(program_error)?.id();
+            let fd = program
+                .fd()
+                .map_err(program_error)?
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| Error::from_io(format!("duplicating {name}"), source))?;
+            programs.push(links::Program {
+                name,
+                attach_type,
+                id,
+                fd,
+            });
+        }
+        let targets = cgroup::attach_points(&search);
+        let attachments = links::reconcile(&links_dir, &programs, &targets, Vec::new())?;
+        for a in &attachments {
             debug!(
-                program = name,
-                adopted = attachment.adopted,
-                link_id = attachment.info.id,
+                program = a.program,
+                cgroup = %a.cgroup.display(),
+                adopted = a.adopted,
+                order = ?a.order,
+                link_id = a.info.id,
                 "program attached"
             );
-            attachments.push(attachment);
         }
         remove_other_layouts(&pin_dir, &maps_dir);
 
@@ -222,51 +342,64 @@ impl Redirect {
             None
         };
         info!(
-            cgroup = %cgroup.path.display(),
+            cgroup = %search.path.display(),
+            attach_points = ?targets.iter().map(|t| &t.path).collect::<Vec<_>>(),
             hub = %SocketAddr::new(config.hub_address, config.hub_port),
             vips = ?vips,
             adopted = attachments.iter().any(|a| a.adopted),
+            self_check = ?config.self_check,
             "eBPF redirect installed"
         );
-        Ok(Redirect {
-            cgroup: cgroup.path,
-            pin_dir,
+        let shared = Arc::new(Shared {
+            config,
+            search,
+            links_dir,
+            netns,
             state: Mutex::new(State { maps, vips }),
-            attachments,
+            links: Mutex::new(LinkSet {
+                programs,
+                attachments,
+            }),
+            check: Mutex::new(monitor::CheckState::default()),
+        });
+        let monitor = AbortOnDrop(tokio::spawn(monitor::run(Arc::clone(&shared))));
+        Ok(Redirect {
+            shared,
+            pin_dir,
             notes,
             own_sockets,
             address,
+            _monitor: monitor,
             _logger: logger,
             _socket_marks: socket::register(exempt_sockets),
             _ebpf: ebpf,
-            config,
         })
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        // Map handles stay valid even if a holder panicked.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Replaces the set of VIPs, in place (no reload).
     pub fn set_vips(&self, vips: &[SocketAddr]) -> Result<(), Error> {
-        let vips = vip_set(self.config.hub_address, vips)?;
-        let mut state = self.state();
+        let vips = vip_set(self.shared.config.hub_address, vips)?;
+        let mut state = self.shared.state();
         state.maps.set_vips(&vips)?;
         info!(vips = ?vips, "redirect VIPs updated");
         state.vips = vips;
+        drop(state);
+        // New VIPs are proved again.
+        lock(&self.shared.check).pending = true;
         Ok(())
     }
 
     /// Declares the hub alive: connections are redirected for the grace
     /// period after the last call. Call it from the serving path.
     pub fn heartbeat(&self) -> Result<(), Error> {
-        self.state().maps.set_heartbeat(monotonic_ns())
+        self.shared.state().maps.set_heartbeat(monotonic_ns())
     }
 
     /// A snapshot of the redirect's state and counters.
     pub fn status(&self) -> Status {
-        let state = self.state();
+        let shared = &self.shared;
+        let config = &shared.config;
+        let state = shared.state();
         let slots = state.maps.vips().unwrap_or_else(|err| {
             debug!(error = %err, "cannot read VIP map");
             Default::default()
@@ -288,13 +421,19 @@ impl Redirect {
             })
             .collect();
         let beat = state.maps.heartbeat().unwrap_or(0);
+        drop(state);
         let heartbeat_age_ms = (beat != 0).then(|| monotonic_ns().saturating_sub(beat) / 1_000_000);
-        let grace_ms = u64::try_from(self.config.grace.as_millis()).unwrap_or(u64::MAX);
-        let mut programs: Vec<ProgramStatus> = self
+        let grace_ms = u64::try_from(config.grace.as_millis()).unwrap_or(u64::MAX);
+        let mut programs: Vec<ProgramStatus> = lock(&shared.links)
             .attachments
             .iter()
             .map(|a| ProgramStatus {
                 name: a.program,
+                cgroup: Some(a.cgroup.clone()),
+                order: a.order.map(|o| match o {
+                    Order::First => "first",
+                    Order::Last => "last",
+                }),
                 attached: true,
                 adopted: a.adopted,
                 link_id: Some(a.info.id),
@@ -304,16 +443,28 @@ impl Redirect {
             .collect();
         programs.extend(self.notes.iter().map(|(name, note)| ProgramStatus {
             name,
+            cgroup: None,
+            order: None,
             attached: false,
             adopted: false,
             link_id: None,
             program_id: None,
             note: Some(note.clone()),
         }));
+        let attach_points = shared.attach_points();
+        let chain = chain::describe(&chain::signature(&attach_points), &shared.our_program_ids());
+        let connect_programs_before_ours = chain
+            .iter()
+            .filter(|p| p.hook.starts_with("connect") && p.order == "before")
+            .count();
         Status {
-            cgroup: self.cgroup.clone(),
-            hub: SocketAddr::new(self.config.hub_address, self.config.hub_port),
-            link: self.config.link.clone(),
+            cgroup: shared.search.path.clone(),
+            attach_points,
+            chain,
+            connect_programs_before_ours,
+            self_check: monitor::snapshot(shared),
+            hub: SocketAddr::new(config.hub_address, config.hub_port),
+            link: config.link.clone(),
             address_present: self.address.present(),
             pin_dir: self.pin_dir.clone(),
             getpeername: self.notes.is_empty(),
@@ -331,17 +482,20 @@ impl Redirect {
     /// next hub to adopt (they fail open meanwhile).
     pub async fn shutdown(self) -> Result<(), Error> {
         let Redirect {
-            config,
+            shared,
             pin_dir,
-            attachments,
             address,
+            _monitor,
             ..
         } = self;
-        let removed = address.stop(config.keep_on_exit).await?;
-        if config.keep_on_exit {
+        drop(_monitor);
+        let keep = shared.config.keep_on_exit;
+        let removed = address.stop(keep).await?;
+        if keep {
             info!(pin_dir = %pin_dir.display(), "eBPF redirect left in place for the next hub");
             return Ok(());
         }
+        let attachments = std::mem::take(&mut lock(&shared.links).attachments);
         for attachment in attachments {
             attachment.detach()?;
         }

@@ -5,11 +5,26 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use serde::Serialize;
 
+pub use super::chain::ChainProgram;
+pub use super::selfcheck::ProbeResult;
+
 /// What the redirect is doing, for `/v1/status`-like endpoints and metrics.
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
-    /// cgroup the programs are attached to.
+    /// The configured cgroup (`--redirect-cgroup`, default the v2 root),
+    /// under which the pods' parent cgroups are looked for.
     pub cgroup: PathBuf,
+    /// Where the programs are attached: the pods' parent cgroups
+    /// (`kubepods`, `kubepods.slice`, ...) directly under `cgroup`, or
+    /// `cgroup` itself when there are none. Followed as they come and go.
+    pub attach_points: Vec<PathBuf>,
+    /// Every cgroup/connect4/6 and getpeername4/6 program in the effective
+    /// chain of each attach point, in run order, ours included.
+    pub chain: Vec<ChainProgram>,
+    /// Other programs on a connect hook that run before ours: they see the
+    /// VIP first (a socket load balancer there wins).
+    pub connect_programs_before_ours: usize,
+    pub self_check: SelfCheck,
     /// Where redirected connections go.
     pub hub: SocketAddr,
     pub link: String,
@@ -28,9 +43,32 @@ pub struct Status {
     pub active: bool,
 }
 
+/// The last self-check: does a connection from the pods' cgroup to the VIP
+/// land on the hub?
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SelfCheck {
+    /// Checks are configured (an interval is set).
+    pub enabled: bool,
+    pub interval_ms: Option<u64>,
+    /// Runs so far (at start, after every change of the chains or attach
+    /// points, and every interval).
+    pub runs: u64,
+    pub last_run_ms_ago: Option<u64>,
+    /// `Some(true)`: the last check proved every probed VIP lands on the
+    /// hub. `Some(false)`: it did not (see `reason`). `None`: not checked.
+    pub effective: Option<bool>,
+    pub reason: Option<String>,
+    pub probes: Vec<ProbeResult>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ProgramStatus {
     pub name: &'static str,
+    /// The cgroup this attachment is on.
+    pub cgroup: Option<PathBuf>,
+    /// `first` (attached before the programs already on that cgroup, Linux
+    /// 6.16+) or `last`; `None` when adopted or not attached.
+    pub order: Option<&'static str>,
     pub attached: bool,
     /// Took over a link pinned by an earlier daemon.
     pub adopted: bool,
