@@ -14,7 +14,7 @@ use cache_support::*;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
-use yurthub_e2e::apiserver::{ApiServer, User};
+use yurthub_e2e::apiserver::{ApiServer, Rule, User};
 use yurthub_e2e::hub::{
     self, Hub, HubFiles, PlainClient, Reply, eventually, get, plain_client, send,
 };
@@ -318,5 +318,124 @@ async fn malformed_escapes_are_refused_and_token_updates_are_honest() {
     .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
     assert!(r.text().contains("kubeletcertificate"), "{}", r.text());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_service_account_jwt_is_authenticated_offline_and_gets_only_what_its_account_was_authorized_for()
+ {
+    let e = env().await;
+    // deploy/ binds the issuer-discovery role to the hub's groups.
+    e.api.grant_issuer_discovery("system:nodes");
+    let reader = "system:serviceaccount:app:reader";
+    e.api.restrict(
+        reader,
+        vec![Rule::new(&["get", "list", "watch"], &[""], &["configmaps"]).in_namespaces(&["app"])],
+    );
+    let args = e.files.args(&[e.api.url()], &["--pool-scope-resources="]);
+    let h = Hub::start(&args).await;
+    let online_token = e
+        .api
+        .service_account_token("app", "reader", Duration::from_secs(3600));
+    let cms = "/api/v1/namespaces/app/configmaps";
+    let r = pod_get(&e.pki, h.secure, cms, "reader/1", Some(&online_token)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = pod_get(&e.pki, h.secure, SECRET, "reader/1", Some(&online_token)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "the cloud refuses: {}",
+        r.text()
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the hub fetched the issuer keys",
+        || async { e.api.requests().iter().any(|q| q.path == "/openid/v1/jwks") },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    e.api.shutdown().await;
+    wait_offline(&e.c, &h.hub_url(), &e.api.url()).await;
+
+    // A token of the same account, never seen online, verifies against the
+    // cached keys and gets what the account was authorized for.
+    let fresh = e
+        .api
+        .service_account_token("app", "reader", Duration::from_secs(3600));
+    assert_ne!(fresh, online_token);
+    let r = pod_get(&e.pki, h.secure, cms, "reader/1", Some(&fresh)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(
+        names(&r.json()).contains(&"settings".to_string()),
+        "{}",
+        r.text()
+    );
+    for path in [SECRET, "/api/v1/namespaces/kube-system/configmaps"] {
+        let r = pod_get(&e.pki, h.secure, path, "reader/1", Some(&fresh)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.text());
+        assert!(!r.text().contains(SECRET_B64));
+    }
+    // Another account's valid JWT authenticates but was authorized for nothing.
+    let stranger = e
+        .api
+        .service_account_token("app", "stranger", Duration::from_secs(3600));
+    let r = pod_get(&e.pki, h.secure, cms, "reader/1", Some(&stranger)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    // Forged and expired tokens are not anyone.
+    let forged = e
+        .api
+        .forged_service_account_token("app", "reader", Duration::from_secs(3600));
+    let expired = e.api.service_account_token_at(
+        "app",
+        "reader",
+        std::time::SystemTime::now() - Duration::from_secs(7200),
+        Duration::from_secs(3600),
+    );
+    for (what, t) in [("forged", &forged), ("expired", &expired)] {
+        let r = pod_get(&e.pki, h.secure, cms, "reader/1", Some(t)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {}", r.text());
+    }
+
+    // The keys survive an offline restart.
+    h.stop().await;
+    let h = Hub::start(&args).await;
+    let another = e
+        .api
+        .service_account_token("app", "reader", Duration::from_secs(1800));
+    eventually(
+        Duration::from_secs(15),
+        "a fresh JWT after an offline restart",
+        || async {
+            pod_get(&e.pki, h.secure, cms, "reader/1", Some(&another))
+                .await
+                .status
+                == StatusCode::OK
+        },
+    )
+    .await;
+    let r = pod_get(&e.pki, h.secure, cms, "reader/1", Some(&forged)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_from_the_cloud_is_remembered_as_a_403() {
+    let e = env().await;
+    let args = e.files.args(&[e.api.url()], &["--pool-scope-resources="]);
+    let h = Hub::start(&args).await;
+    let cm = "/api/v1/namespaces/app/configmaps/settings";
+    let r = pod_get(&e.pki, h.secure, cm, "my-app/1.0", Some(OTHER_TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // The cloud takes the permission away; the next read is refused.
+    e.api.restrict("system:serviceaccount:app:other", vec![]);
+    let r = pod_get(&e.pki, h.secure, cm, "my-app/1.0", Some(OTHER_TOKEN)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    e.api.shutdown().await;
+    wait_offline(&e.c, &h.hub_url(), &e.api.url()).await;
+    // An older copy is cached, but the answer is the cloud's last word.
+    let r = pod_get(&e.pki, h.secure, cm, "my-app/1.0", Some(OTHER_TOKEN)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert!(!r.text().contains("\"k\""), "{}", r.text());
     h.stop().await;
 }
