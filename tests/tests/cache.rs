@@ -119,6 +119,11 @@ async fn a_list_replaces_exactly_its_scope_and_pages_commit_together() {
     // A first page never followed up leaves the cache as it was.
     e.api.create(pod("a", "p6", NODE, "x")).unwrap();
     list(format!("{p}/api/v1/namespaces/a/pods?limit=2")).await;
+    // The cloud has more than was listed.
+    e.api
+        .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "c"}}))
+        .unwrap();
+    e.api.create(pod("c", "r0", NODE, "x")).unwrap();
 
     go_offline(&e, &hub).await;
     let r = get(&e.c, &format!("{p}/api/v1/namespaces/a/pods"), KUBELET).await;
@@ -129,7 +134,9 @@ async fn a_list_replaces_exactly_its_scope_and_pages_commit_together() {
     );
     let r = get(&e.c, &format!("{p}/api/v1/namespaces/b/pods"), KUBELET).await;
     assert_eq!(names(&r.json()), ["q0"]);
-    // A cluster-wide list that was never made is not invented.
+    // A cluster-wide list that was never made is not invented: it is what
+    // the narrower scopes cached (p4 stays deleted, p6 was only on an
+    // abandoned page, c/r0 was never listed), nothing the cloud had besides.
     let r = get(
         &e.c,
         &format!("{p}/api/v1/pods?labelSelector=app%3Dx"),
@@ -140,6 +147,29 @@ async fn a_list_replaces_exactly_its_scope_and_pages_commit_together() {
         r.status,
         StatusCode::OK,
         "objects cached under narrower scopes are served"
+    );
+    let l = r.json();
+    assert_eq!(
+        names(&l),
+        ["p0", "p1", "p2", "p3", "p5", "q0"],
+        "exactly what was cached: {l}"
+    );
+    let max_rv = l["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| {
+            i["metadata"]["resourceVersion"]
+                .as_str()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    assert_eq!(
+        l["metadata"]["resourceVersion"],
+        max_rv.to_string(),
+        "its resourceVersion is the newest cached item's, not a made-up one"
     );
     hub.stop().await;
 }
@@ -192,33 +222,6 @@ async fn metadata_lists_crd_kinds_and_what_is_never_cached() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    // Never cached: unscheduled pods, logs, reviews.
-    let r = get(
-        &c,
-        &format!("{p}/api/v1/namespaces/default/pods/pending"),
-        KUBELET,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
-    let _ = get(
-        &c,
-        &format!("{p}/api/v1/namespaces/default/pods/run/log"),
-        KUBELET,
-    )
-    .await;
-    let sar = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-        "spec": {"user": "u", "resourceAttributes": {"verb": "get", "resource": "pods"}}});
-    let _ = send(
-        &c,
-        Method::POST,
-        &format!("{p}/apis/authorization.k8s.io/v1/subjectaccessreviews"),
-        &[
-            ("user-agent", KUBELET),
-            ("content-type", "application/json"),
-        ],
-        Bytes::from(sar.to_string()),
-    )
-    .await;
     let r = get(
         &c,
         &format!("{p}/api/v1/namespaces/default/pods/run"),
@@ -229,8 +232,64 @@ async fn metadata_lists_crd_kinds_and_what_is_never_cached() {
     wait_objects(&c, &hub.hub_url(), 3).await;
 
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Never cached: unscheduled pods, logs, reviews. They add nothing to
+    // the cache.
+    let before = cache_doc(&c, &hub.hub_url()).await;
+    let r = get(
+        &c,
+        &format!("{p}/api/v1/namespaces/default/pods/pending"),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = get(
+        &c,
+        &format!("{p}/api/v1/namespaces/default/pods/run/log"),
+        KUBELET,
+    )
+    .await;
+    assert_ne!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    let sar = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "u", "resourceAttributes": {"verb": "get", "resource": "pods"}}});
+    let sar_url = format!("{p}/apis/authorization.k8s.io/v1/subjectaccessreviews");
+    let send_sar = || {
+        send(
+            &c,
+            Method::POST,
+            &sar_url,
+            &[
+                ("user-agent", KUBELET),
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+            ],
+            Bytes::from(sar.to_string()),
+        )
+    };
+    let r = send_sar().await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(
+        r.json()["status"]["allowed"],
+        true,
+        "the cloud answered the review: {}",
+        r.text()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = cache_doc(&c, &hub.hub_url()).await;
+    assert_eq!(
+        after["objects"], before["objects"],
+        "an unscheduled pod, a log and a review are not stored: {before} -> {after}"
+    );
     api.shutdown().await;
     wait_offline(&c, &hub.hub_url(), &api.url()).await;
+    // The cloud's review answer was not kept to be replayed offline: the
+    // offline answer decides nothing.
+    let r = send_sar().await;
+    assert!(
+        r.json()["status"]["allowed"] != true
+            && !r.text().contains("allowed by the apiserver double"),
+        "an offline review is never answered with the cloud's decision: {}",
+        r.text()
+    );
     // Metadata list: served as PartialObjectMetadataList from its own space…
     let r = get_as(
         &c,
@@ -508,12 +567,19 @@ fn process_args(files: &HubFiles, api: &ApiServer) -> (Vec<String>, String, Stri
     (args, format!("http://127.0.0.1:{port}"), hub_url)
 }
 
-async fn wait_up(c: &PlainClient, hub_url: &str) {
+/// The hub server is healthy and the proxy accepts connections (it may
+/// bind a moment after the hub server).
+async fn wait_up(c: &PlainClient, hub_url: &str, proxy: &str) {
     eventually(Duration::from_secs(20), "hub process up", || async {
         let req = http::Request::get(format!("{hub_url}/v1/healthz"))
             .body(http_body_util::Full::new(Bytes::new()))
             .unwrap();
-        matches!(tokio::time::timeout(Duration::from_secs(1), c.request(req)).await, Ok(Ok(r)) if r.status().is_success())
+        let healthy = matches!(tokio::time::timeout(Duration::from_secs(1), c.request(req)).await, Ok(Ok(r)) if r.status().is_success());
+        let req = http::Request::get(format!("{proxy}/healthz"))
+            .header("user-agent", "test")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        healthy && matches!(tokio::time::timeout(Duration::from_secs(1), c.request(req)).await, Ok(Ok(_)))
     })
     .await;
 }
@@ -529,7 +595,7 @@ async fn kill_9_during_a_watch_burst_and_a_list_replace_leaves_a_consistent_cach
     let e = env().await;
     let (args, proxy, hub_url) = process_args(&e.files, &e.api);
     let mut hub = HubProcess::spawn(&args);
-    wait_up(&e.c, &hub_url).await;
+    wait_up(&e.c, &hub_url, &proxy).await;
     // A kubelet watch while pods are created in a burst; kill -9 mid-burst.
     let url = format!("{proxy}/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3D{NODE}");
     let req = http::Request::get(&url)
@@ -551,23 +617,35 @@ async fn kill_9_during_a_watch_burst_and_a_list_replace_leaves_a_consistent_cach
     let api = &e.api;
     api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "burst"}}))
         .unwrap();
+    // Create pods until the hub has demonstrably persisted some of the
+    // burst, keep creating (writes in flight), then kill -9.
     let mut created = 0;
+    let mut persisted = 0;
     let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(800) && created < 3000 {
+    while persisted < 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20) && created < 3000,
+            "the hub persisted only {persisted} of {created} watched pods"
+        );
+        for _ in 0..100 {
+            api.create(pod("burst", &format!("b{created:05}"), NODE, "burst"))
+                .unwrap();
+            created += 1;
+        }
+        persisted = cache_doc(&e.c, &hub_url).await["objects"].as_u64().unwrap();
+    }
+    for _ in 0..300 {
         api.create(pod("burst", &format!("b{created:05}"), NODE, "burst"))
             .unwrap();
         created += 1;
-        if created % 100 == 0 {
-            tokio::task::yield_now().await;
-        }
     }
     kill9(&mut hub);
     drain.abort();
-    eprintln!("created {created} pods, then kill -9");
+    eprintln!("created {created} pods ({persisted} persisted before), then kill -9");
 
     // Restart (online): the store opens; every cached object decodes.
     let mut hub = HubProcess::spawn(&args);
-    wait_up(&e.c, &hub_url).await;
+    wait_up(&e.c, &hub_url, &proxy).await;
     let doc = cache_doc(&e.c, &hub_url).await;
     assert!(
         doc["recoveredEmpty"].is_null(),
@@ -575,19 +653,36 @@ async fn kill_9_during_a_watch_burst_and_a_list_replace_leaves_a_consistent_cach
     );
     let after_burst = doc["objects"].as_u64().unwrap();
     eprintln!("{after_burst} objects survived the kill");
+    assert!(
+        after_burst >= persisted,
+        "what was persisted before the kill ({persisted}) survives it ({after_burst})"
+    );
     assert!(after_burst as usize <= created);
 
-    // A big list replace, killed while it is being written.
-    let r = get(
-        &e.c,
-        &format!("{proxy}/api/v1/namespaces/burst/pods"),
-        KUBELET,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
+    // A big list replace, killed while it is being written: as soon as the
+    // response starts streaming through the hub (and into its cache),
+    // before it has returned.
+    let req = http::Request::get(format!("{proxy}/api/v1/namespaces/burst/pods"))
+        .header("user-agent", KUBELET)
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), e.c.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    {
+        use http_body_util::BodyExt;
+        let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the list starts streaming");
+        assert!(matches!(first, Some(Ok(_))), "a first frame of the list");
+    }
     kill9(&mut hub);
+    drop(body);
     let hub = HubProcess::spawn(&args);
-    wait_up(&e.c, &hub_url).await;
+    wait_up(&e.c, &hub_url, &proxy).await;
     e.api.shutdown().await;
     wait_offline(&e.c, &hub_url, &e.api.url()).await;
     let r = get_as(

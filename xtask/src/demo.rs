@@ -15,7 +15,11 @@
 //!    unmodified in-cluster kubectl in a pod namespace reaches the double
 //!    through the VIP 10.96.0.1:443, redirected in the kernel to a second
 //!    hub in the sandbox's node namespace;
-//! 6. cuts the cloud (kills the double) and prints what clients get now;
+//! 6. cuts the cloud (kills the double) and shows the node keep working:
+//!    kubelet's pods, Node and Lease from the cache, the hub restarting
+//!    offline and answering within a second, kubectl (made a cache agent
+//!    through `yurt-hub-cfg`) and the sandbox pod's own in-cluster reads,
+//!    each refusal with one line saying what and why;
 //! 7. stops everything and removes the temp dir — also on Ctrl-C.
 //!
 //! Ctrl-C reaches the whole foreground process group: the double, the hubs
@@ -61,6 +65,7 @@ const SECURE: &str = "127.0.0.1:10268";
 const HUB_SERVER: &str = "127.0.0.1:10267";
 /// Printed by demo-sandbox when it is ready for the cut.
 const SANDBOX_WAITING: &str = "demo-sandbox: waiting for the cloud to be cut";
+const KUBELET_UA: &str = "kubelet/v1.34.0 (linux/amd64) kubernetes/demo";
 
 pub fn run(args: &Args) -> Result<()> {
     let mut signals = Signals::install()?;
@@ -96,6 +101,7 @@ pub fn run(args: &Args) -> Result<()> {
         bin_dir,
         signals,
         procs: Vec::new(),
+        hub_args: Vec::new(),
     };
     let result = demo.run(args);
     demo.cleanup();
@@ -170,6 +176,8 @@ struct Demo {
     bin_dir: PathBuf,
     signals: Signals,
     procs: Vec<Proc>,
+    /// The host hub's flags, to restart it offline.
+    hub_args: Vec<String>,
 }
 
 impl Demo {
@@ -245,6 +253,7 @@ impl Demo {
         ];
         let hub_refs: Vec<&str> = hub_args.iter().map(String::as_str).collect();
         self.spawn("yurthub", "yurthub", &hub_refs, None)?;
+        self.hub_args = hub_args.to_vec();
         self.wait_for(
             "the hub server to answer /v1/healthz",
             Duration::from_secs(30),
@@ -288,6 +297,39 @@ impl Demo {
             .collect();
         indent(&excerpt.join("\n"), "  ");
 
+        step(
+            "making kubectl a cache agent (the labelled yurt-hub-cfg ConfigMap, applied in the cloud)",
+        );
+        let admin = pki.join("admin.kubeconfig");
+        let cm = self.dir.join("yurt-hub-cfg.yaml");
+        fs::write(
+            &cm,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: yurt-hub-cfg\n  namespace: kube-system\n  \
+             labels:\n    openyurt.io/configmap-name: yurt-hub-cfg\ndata:\n  cache_agents: kubectl\n",
+        )?;
+        self.kubectl(&admin, &["apply", "-f", cm.to_str().context("utf-8 path")?])?;
+        let learned = self.wait_for(
+            "the hub to learn the new cache agent",
+            Duration::from_secs(20),
+            |_| http_get(HUB_SERVER, "/v1/cache").is_ok_and(|(_, b)| b.contains("\"kubectl\"")),
+        );
+        match learned {
+            Ok(()) => println!("/v1/cache: cacheAgents now include kubectl"),
+            Err(e) => {
+                self.signals.check()?;
+                println!("(the hub has not listed kubectl as a cache agent yet: {e:#})");
+            }
+        }
+        self.kubectl(&kubeconfig, &["get", "pods"])?;
+
+        step("kubelet's own reads through the hub (what it needs after a reboot)");
+        for (what, path) in kubelet_reads() {
+            match http_request(PROXY, "GET", &path, KUBELET_UA) {
+                Ok((status, _)) => println!("kubelet GET {path} -> {status} ({what})"),
+                Err(e) => println!("kubelet GET {path} failed: {e:#}"),
+            }
+        }
+
         let mut sandbox = None;
         match sandbox_blocker(args) {
             Some(reason) => {
@@ -306,17 +348,66 @@ impl Demo {
         self.kill("apiserver-double");
         thread::sleep(Duration::from_secs(2));
         self.signals.check()?;
-        println!("kubectl through the hub now gets:");
-        self.kubectl(&kubeconfig, &["get", "pods", "--request-timeout=10s"])?;
-        match http_get(PROXY, "/api/v1/namespaces/default/pods") {
-            Ok((status, body)) => {
-                println!("GET http://{PROXY}/api/v1/namespaces/default/pods -> {status}");
-                indent(&truncate(&body, 600), "  ");
+        self.wait_for(
+            "the hub to see the cloud gone",
+            Duration::from_secs(20),
+            |_| {
+                http_get(HUB_SERVER, "/metrics").is_ok_and(|(_, m)| {
+                    m.lines().any(|l| {
+                        l.starts_with("node_yurthub_server_healthy_status")
+                            && l.trim_end().ends_with(" 0")
+                    })
+                })
+            },
+        )?;
+        println!("the hub marked the apiserver unhealthy: it answers from its cache now");
+        step("kubelet's view with the cloud gone: from the cache");
+        self.kubelet_view();
+
+        step("the hub restarts with the cloud gone (as after a node reboot)");
+        println!(
+            "(on a node, kubelet starts it again from its staticPodPath: `yurthub install-static`, see deploy/README.md)"
+        );
+        self.stop_proc("yurthub");
+        let hub_args = self.hub_args.clone();
+        let hub_refs: Vec<&str> = hub_args.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        self.spawn("yurthub", "yurthub", &hub_refs, None)?;
+        let pods = kubelet_reads()[0].1.clone();
+        self.wait_for(
+            "the restarted hub to answer kubelet",
+            Duration::from_secs(20),
+            |_| http_request(PROXY, "GET", &pods, KUBELET_UA).is_ok_and(|(s, _)| s == 200),
+        )?;
+        let took = started.elapsed();
+        println!(
+            "restarted offline; kubelet's pod list answered from the cache {} ms after the start ({})",
+            took.as_millis(),
+            if took < Duration::from_secs(1) {
+                "within 1 s"
+            } else {
+                "slower than 1 s on this machine"
             }
-            Err(e) => println!("GET http://{PROXY}/api/v1/namespaces/default/pods failed: {e:#}"),
-        }
+        );
+        self.kubelet_view();
         if let Ok((status, body)) = http_get(HUB_SERVER, "/v1/readyz") {
             println!("GET /v1/readyz -> {status} {}", body.trim());
+        }
+
+        step("kubectl (a cache agent now) with the cloud gone");
+        self.kubectl(&kubeconfig, &["get", "pods", "--request-timeout=10s"])?;
+        self.kubectl(&kubeconfig, &["get", "nodes", "--request-timeout=10s"])?;
+        match http_request(
+            PROXY,
+            "DELETE",
+            "/api/v1/namespaces/default/pods/seed-0",
+            "kubectl/v1.34.0",
+        ) {
+            Ok((status, body)) => println!(
+                "refused: DELETE pod default/seed-0 -> {status}: {} (only the cloud deletes; the hub never removes what it cannot confirm)",
+                status_message(&body)
+            ),
+            Err(e) => println!("DELETE pod default/seed-0 failed: {e:#}"),
         }
         if let Some((stdin, lines)) = sandbox {
             self.finish_sandbox(stdin, &lines)?;
@@ -497,6 +588,36 @@ impl Demo {
         }
     }
 
+    /// kubelet's pods, Node and Lease as the hub answers them, one line each;
+    /// a refusal says what and why.
+    fn kubelet_view(&mut self) {
+        for (what, path) in kubelet_reads() {
+            match http_request(PROXY, "GET", &path, KUBELET_UA) {
+                Ok((200, body)) => println!("  {what}: {}", summarize(&body)),
+                Ok((status, body)) => println!(
+                    "  refused: kubelet's {what} -> {status}: {}",
+                    status_message(&body)
+                ),
+                Err(e) => println!("  kubelet's {what}: no answer ({e:#})"),
+            }
+        }
+    }
+
+    /// SIGTERM and a bounded wait, for one process of the demo.
+    fn stop_proc(&mut self, name: &str) {
+        if let Some(i) = self.procs.iter().position(|p| p.name == name) {
+            let mut p = self.procs.remove(i);
+            let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            println!("stopped {name} (SIGTERM)");
+        }
+    }
+
     /// SIGKILL: the cloud vanishes without a goodbye.
     fn kill(&mut self, name: &str) {
         if let Some(p) = self.procs.iter_mut().find(|p| p.name == name) {
@@ -564,19 +685,78 @@ fn sandbox_blocker(args: &Args) -> Option<String> {
     None
 }
 
+/// What kubelet reads after a restart: its pods, its Node, its Lease.
+fn kubelet_reads() -> [(&'static str, String); 3] {
+    [
+        (
+            "pods on this node",
+            format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}"),
+        ),
+        ("Node", format!("/api/v1/nodes/{NODE}")),
+        (
+            "Lease",
+            format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE}"),
+        ),
+    ]
+}
+
+/// One line about a pod list, a Node or a Lease.
+fn summarize(body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return truncate(body, 120);
+    };
+    match v["kind"].as_str().unwrap_or_default() {
+        "PodList" => {
+            let pods: Vec<String> = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    format!(
+                        "{} ({})",
+                        p["metadata"]["name"].as_str().unwrap_or("?"),
+                        p["status"]["phase"].as_str().unwrap_or("no status yet")
+                    )
+                })
+                .collect();
+            format!("{} pods: {}", pods.len(), pods.join(", "))
+        }
+        "Lease" => format!(
+            "{} held by {}, renewed {}",
+            v["metadata"]["name"].as_str().unwrap_or("?"),
+            v["spec"]["holderIdentity"].as_str().unwrap_or("nobody"),
+            v["spec"]["renewTime"].as_str().unwrap_or("never")
+        ),
+        kind => format!("{kind} {}", v["metadata"]["name"].as_str().unwrap_or("?")),
+    }
+}
+
+/// The message of a Status body, or the body itself.
+fn status_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| truncate(body.trim(), 200))
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// An HTTP/1.0 GET (no chunking, the server closes), 5 s bound.
 fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    http_request(addr, "GET", path, "yurthub-demo")
+}
+
+/// An HTTP/1.0 request with a User-Agent (the hub tells components apart by it).
+fn http_request(addr: &str, method: &str, path: &str, ua: &str) -> Result<(u16, String)> {
     let sock: SocketAddr = addr.parse()?;
     let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
         .with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: yurthub-demo\r\nAccept: application/json\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: {ua}\r\nAccept: application/json\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)

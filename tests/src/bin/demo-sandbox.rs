@@ -112,12 +112,35 @@ async fn run(args: Args) -> Result<()> {
             .map_or(0, |p| p.iter().filter(|p| p["attached"] == true).count())
     ));
 
+    // The pod's kubectl is a cache agent through yurt-hub-cfg (the demo
+    // applied it): wait until this hub learned that, so the pod's online
+    // reads are kept for the offline ones.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let learned = hub_get(&net, "/v1/cache").is_ok_and(|b| b.contains("\"kubectl\""));
+        if learned {
+            say("/v1/cache: kubectl is a cache agent of the sandbox hub (from yurt-hub-cfg)");
+            break;
+        }
+        if Instant::now() > deadline {
+            say(
+                "the sandbox hub has not learned that kubectl is a cache agent: its offline reads will be refused",
+            );
+            break;
+        }
+        interrupt
+            .run(tokio::time::sleep(Duration::from_millis(300)))
+            .await?;
+    }
+
     let ca = std::fs::read_to_string(args.pki_dir.join("ca.crt")).context("reading ca.crt")?;
     let token = std::fs::read_to_string(args.pki_dir.join("token")).context("reading token")?;
     say(
         "the pod: kubectl with only KUBERNETES_SERVICE_HOST=10.96.0.1, KUBERNETES_SERVICE_PORT=443 and a mounted service account",
     );
-    print_kubectl(&net, &cgroup, &ca, &token);
+    if !print_kubectl(&net, &cgroup, &ca, &token) {
+        say("  the pod's read failed online (see the error line above)");
+    }
     if let Ok(body) = hub_get(&net, "/v1/redirect")
         && let Ok(s) = serde_json::from_str::<serde_json::Value>(&body)
     {
@@ -139,8 +162,12 @@ async fn run(args: Args) -> Result<()> {
         Ok(_) => {}
         Err(_) => say("no cut within the wait time; cleaning up"),
     }
-    say("the pod again, with the cloud gone:");
-    print_kubectl(&net, &cgroup, &ca, &token);
+    say("the pod again, with the cloud gone: the same reads, with the same service-account token");
+    if !print_kubectl(&net, &cgroup, &ca, &token) {
+        say(
+            "  refused: the sandbox hub did not answer the pod's read from its cache (its reason is the error line above)",
+        );
+    }
 
     say("stopping the sandbox hub (it detaches its programs and removes its pins and address)");
     let hub_exit = hub.stop();
@@ -351,7 +378,8 @@ async fn wait_active(net: &NetSandbox, within: Duration) -> Result<serde_json::V
     bail!("the sandbox hub's redirect did not turn active for {VIP} within {within:?}: {last}")
 }
 
-fn print_kubectl(net: &NetSandbox, cgroup: &TestCgroup, ca: &str, token: &str) {
+/// Runs the pod's kubectl and prints its output; true when it succeeded.
+fn print_kubectl(net: &NetSandbox, cgroup: &TestCgroup, ca: &str, token: &str) -> bool {
     // No --request-timeout or other overrides: kubectl uses the in-cluster
     // configuration only when its client config is otherwise the default.
     let out = kubectl_in_pod(
@@ -388,6 +416,7 @@ fn print_kubectl(net: &NetSandbox, cgroup: &TestCgroup, ca: &str, token: &str) {
             say(&format!("  {line}"));
         }
     }
+    out.ends_with("(kubectl exit 0)")
 }
 
 /// Runs kubectl in the pod: test cgroup, pod network namespace, and a
