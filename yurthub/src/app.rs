@@ -199,9 +199,10 @@ impl App {
             });
         }
 
-        let cache = (cfg.working_mode == WorkingMode::Edge)
-            .then(|| open_cache(&cfg))
-            .flatten();
+        let cache = match cfg.working_mode {
+            WorkingMode::Edge => open_cache(&cfg).await,
+            WorkingMode::Cloud => None,
+        };
         // Offline authentication: the tokens the cloud vouched for and the
         // issuer keys, kept in the cache's crash-safe store.
         let authn = match &cache {
@@ -298,8 +299,15 @@ impl App {
                     transports.clone(),
                     m.clone(),
                 );
-                let sink = r.clone();
-                m.set_byte_sink(Arc::new(move |leader, n| sink.count(leader, n)));
+                // Weak: the router holds the multiplexer, so a strong
+                // reference back would keep both (and the cache store they
+                // reach) alive after shutdown.
+                let sink = Arc::downgrade(&r);
+                m.set_byte_sink(Arc::new(move |leader, n| {
+                    if let Some(r) = sink.upgrade() {
+                        r.count(leader, n);
+                    }
+                }));
                 Some(r)
             }
             _ => None,
@@ -606,7 +614,11 @@ fn bind_multiplexer(
 /// Opens the cache store under `--disk-cache-path`. A corrupt file is moved
 /// aside by the store (the hub starts empty and says so); a store that
 /// cannot be opened at all leaves the hub running without a cache.
-fn open_cache(cfg: &Config) -> Option<CacheManager> {
+/// How long start waits for a previous hub (an upgrade's old process, or
+/// one just stopped in the same process) to let go of the store.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+async fn open_cache(cfg: &Config) -> Option<CacheManager> {
     let dir = &cfg.disk_cache_path;
     if let Err(e) = std::fs::create_dir_all(dir) {
         tracing::error!(path = %dir.display(), error = %e, "cannot create the cache directory; running without a cache");
@@ -616,7 +628,16 @@ fn open_cache(cfg: &Config) -> Option<CacheManager> {
         max_bytes: cfg.cache_max_bytes,
         ..crate::storage::Options::default()
     };
-    match crate::storage::Store::open(dir, options) {
+    let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
+    let opened = loop {
+        match crate::storage::Store::open(dir, options.clone()) {
+            Err(crate::storage::Error::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
+    match opened {
         Ok(opened) => {
             let recovered = opened.recovery.map(|r| {
                 let why = format!("{r:?}");

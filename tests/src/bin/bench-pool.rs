@@ -129,19 +129,17 @@ fn slice(i: usize, endpoints: usize) -> Value {
         "ports": [{"port": 80, "protocol": "TCP"}]})
 }
 
-fn leader_ready(hub_server: &str) -> impl std::future::Future<Output = bool> + '_ {
-    async move {
-        let req = get_request(&format!("{hub_server}/v1/pool"), "bench", &[]);
-        let Ok(Ok(resp)) =
-            tokio::time::timeout(Duration::from_secs(2), plain_client().request(req)).await
-        else {
-            return false;
-        };
-        let Ok(b) = resp.into_body().collect().await else {
-            return false;
-        };
-        serde_json::from_slice::<Value>(&b.to_bytes()).is_ok_and(|v| v["role"] == "leader")
-    }
+async fn leader_ready(hub_server: &str) -> bool {
+    let req = get_request(&format!("{hub_server}/v1/pool"), "bench", &[]);
+    let Ok(Ok(resp)) =
+        tokio::time::timeout(Duration::from_secs(2), plain_client().request(req)).await
+    else {
+        return false;
+    };
+    let Ok(b) = resp.into_body().collect().await else {
+        return false;
+    };
+    serde_json::from_slice::<Value>(&b.to_bytes()).is_ok_and(|v| v["role"] == "leader")
 }
 
 type Deliveries = tokio::sync::mpsc::UnboundedSender<(usize, String, Instant)>;

@@ -42,8 +42,11 @@ const NODE_TTL: Duration = Duration::from_secs(300);
 struct NodeClientVerifier {
     certs: Certificates,
     provider: Arc<rustls::crypto::CryptoProvider>,
-    cached: RwLock<Option<(Arc<RootCertStore>, Arc<dyn ClientCertVerifier>)>>,
+    cached: RwLock<Option<CachedVerifier>>,
 }
+
+/// The verifier built for one version of the cluster CA.
+type CachedVerifier = (Arc<RootCertStore>, Arc<dyn ClientCertVerifier>);
 
 impl NodeClientVerifier {
     fn current(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
