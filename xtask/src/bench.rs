@@ -38,7 +38,7 @@ pub enum Which {
 const PACKAGE: &str = "yurthub-e2e";
 
 pub fn run(args: &Args) -> Result<()> {
-    setup::ensure()?;
+    setup::ensure_bench()?;
     let all = [Which::Proxy, Which::Redirect, Which::Cache, Which::Fanout];
     let selected: Vec<Which> = if args.which == Which::All {
         all.to_vec()
