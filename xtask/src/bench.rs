@@ -46,7 +46,7 @@ pub enum Which {
 const PACKAGE: &str = "yurthub-e2e";
 
 pub fn run(args: &Args) -> Result<()> {
-    setup::ensure()?;
+    setup::ensure_bench()?;
     let all = [
         Which::Proxy,
         Which::Redirect,

@@ -7,6 +7,10 @@
 //! - bpf-linker 0.10.3 (0.11+ needs a system LLVM; 0.10 uses the toolchain's);
 //! - iproute2, bpftool, iptables, nftables (test sandboxes, inspection,
 //!   benchmark baselines), through apt-get.
+//!
+//! `cargo xtask bench` also needs [`BENCH_TOOLS`] (nginx-light as the peer
+//! proxy, wrk, linux-perf for profiles): [`ensure_bench`] installs those
+//! from Debian when missing, so `cargo xtask test` never pulls them.
 
 use std::process::Command;
 
@@ -24,6 +28,42 @@ const SYSTEM_TOOLS: [(&str, &str); 4] = [
     ("iptables", "iptables"),
     ("nft", "nftables"),
 ];
+
+/// (binary, Debian package) pairs only the benchmarks need.
+pub const BENCH_TOOLS: [(&str, &str); 3] = [
+    ("nginx", "nginx-light"),
+    ("wrk", "wrk"),
+    ("perf", "linux-perf"),
+];
+
+/// Installs the benchmarks' tools that are missing (after [`ensure`]).
+pub fn ensure_bench() -> Result<()> {
+    ensure()?;
+    let missing: Vec<&str> = BENCH_TOOLS
+        .iter()
+        .filter(|(binary, _)| which(binary).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for (binary, package) in BENCH_TOOLS {
+        report(
+            &format!("{binary} ({package}, for benchmarks)"),
+            !missing.contains(&package),
+        );
+    }
+    install_packages(&missing)?;
+    let still: Vec<&str> = BENCH_TOOLS
+        .iter()
+        .filter(|(binary, _)| which(binary).is_none())
+        .map(|(binary, _)| *binary)
+        .collect();
+    if !still.is_empty() {
+        bail!("installed benchmark tools but these are still missing: {still:?}");
+    }
+    Ok(())
+}
 
 /// One missing piece, with how to get it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

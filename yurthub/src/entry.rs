@@ -11,6 +11,7 @@ use crate::config::Config;
 /// Runs the yurthub command line; `main.rs` is just this call, so test
 /// harnesses can build the very same binary.
 pub fn main() -> ExitCode {
+    crate::alloc::tune();
     let cli = Cli::parse();
     if cli.run.version {
         println!("yurthub {}", crate::VERSION);

@@ -10,6 +10,7 @@
 //! - [`redirect`]: the kernel redirect of the apiserver VIP to the hub;
 //! - [`metrics`], [`telemetry`]: observability.
 
+pub mod alloc;
 pub mod app;
 pub mod cache;
 pub mod certificates;

@@ -4,14 +4,23 @@
 //!
 //! Measures, against the apiserver double:
 //! 1. an offline LIST of 5,000 cached pods vs the same LIST served online by
-//!    the double through the hub (latency p50/p99, bytes/s);
-//! 2. watch events persisted per second (group commit, fsync per batch);
+//!    the double through the hub (latency p50/p99, bytes/s, hub CPU per
+//!    LIST). The hub is a separate process in both: online it forwards to
+//!    the double (in this process, with the client), offline the double is
+//!    stopped and the same hub process answers from its store;
+//! 2. watch events persisted per second (group commit, fsync per batch),
+//!    naming the filesystem and the durability mode it ran with;
 //! 3. store size on disk per 1,000 pods;
-//! 4. RSS of a hub process with 10,000 cached objects;
+//! 4. RSS of a hub process with 10,000 cached objects; while caching them
+//!    online; and 16 concurrent LISTs of all of them, by a non-caching
+//!    client and by kubelet (the caching path): peak RSS, RSS 30 s after,
+//!    and the copies the hub skipped for its memory budget;
 //! 5. cold start offline to the first answered request.
 //!
 //! The hub processes are this binary re-executed as the daemon
-//! (`BENCH_CACHE_AS_HUB=1`), so the figures are for the release build.
+//! (`BENCH_CACHE_AS_HUB=1`), so the figures are for the release build; the
+//! watch-event figure still runs the hub in-process (it measures the
+//! store's writer thread, not the request path).
 
 #[path = "../../tests/cache_support/mod.rs"]
 mod cache_support;
@@ -130,6 +139,61 @@ fn report(what: &str, lat: &[Duration], bytes: usize) {
     );
 }
 
+/// A hub process started from `files` in front of `api_url`: its flags
+/// (with a fixed proxy port), proxy URL and hub server URL.
+fn hub_process_args(files: &HubFiles, api_url: &str) -> (Vec<String>, String, String) {
+    let port = free_port();
+    let mut args = files.args(&[api_url.to_owned()], &[]);
+    for a in args.iter_mut() {
+        if a == "--proxy-port=0" {
+            *a = format!("--proxy-port={port}");
+        }
+    }
+    let hub_url = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--serve-port="))
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .expect("serve port");
+    (args, format!("http://127.0.0.1:{port}"), hub_url)
+}
+
+/// Waits until the hub process answers `path` on its hub server with 2xx.
+async fn wait_hub(c: &PlainClient, hub_url: &str, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            c.request(
+                http::Request::get(format!("{hub_url}{path}"))
+                    .body(http_body_util::Full::new(Bytes::new()))
+                    .expect("req"),
+            ),
+        )
+        .await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hub process: {path} not 2xx within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// User + system CPU time of a process (/proc/<pid>/stat).
+fn cpu_time(pid: u32) -> Duration {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros((field(11) + field(12)) * 1_000_000 / hz)
+}
+
 async fn list_online_vs_offline() {
     let pki = Arc::new(TestPki::new().expect("pki"));
     let api = double(&pki).await;
@@ -139,12 +203,11 @@ async fn list_online_vs_offline() {
         api.create(bench_pod("bench", i)).expect("pod");
     }
     let files = HubFiles::new(&pki);
-    let hub = Hub::start(&files.args(&[api.url()], &[])).await;
+    let (args, proxy, hub_url) = hub_process_args(&files, &api.url());
+    let hub = spawn_hub(&args);
     let c = plain_client();
-    let url = format!(
-        "{}/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}",
-        hub.proxy_url()
-    );
+    wait_hub(&c, &hub_url, "/v1/readyz").await;
+    let url = format!("{proxy}/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}");
     // One list into a fresh store: its size per 1,000 pods.
     let r = send(
         &c,
@@ -156,7 +219,7 @@ async fn list_online_vs_offline() {
     .await;
     assert_eq!(r.status, http::StatusCode::OK);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cache_doc(&c, &hub.hub_url()).await["objects"]
+    while cache_doc(&c, &hub_url).await["objects"]
         .as_u64()
         .unwrap_or(0)
         < LIST_PODS as u64
@@ -164,30 +227,47 @@ async fn list_online_vs_offline() {
         assert!(Instant::now() < deadline, "list not cached");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let doc = cache_doc(&c, &hub.hub_url()).await;
+    let doc = cache_doc(&c, &hub_url).await;
     let per_k = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1024.0 / (LIST_PODS as f64 / 1000.0);
     println!(
         "store after one LIST of {LIST_PODS} pods (protobuf as sent): {:.0} KiB on disk per 1,000 pods, {:.0} KiB payload per 1,000 pods",
         per_k(&doc["bytesOnDisk"]),
         per_k(&doc["payloadBytes"])
     );
-    println!("LIST of {LIST_PODS} pods by kubelet, {ROUNDS} rounds each:");
+    println!(
+        "LIST of {LIST_PODS} pods by kubelet, {ROUNDS} rounds each; the hub is its own process (pid {}); \
+         online it forwards to the double, which runs in this process with the client; offline the double is stopped:",
+        hub.0.id()
+    );
+    let pid = hub.0.id();
     let mut online = Vec::new();
     for (name, accept) in [("protobuf", PROTOBUF_ACCEPT), ("json", "application/json")] {
+        let cpu0 = cpu_time(pid);
         let (lat, bytes) = timed_lists(&c, &url, accept).await;
+        let cpu = cpu_time(pid).saturating_sub(cpu0) / ROUNDS as u32;
         report(&format!("online via hub ({name})"), &lat, bytes);
+        println!(
+            "    hub CPU per LIST {:.1} ms (forwarding and teeing into the store)",
+            cpu.as_secs_f64() * 1e3
+        );
         online.push((name, accept, percentile(&lat, 0.5)));
     }
     // Let the last teed list land, then record the store size.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let doc = cache_doc(&c, &hub.hub_url()).await;
+    let doc = cache_doc(&c, &hub_url).await;
     let on_disk = doc["bytesOnDisk"].as_u64().unwrap_or(0);
     let objects = doc["objects"].as_u64().unwrap_or(0);
     api.shutdown().await;
-    wait_offline(&c, &hub.hub_url(), &api.url()).await;
+    wait_offline(&c, &hub_url, &api.url()).await;
     for (name, accept, online_p50) in online {
+        let cpu0 = cpu_time(pid);
         let (lat, bytes) = timed_lists(&c, &url, accept).await;
+        let cpu = cpu_time(pid).saturating_sub(cpu0) / ROUNDS as u32;
         report(&format!("offline from cache ({name})"), &lat, bytes);
+        println!(
+            "    hub CPU per LIST {:.1} ms (from the store)",
+            cpu.as_secs_f64() * 1e3
+        );
         let p50 = percentile(&lat, 0.5);
         println!(
             "    offline p50 / online p50 = {:.2} (target <= 1.00: {})",
@@ -200,7 +280,51 @@ async fn list_online_vs_offline() {
         2 * ROUNDS + 1,
         on_disk as f64 / 1024.0 / (LIST_PODS as f64 / 1000.0)
     );
-    hub.stop().await;
+    drop(hub);
+}
+
+/// The filesystem holding `path`: type, device and mount options, from the
+/// longest matching mount point in /proc/self/mounts.
+fn filesystem_of(path: &std::path::Path) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && path.starts_with(f[1])).then(|| {
+                (
+                    f[1].len(),
+                    format!("{} ({} on {}, {})", f[2], f[0], f[1], f[3]),
+                )
+            })
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, what)| what)
+        .unwrap_or_else(|| "unknown filesystem".into())
+}
+
+/// The body size of one JSON LIST (through the hub, by a non-caching client).
+async fn list_bytes(c: &PlainClient, url: &str) -> usize {
+    send(
+        c,
+        http::Method::GET,
+        url,
+        &[
+            ("user-agent", "bench-cache/0.1"),
+            ("accept", "application/json"),
+        ],
+        Bytes::new(),
+    )
+    .await
+    .body
+    .len()
+}
+
+/// `node_yurthub_cache_copies_skipped` of a hub.
+async fn skipped_copies(c: &PlainClient, hub_url: &str) -> u64 {
+    let m = get(c, &format!("{hub_url}/metrics"), "bench").await.text();
+    metric(&m, "node_yurthub_cache_copies_skipped").unwrap_or(0.0) as u64
 }
 
 fn metric(m: &str, name: &str) -> Option<f64> {
@@ -222,6 +346,7 @@ async fn watch_events_per_second() {
     api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}))
         .expect("ns");
     let files = HubFiles::new(&pki);
+    let fs = filesystem_of(files.dir.path());
     let hub = Hub::start(&files.args(&[api.url()], &[])).await;
     let c = plain_client();
     let start_rv = api.resource_version();
@@ -271,9 +396,12 @@ async fn watch_events_per_second() {
     let secs = t.elapsed().as_secs_f64();
     let doc = cache_doc(&c, &hub.hub_url()).await;
     println!(
-        "watch events persisted: {done:.0} of {WATCH_EVENTS} in {secs:.2} s = {:.0} events/s (target >= 20,000; crash-safe group commit; {} objects stored)",
+        "watch events persisted: {done:.0} of {WATCH_EVENTS} in {secs:.2} s = {:.0} events/s (target >= 20,000; {} objects stored)",
         done / secs,
         doc["objects"].as_u64().unwrap_or(0),
+    );
+    println!(
+        "    crash-safe as run: redb commits with Durability::Immediate (fsync before a write is acknowledged), one commit per batch, on {fs}"
     );
     drain.abort();
     hub.stop().await;
@@ -289,10 +417,21 @@ impl Drop for Proc {
 }
 
 fn spawn_hub(args: &[String]) -> Proc {
+    use std::os::unix::process::CommandExt as _;
     let exe = std::env::current_exe().expect("exe");
+    let mut cmd = Command::new(exe);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork
+    // and exec. The hub dies with the bench, even by a signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     Proc(
-        Command::new(exe)
-            .env(AS_HUB, "1")
+        cmd.env(AS_HUB, "1")
             .args(&args[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -316,6 +455,68 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `clients` concurrent LISTs of `url` (JSON) with `user_agent` against a
+/// hub process: its peak RSS from the start until 5 s after they ended
+/// (sampled every 20 ms; the teed copies are written after the responses
+/// end), its RSS 30 s after they ended, and when it first fell back to
+/// `settle_mib`.
+async fn burst(
+    c: &PlainClient,
+    pid: u32,
+    url: &str,
+    user_agent: &'static str,
+    clients: usize,
+    settle_mib: f64,
+) -> (f64, f64, Option<Duration>) {
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let lists: Vec<_> = (0..clients)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.to_owned());
+            tokio::spawn(async move {
+                let r = send(
+                    &c,
+                    http::Method::GET,
+                    &url,
+                    &[("user-agent", user_agent), ("accept", "application/json")],
+                    Bytes::new(),
+                )
+                .await;
+                assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
+            })
+        })
+        .collect();
+    for l in lists {
+        l.await.expect("list task");
+    }
+    let ended = Instant::now();
+    let mut settled_at = None;
+    let mut last = rss_kib(pid) as f64 / 1024.0;
+    while ended.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = rss_kib(pid) as f64 / 1024.0;
+        if ended.elapsed() > Duration::from_secs(5) {
+            running.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        if settled_at.is_none() && last <= settle_mib {
+            settled_at = Some(ended.elapsed());
+        }
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler") as f64 / 1024.0;
+    (peak.max(last), last, settled_at)
+}
+
 async fn rss_and_cold_start() {
     let pki = Arc::new(TestPki::new().expect("pki"));
     let api = double(&pki).await;
@@ -325,50 +526,17 @@ async fn rss_and_cold_start() {
         api.create(bench_pod("bench", i)).expect("pod");
     }
     let files = HubFiles::new(&pki);
-    let port = free_port();
-    let mut args = files.args(&[api.url()], &[]);
-    for a in args.iter_mut() {
-        if a == "--proxy-port=0" {
-            *a = format!("--proxy-port={port}");
-        }
-    }
-    let hub_url = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--serve-port="))
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .expect("serve port");
-    let proxy = format!("http://127.0.0.1:{port}");
+    let (args, proxy, hub_url) = hub_process_args(&files, &api.url());
     let c = plain_client();
     let list_url = format!("{proxy}/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}");
     {
         let hub = spawn_hub(&args);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Ok(r)) = tokio::time::timeout(
-                Duration::from_secs(1),
-                c.request(
-                    http::Request::get(format!("{hub_url}/v1/healthz"))
-                        .body(http_body_util::Full::new(Bytes::new()))
-                        .expect("req"),
-                ),
-            )
-            .await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "hub process did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let r = send(
-            &c,
-            http::Method::GET,
-            &list_url,
-            &[("user-agent", KUBELET), ("accept", PROTOBUF_ACCEPT)],
-            Bytes::new(),
-        )
-        .await;
-        assert_eq!(r.status, http::StatusCode::OK);
+        let pid = hub.0.id();
+        wait_hub(&c, &hub_url, "/v1/readyz").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = rss_kib(pid) as f64 / 1024.0;
+        println!("hub process RSS online, idle before any LIST: {idle:.1} MiB (target <= 15 MiB)");
+        let (peak, after, _) = burst(&c, pid, &list_url, KUBELET, 1, 32.0).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         while cache_doc(&c, &hub_url).await["objects"]
             .as_u64()
@@ -379,9 +547,25 @@ async fn rss_and_cold_start() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         println!(
-            "hub process RSS online after caching {RSS_OBJECTS} pods: {:.1} MiB",
-            rss_kib(hub.0.id()) as f64 / 1024.0
+            "hub process RSS while caching a {RSS_OBJECTS}-pod list online (JSON, {:.1} MB): peak {peak:.1} MiB (target <= 48 MiB), 30 s after {after:.1} MiB",
+            list_bytes(&c, &list_url).await as f64 / 1e6
         );
+        for (who, ua) in [
+            ("a non-caching client", "bench-cache/0.1"),
+            ("kubelet (caching)", KUBELET),
+        ] {
+            let skipped0 = skipped_copies(&c, &hub_url).await;
+            let (peak, after, settled) = burst(&c, pid, &list_url, ua, 16, 32.0).await;
+            println!(
+                "hub process RSS, 16 concurrent LISTs of {RSS_OBJECTS} pods by {who}: peak {peak:.1} MiB, 30 s after {after:.1} MiB, first <= 32 MiB after {}; copies skipped for the memory budget: {}",
+                settled.map_or("never (within 30 s)".to_owned(), |d| format!(
+                    "{:.1} s",
+                    d.as_secs_f64()
+                )),
+                skipped_copies(&c, &hub_url).await - skipped0
+            );
+        }
+        println!("  (targets for kubelet: peak <= 128 MiB, <= 32 MiB within 30 s)");
         drop(hub); // SIGKILL
     }
     api.shutdown().await;

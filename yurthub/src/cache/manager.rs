@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use super::keys::{self, Selectors};
 use super::policy::{CacheAgents, not_cacheable};
-use super::tee::{Chunk, Tee};
+use super::tee::{Chunk, CopyBudget, Reservation, Tee};
 use crate::Body;
 use crate::codec::{self, EventType, WatchDecoder};
 use crate::request::{RequestInfo, Verb};
@@ -38,6 +38,14 @@ use crate::storage::{
 const MAX_CACHED_BODY: usize = 128 << 20;
 /// The share of the store other identities' scopes may fill.
 pub const IDENTITY_SHARE: f64 = 0.75;
+/// What all teed copies may hold in memory at once (collected bodies and,
+/// for lists, the items split from them until the store has them). Past it
+/// a response is not cached and the skip is counted; one copy alone may be
+/// larger (up to [`MAX_CACHED_BODY`]) while nothing else is held.
+const COPY_BUDGET_BYTES: usize = 24 << 20;
+/// A copy at least this large gives its freed heap back to the OS once no
+/// other copy is held (see `crate::alloc`).
+const TRIM_AFTER_BYTES: usize = 1 << 20;
 /// A paginated list whose next page does not come within this is dropped.
 const STAGING_TTL: Duration = Duration::from_secs(300);
 /// Non-resource paths worth keeping for offline clients (coredns, kubectl).
@@ -105,6 +113,10 @@ struct Inner {
     /// Keys whose last write failed → the error (a later success clears).
     error_keys: Mutex<BTreeMap<String, String>>,
     recovered: Option<String>,
+    budget: CopyBudget,
+    /// Object writes skipped because the store already holds that
+    /// resourceVersion in that format.
+    unchanged: std::sync::atomic::AtomicU64,
 }
 
 type SharedStaging = Arc<tokio::sync::Mutex<Staging>>;
@@ -130,6 +142,8 @@ impl CacheManager {
                 kinds_seen: Mutex::default(),
                 error_keys: Mutex::default(),
                 recovered,
+                budget: CopyBudget::new(COPY_BUDGET_BYTES),
+                unchanged: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -148,6 +162,19 @@ impl CacheManager {
 
     pub fn recovered(&self) -> Option<&str> {
         self.inner.recovered.as_deref()
+    }
+
+    /// Responses not cached because their copy did not fit the memory
+    /// budget, since start.
+    pub fn skipped_copies(&self) -> u64 {
+        self.inner.budget.skipped()
+    }
+
+    /// Object writes that found the same resourceVersion already stored.
+    pub fn unchanged_writes(&self) -> u64 {
+        self.inner
+            .unchanged
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of keys whose last write failed.
@@ -266,12 +293,14 @@ impl CacheManager {
             .to_owned();
         if let Plan::Document { path } = &plan {
             let key = document_key(path, &ct);
+            let hint = http_body::Body::size_hint(&body).exact();
             let (tee, rx) = Tee::new(body);
             let me = self.clone();
             tokio::spawn(async move {
-                if let Some(bytes) = collect(rx).await {
+                if let Some((bytes, held)) = collect(rx, &me.inner.budget, hint).await {
                     let r = me.inner.store.put_document(&key, &ct, bytes).await;
                     me.record_write(format!("document {key}"), r.map_err(|e| e.to_string()));
+                    drop(held);
                 }
             });
             return tee.boxed_unsync();
@@ -284,6 +313,7 @@ impl CacheManager {
             return body; // Table and other transforms are never cached
         };
         let plan = with_space(plan, space);
+        let hint = http_body::Body::size_hint(&body).exact();
         let (tee, rx) = Tee::new(body);
         let me = self.clone();
         tokio::spawn(async move {
@@ -297,10 +327,8 @@ impl CacheManager {
                     me.consume_watch(scope, format, rx).await
                 }
                 other => {
-                    if let Some(bytes) = collect(rx).await {
-                        me.write_response(other, format, bytes).await
-                    } else {
-                        tracing::debug!("response copy incomplete; not cached");
+                    if let Some((bytes, held)) = collect(rx, &me.inner.budget, hint).await {
+                        me.write_response(other, format, bytes, held).await
                     }
                 }
             }
@@ -308,7 +336,14 @@ impl CacheManager {
         tee.boxed_unsync()
     }
 
-    async fn write_response(&self, plan: Plan, format: codec::Format, bytes: Bytes) {
+    async fn write_response(
+        &self,
+        plan: Plan,
+        format: codec::Format,
+        bytes: Bytes,
+        mut held: Reservation,
+    ) {
+        let size = bytes.len();
         match plan {
             Plan::Object { resource } => self.write_object(&resource, format, &bytes).await,
             Plan::List {
@@ -318,6 +353,13 @@ impl CacheManager {
                 limit,
                 continue_token,
             } => {
+                // The items split from the body are a second copy while the
+                // store takes them.
+                if !held.grow(size) {
+                    self.inner.budget.count_skip();
+                    tracing::debug!(bytes = size, "list copy over the memory budget; not cached");
+                    return;
+                }
                 self.write_list(
                     resource,
                     namespace,
@@ -330,6 +372,10 @@ impl CacheManager {
                 .await
             }
             Plan::Watch { .. } | Plan::Document { .. } => {}
+        }
+        drop(held);
+        if size >= TRIM_AFTER_BYTES && self.inner.budget.in_use() == 0 {
+            crate::alloc::release_free_memory();
         }
     }
 
@@ -372,6 +418,14 @@ impl CacheManager {
         let Some(object) = self.object_from(format, bytes.clone(), "", "") else {
             return;
         };
+        // A GET of what is cached already (same resourceVersion, same
+        // format) writes nothing: no queue, no transaction.
+        if let Ok(true) = self.inner.store.holds_version(resource, &object) {
+            self.inner
+                .unchanged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
         self.note_kind(resource, &object.meta.kind).await;
         let key = error_key(resource, &object);
         let r = self
@@ -731,10 +785,31 @@ fn error_key(resource: &ResourceKey, o: &Object) -> String {
     }
 }
 
-/// Accumulates a complete copy; None when it was cut short or is too big.
-/// Chunks are kept as they came and joined once at the end (no doubling
-/// reallocations over a large list).
-async fn collect(mut rx: mpsc::Receiver<Chunk>) -> Option<Bytes> {
+/// Accumulates a complete copy with its reservation against `budget`;
+/// None when it was cut short, is too big, or does not fit the budget (then
+/// the receiver is dropped, so the tee stops copying at once). With the
+/// body's exact size known the copy is reserved and allocated once up
+/// front; otherwise chunks are kept as they came and joined at the end.
+async fn collect(
+    mut rx: mpsc::Receiver<Chunk>,
+    budget: &CopyBudget,
+    size_hint: Option<u64>,
+) -> Option<(Bytes, Reservation)> {
+    let mut held = budget.reservation();
+    let exact = size_hint
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n > 0 && *n <= MAX_CACHED_BODY);
+    let over_budget = |bytes: usize| {
+        budget.count_skip();
+        tracing::debug!(bytes, "response copy over the memory budget; not cached");
+        None
+    };
+    if let Some(n) = exact
+        && !held.grow(n)
+    {
+        return over_budget(n);
+    }
+    let mut buf: Option<BytesMut> = None;
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     while let Some(c) = rx.recv().await {
@@ -744,20 +819,37 @@ async fn collect(mut rx: mpsc::Receiver<Chunk>) -> Option<Bytes> {
                 if total > MAX_CACHED_BODY {
                     return None;
                 }
-                chunks.push(d);
+                if total > held.bytes() && !held.grow(total - held.bytes()) {
+                    return over_budget(total);
+                }
+                match (buf.as_mut(), exact) {
+                    (Some(b), _) => b.extend_from_slice(&d),
+                    // A body in several chunks of a known size: one
+                    // allocation, no join at the end.
+                    (None, Some(n)) if chunks.is_empty() && d.len() < n => {
+                        let mut b = BytesMut::with_capacity(n);
+                        b.extend_from_slice(&d);
+                        buf = Some(b);
+                    }
+                    _ => chunks.push(d),
+                }
             }
             Chunk::End => {
+                if let Some(b) = buf {
+                    return Some((b.freeze(), held));
+                }
                 if chunks.len() == 1 {
-                    return chunks.pop();
+                    return chunks.pop().map(|b| (b, held));
                 }
-                let mut buf = BytesMut::with_capacity(total);
+                let mut b = BytesMut::with_capacity(total);
                 for c in chunks.drain(..) {
-                    buf.extend_from_slice(&c);
+                    b.extend_from_slice(&c);
                 }
-                return Some(buf.freeze());
+                return Some((b.freeze(), held));
             }
         }
     }
+    tracing::debug!("response copy incomplete; not cached");
     None
 }
 
@@ -768,6 +860,47 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_copy_over_the_memory_budget_is_skipped_and_counted() {
+        let budget = CopyBudget::new(100);
+        let mut other = budget.reservation();
+        assert!(other.grow(50));
+        // Chunks of an unknown size: refused when the total crosses.
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Chunk::Data(Bytes::from(vec![0u8; 30])))
+            .await
+            .unwrap();
+        tx.send(Chunk::Data(Bytes::from(vec![0u8; 30])))
+            .await
+            .unwrap();
+        tx.send(Chunk::End).await.unwrap();
+        assert!(collect(rx, &budget, None).await.is_none());
+        assert_eq!(budget.skipped(), 1);
+        assert_eq!(budget.in_use(), 50, "the skipped copy holds nothing");
+        // A known size is refused up front, and the tee is told at once.
+        let (tx, rx) = mpsc::channel(8);
+        assert!(collect(rx, &budget, Some(60)).await.is_none());
+        assert!(tx.is_closed());
+        assert_eq!(budget.skipped(), 2);
+        drop(other);
+        // It fits now; the reservation lasts until the write is done.
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(Chunk::Data(Bytes::from(vec![1u8; 30])))
+            .await
+            .unwrap();
+        tx.send(Chunk::Data(Bytes::from(vec![2u8; 30])))
+            .await
+            .unwrap();
+        tx.send(Chunk::End).await.unwrap();
+        let (body, held) = collect(rx, &budget, Some(60)).await.expect("copy");
+        assert_eq!(body.len(), 60);
+        assert_eq!((body[0], body[59]), (1, 2));
+        assert_eq!(budget.in_use(), 60);
+        drop(held);
+        assert_eq!(budget.in_use(), 0);
+        assert_eq!(budget.skipped(), 2);
+    }
 
     #[test]
     fn documents_worth_keeping() {

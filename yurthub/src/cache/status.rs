@@ -22,7 +22,7 @@ impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.0.store().stats();
         let error_keys = self.0.error_keys().len() as i64;
-        let series: [(&str, &str, MetricType, i64); 10] = [
+        let series: [(&str, &str, MetricType, i64); 12] = [
             (
                 "node_yurthub_error_keys_count",
                 "keys whose last cache write failed",
@@ -80,6 +80,18 @@ impl prometheus_client::collector::Collector for Collector {
                 stats.stale_watch_scopes as i64,
             ),
             (
+                "node_yurthub_cache_copies_skipped",
+                "responses not cached because their copy did not fit the memory budget",
+                MetricType::Unknown,
+                self.0.skipped_copies() as i64,
+            ),
+            (
+                "node_yurthub_cache_unchanged_writes",
+                "object writes skipped because the same resourceVersion was stored already",
+                MetricType::Unknown,
+                self.0.unchanged_writes() as i64,
+            ),
+            (
                 "node_yurthub_cache_unavailable",
                 "1 while the cache store cannot serve",
                 MetricType::Gauge,
@@ -114,6 +126,8 @@ pub fn document(cache: &CacheManager) -> Value {
         "capacityRefusals": s.capacity_refusals,
         "staleWatchScopes": s.stale_watch_scopes,
         "unavailable": s.unavailable,
+        "copiesSkipped": cache.skipped_copies(),
+        "unchangedWrites": cache.unchanged_writes(),
         "errorKeys": error_keys,
         "cacheAgents": cache.agents().list(),
     })

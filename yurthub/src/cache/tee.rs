@@ -4,8 +4,15 @@
 //! its consumer is gone) the tee stops copying and the consumer, seeing the
 //! channel end without [`Chunk::End`], gives up on that response. The client
 //! stream is never blocked or broken by caching (upstream #2792).
+//!
+//! What the copies hold in memory at once, across all responses, is bounded
+//! by a [`CopyBudget`]: a copy that would cross it is dropped (the response
+//! is not cached, the skip is counted) instead of growing the heap by a
+//! burst of large lists.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -24,6 +31,106 @@ pub enum Chunk {
 
 /// Chunks that may wait for the consumer before the tee gives up.
 pub const CHANNEL_CHUNKS: usize = 1024;
+
+/// A byte budget shared by every teed copy held in memory (collected bodies
+/// and what is derived from them until the store has them). Reservations
+/// never wait: a copy that does not fit is skipped and counted.
+#[derive(Clone, Debug)]
+pub struct CopyBudget {
+    inner: Arc<BudgetInner>,
+}
+
+#[derive(Debug)]
+struct BudgetInner {
+    limit: usize,
+    in_use: AtomicUsize,
+    skipped: AtomicU64,
+}
+
+/// Bytes held against a [`CopyBudget`]; given back on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: CopyBudget,
+    bytes: usize,
+}
+
+impl CopyBudget {
+    pub fn new(limit: usize) -> CopyBudget {
+        CopyBudget {
+            inner: Arc::new(BudgetInner {
+                limit,
+                in_use: AtomicUsize::new(0),
+                skipped: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
+    /// Bytes reserved right now.
+    pub fn in_use(&self) -> usize {
+        self.inner.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Copies skipped because they did not fit, since start.
+    pub fn skipped(&self) -> u64 {
+        self.inner.skipped.load(Ordering::Relaxed)
+    }
+
+    pub fn count_skip(&self) {
+        self.inner.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An empty reservation to grow.
+    pub fn reservation(&self) -> Reservation {
+        Reservation {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Takes `bytes` more if they fit. One copy alone may exceed the limit
+    /// when it holds the only reservation (a single large list is still
+    /// cached while nothing else is held); `held` is what the caller
+    /// already holds.
+    fn take(&self, held: usize, bytes: usize) -> bool {
+        let limit = self.inner.limit;
+        self.inner
+            .in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let new = used.checked_add(bytes)?;
+                (new <= limit || used == held).then_some(new)
+            })
+            .is_ok()
+    }
+}
+
+impl Reservation {
+    /// Grows the reservation by `bytes`; false (and unchanged) when that
+    /// would cross the budget.
+    pub fn grow(&mut self, bytes: usize) -> bool {
+        if !self.budget.take(self.bytes, bytes) {
+            return false;
+        }
+        self.bytes += bytes;
+        true
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget
+            .inner
+            .in_use
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
 
 pin_project_lite::pin_project! {
     pub struct Tee<B> {
@@ -108,6 +215,34 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(
             (0..n).map(|i| Ok::<_, BoxError>(Frame::data(Bytes::from(format!("{i};"))))),
         ))
+    }
+
+    #[test]
+    fn the_budget_bounds_what_copies_hold_at_once() {
+        let budget = CopyBudget::new(100);
+        let mut a = budget.reservation();
+        assert!(a.grow(60));
+        let mut b = budget.reservation();
+        assert!(b.grow(40));
+        assert!(!b.grow(1), "over the budget");
+        assert_eq!(b.bytes(), 40, "a refused growth takes nothing");
+        drop(a);
+        assert_eq!(budget.in_use(), 40);
+        assert!(b.grow(60));
+        drop(b);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn one_copy_alone_may_exceed_the_budget() {
+        let budget = CopyBudget::new(100);
+        let mut big = budget.reservation();
+        assert!(big.grow(80));
+        assert!(big.grow(80), "the only holder may go past the limit");
+        let mut other = budget.reservation();
+        assert!(!other.grow(1), "nothing else fits while it is held");
+        drop(big);
+        assert!(other.grow(100));
     }
 
     #[tokio::test]

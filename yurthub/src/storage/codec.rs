@@ -368,6 +368,17 @@ pub(crate) fn peek_object(raw: &[u8]) -> Option<(u64, ResourceVersion)> {
     Some((stored_at_ms, ResourceVersion::new(rv)))
 }
 
+/// The format and RV of an object value, borrowed (no allocation).
+pub(crate) fn peek_format_rv(raw: &[u8]) -> Option<(Format, &str)> {
+    let mut r = Reader::new(raw);
+    if r.u8()? != VALUE_LAYOUT {
+        return None;
+    }
+    let format = Format::from_byte(r.u8()?)?;
+    r.u64()?;
+    Some((format, r.str()?))
+}
+
 /// Marker: layout, listed-at, imported flag, RV.
 pub(crate) fn encode_marker(rv: &ResourceVersion, at: SystemTime, imported: bool) -> Vec<u8> {
     let mut w = Writer::with_capacity(24 + rv.as_str().len());

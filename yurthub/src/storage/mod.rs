@@ -357,6 +357,29 @@ impl Store {
         })
     }
 
+    /// Whether `object` is stored under `resource` already at the same
+    /// resourceVersion and in the same format, i.e. writing it would change
+    /// nothing. One read snapshot, nothing decoded but the value's header.
+    pub fn holds_version(&self, resource: &ResourceKey, object: &Object) -> Result<bool, Error> {
+        let rv = object.meta.resource_version.as_str();
+        if rv.is_empty() {
+            return Ok(false);
+        }
+        let k = codec::object_key_parts(
+            resource,
+            object.meta.namespace.as_deref(),
+            &object.meta.name,
+        )?;
+        self.inner.engine.read(|txn| {
+            let objects = txn.open_table(engine::OBJECTS)?;
+            let Some(v) = objects.get(k.as_slice())? else {
+                return Ok(false);
+            };
+            Ok(codec::peek_format_rv(v.value())
+                .is_some_and(|(format, cached)| format == object.format && cached == rv))
+        })
+    }
+
     /// Keys of every object cached for one component's resource (for GC).
     pub fn keys(&self, resource: &ResourceKey) -> Result<Vec<ObjectKey>, Error> {
         let prefix = codec::resource_prefix(resource)?;

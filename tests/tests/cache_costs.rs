@@ -1,0 +1,91 @@
+//! What the caching path costs, through the public surface: a kubelet GET
+//! whose object has the resourceVersion already cached writes nothing to
+//! the store (counted in `node_yurthub_cache_unchanged_writes`), while a
+//! GET of a changed object is written.
+
+mod cache_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_support::*;
+use http::StatusCode;
+use serde_json::json;
+use yurthub_e2e::hub::{
+    Hub, HubFiles, NODE, PlainClient, eventually, get, metric_value, plain_client,
+};
+use yurthub_e2e::pki::TestPki;
+
+async fn metric(c: &PlainClient, hub_url: &str, name: &str) -> f64 {
+    let m = get(c, &format!("{hub_url}/metrics"), "test").await.text();
+    metric_value(&m, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_of_the_cached_resource_version_writes_nothing() {
+    let pki = Arc::new(TestPki::new().expect("pki"));
+    let api = double(&pki).await;
+    let files = HubFiles::new(&pki);
+    let hub = Hub::start(&files.args(&[api.url()], &["--pool-scope-resources="])).await;
+    let c = plain_client();
+    let hub_url = hub.hub_url();
+    api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}))
+        .unwrap();
+    api.create(pod("a", "p0", NODE, "x")).unwrap();
+    let url = format!("{}/api/v1/namespaces/a/pods/p0", hub.proxy_url());
+
+    let first = get(&c, &url, KUBELET).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    wait_objects(&c, &hub_url, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = metric(&c, &hub_url, "node_yurthub_cache_writes").await;
+    let unchanged = metric(&c, &hub_url, "node_yurthub_cache_unchanged_writes").await;
+
+    // The same object again and again: the skips are counted, and the
+    // store's write count moves only by the hub's own lease copies (one per
+    // heartbeat, 1 s here), far below one per GET.
+    const GETS: usize = 50;
+    for _ in 0..GETS {
+        let again = get(&c, &url, KUBELET).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(again.body, first.body, "the same object is answered");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "every unchanged write counted",
+        || {
+            let c = c.clone();
+            let hub_url = hub_url.clone();
+            async move {
+                metric(&c, &hub_url, "node_yurthub_cache_unchanged_writes").await
+                    >= unchanged + GETS as f64
+            }
+        },
+    )
+    .await;
+    let written = metric(&c, &hub_url, "node_yurthub_cache_writes").await - writes;
+    assert!(
+        written < 10.0,
+        "{written} store writes during {GETS} GETs of the cached resourceVersion"
+    );
+
+    // A changed object (new resourceVersion) is written.
+    let mut changed = api.get("v1", "Pod", "a", "p0").expect("pod");
+    changed["metadata"]["labels"]["app"] = json!("y");
+    api.update(changed).unwrap();
+    let fresh = get(&c, &url, KUBELET).await;
+    assert_eq!(fresh.status, StatusCode::OK);
+    assert_eq!(fresh.json()["metadata"]["labels"]["app"], "y");
+    eventually(
+        Duration::from_secs(5),
+        "the changed object is written",
+        || {
+            let c = c.clone();
+            let hub_url = hub_url.clone();
+            async move { metric(&c, &hub_url, "node_yurthub_cache_writes").await > writes }
+        },
+    )
+    .await;
+    hub.stop().await;
+    api.shutdown().await;
+}
