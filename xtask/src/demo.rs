@@ -307,7 +307,16 @@ impl Demo {
             "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: yurt-hub-cfg\n  namespace: kube-system\n  \
              labels:\n    openyurt.io/configmap-name: yurt-hub-cfg\ndata:\n  cache_agents: kubectl\n",
         )?;
-        self.kubectl(&admin, &["apply", "-f", cm.to_str().context("utf-8 path")?])?;
+        // The double serves no OpenAPI document to validate against.
+        self.kubectl(
+            &admin,
+            &[
+                "apply",
+                "--validate=false",
+                "-f",
+                cm.to_str().context("utf-8 path")?,
+            ],
+        )?;
         let learned = self.wait_for(
             "the hub to learn the new cache agent",
             Duration::from_secs(20),
@@ -620,7 +629,9 @@ impl Demo {
 
     /// SIGKILL: the cloud vanishes without a goodbye.
     fn kill(&mut self, name: &str) {
-        if let Some(p) = self.procs.iter_mut().find(|p| p.name == name) {
+        // Forgotten once killed: later waits must not take its exit for a failure.
+        if let Some(i) = self.procs.iter().position(|p| p.name == name) {
+            let mut p = self.procs.remove(i);
             let _ = p.child.kill();
             let _ = p.child.wait();
             println!("killed {name} (pid {})", p.child.id());
