@@ -60,6 +60,14 @@ impl FilterChain {
         self.filters.iter().any(|f| f.handles(kind))
     }
 
+    /// Whether some filter of the chain could change this object of `kind`,
+    /// judged from its encoded bytes without decoding them.
+    fn may_change(&self, kind: ObjectKind, raw: &[u8]) -> bool {
+        self.filters
+            .iter()
+            .any(|f| f.handles(kind) && f.may_change(raw))
+    }
+
     /// Runs the chain on one object: filters in order, stopping at the first
     /// that drops it.
     pub fn run(&self, object: &mut Object) -> Verdict {
@@ -81,7 +89,8 @@ impl FilterChain {
     /// protobuf object). Objects of kinds no filter handles are not decoded.
     pub fn filter_object(&self, format: Format, body: &[u8]) -> Result<Filtered, CodecError> {
         let info = codec::object_info(format, body)?;
-        let Some(kind) = ObjectKind::of(&info.api_version, &info.kind).filter(|k| self.handles(*k))
+        let Some(kind) = ObjectKind::of(&info.api_version, &info.kind)
+            .filter(|k| self.handles(*k) && self.may_change(*k, body))
         else {
             return Ok(Filtered::Unchanged);
         };
@@ -152,6 +161,9 @@ impl FilterChain {
         item_kind: &str,
         raw: &[u8],
     ) -> Result<Filtered, CodecError> {
+        if !self.may_change(kind, raw) {
+            return Ok(Filtered::Unchanged);
+        }
         let mut object = Object::decode_item(kind, format, api_version, item_kind, raw)?;
         Ok(match self.run(&mut object) {
             Verdict::Unchanged => Filtered::Unchanged,

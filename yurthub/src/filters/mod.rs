@@ -178,6 +178,18 @@ impl FilterName {
         }
     }
 
+    /// Whether this filter could change an object whose encoded bytes
+    /// (JSON or protobuf) are `raw`: a cheap byte scan that lets the chain
+    /// skip decoding objects no filter would touch. Env var names are
+    /// plain strings in both encodings, so a pod that declares neither
+    /// variable cannot be rewritten by `serviceenvupdater`.
+    pub fn may_change(self, raw: &[u8]) -> bool {
+        match self {
+            FilterName::ServiceEnvUpdater => serviceenvupdater::mentions_service_env(raw),
+            _ => true,
+        }
+    }
+
     /// Runs this filter on one object.
     pub fn apply(self, object: &mut Object, inputs: &dyn FilterInputs) -> Verdict {
         match self {

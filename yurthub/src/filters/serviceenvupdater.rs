@@ -10,6 +10,13 @@ use super::{FilterInputs, Object, Verdict};
 const HOST_VAR: &str = "KUBERNETES_SERVICE_HOST";
 const PORT_VAR: &str = "KUBERNETES_SERVICE_PORT";
 
+/// Both variables share this prefix; a pod without it is left as it is.
+const PREFIX: &[u8] = b"KUBERNETES_SERVICE_";
+
+pub(super) fn mentions_service_env(raw: &[u8]) -> bool {
+    memchr::memmem::find(raw, PREFIX).is_some()
+}
+
 pub(super) fn filter(object: &mut Object, inputs: &dyn FilterInputs) -> Verdict {
     let Object::Pod(pod) = object else {
         return Verdict::Unchanged;
@@ -45,6 +52,16 @@ pub(super) fn filter(object: &mut Object, inputs: &dyn FilterInputs) -> Verdict 
 mod tests {
     use super::*;
     use crate::filters::test_support::{inputs, pod};
+
+    #[test]
+    fn only_pods_that_mention_the_variables_need_decoding() {
+        assert!(mentions_service_env(
+            br#"{"env":[{"name":"KUBERNETES_SERVICE_HOST"}]}"#
+        ));
+        assert!(!mentions_service_env(
+            br#"{"env":[{"name":"OTHER","value":"KUBERNETES"}]}"#
+        ));
+    }
 
     #[test]
     fn overwrites_declared_variables_in_containers_only() {
