@@ -66,6 +66,18 @@ async fn discarded_cloud_services_are_hidden_from_kube_proxy_online_and_offline(
         "spec": {"ports": [{"port": 80}]}}))
     .expect("svc");
 
+    // kube-proxy's list comes from the multiplexer's shared watch, which
+    // sees the two creations a moment later, in order: once "web" (created
+    // second) is there, "lb-cloud" would be too, were it not filtered.
+    eventually(
+        Duration::from_secs(5),
+        "the multiplexer to see both services",
+        || async {
+            let (code, list) = get_json(&hub, "/api/v1/services", KUBE_PROXY).await;
+            code == StatusCode::OK && names(&list).contains(&"web".to_string())
+        },
+    )
+    .await;
     let (code, list) = get_json(&hub, "/api/v1/services", KUBE_PROXY).await;
     assert_eq!(code, StatusCode::OK);
     let n = names(&list);
