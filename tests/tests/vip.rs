@@ -100,6 +100,31 @@ fn in_cluster_kubectl_in_a_pod_reaches_the_apiserver_through_the_hub() {
     let svc: Value = serde_json::from_str(&services).expect("service JSON");
     assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1", "{svc}");
 
+    // Offline, the same unmodified kubectl keeps working for what its
+    // service account listed online, and nothing more: secrets were never
+    // listed with its token, so the hub refuses rather than guess.
+    node.cut_cloud(&sandbox);
+    let out = kubectl_in_pod(
+        &sandbox,
+        cgroup.path(),
+        node.pki.ca_pem(),
+        &["get", "pods", "-o", "name"],
+    );
+    assert!(
+        out.starts_with("exit=0") && out.contains("pod/seen-through-the-vip"),
+        "offline, the pod's own list is answered from its cache scope: {out}"
+    );
+    let out = kubectl_in_pod(
+        &sandbox,
+        cgroup.path(),
+        node.pki.ca_pem(),
+        &["get", "secrets", "-o", "name"],
+    );
+    assert!(
+        !out.starts_with("exit=0") && out.contains("Forbidden"),
+        "offline, what the pod's account never listed online is forbidden: {out}"
+    );
+
     // A clean stop removes programs, pins and the hub address.
     node.stop();
     assert!(

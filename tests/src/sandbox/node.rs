@@ -28,6 +28,7 @@ pub struct NodeSide {
     pub hub_server: SocketAddr,
     pub proxy: SocketAddr,
     pub pki: Arc<TestPki>,
+    runtime: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _files: Arc<HubFiles>,
@@ -69,12 +70,13 @@ impl NodeSide {
                 args.retain(|a| !a.starts_with("--hub-address") && !a.starts_with("--redirect-mode") && !a.starts_with("--proxy-secure-port"));
                 args.extend(args_extra);
                 let hub = Hub::start(&args).await;
-                tx.send((api.clone(), hub.hub_server, hub.proxy, pki.clone(), files.clone())).expect("report");
+                let handle = tokio::runtime::Handle::current();
+                tx.send((api.clone(), hub.hub_server, hub.proxy, pki.clone(), files.clone(), handle)).expect("report");
                 let _ = stop_rx.await;
                 hub.stop().await;
             });
         });
-        let (api, hub_server, proxy, pki, files) = rx
+        let (api, hub_server, proxy, pki, files, runtime) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("hub starts in the node namespace");
         NodeSide {
@@ -82,10 +84,32 @@ impl NodeSide {
             hub_server,
             proxy,
             pki,
+            runtime,
             stop: Some(stop_tx),
             thread: Some(thread),
             _files: files,
         }
+    }
+
+    /// The cloud vanishes (listener closed, connections reset) and the hub
+    /// is seen to notice it on its metrics.
+    pub fn cut_cloud(&self, sandbox: &NetSandbox) {
+        let api = self.api.clone();
+        self.runtime.block_on(async move { api.shutdown().await });
+        let server = self.api.url();
+        wait_for(
+            "the hub to see the cloud down",
+            Duration::from_secs(15),
+            || {
+                hub_get(sandbox, self.hub_server, "/metrics")
+                    .lines()
+                    .any(|l| {
+                        l.starts_with("node_yurthub_server_healthy_status")
+                            && l.contains(&server)
+                            && l.trim_end().ends_with(" 0")
+                    })
+            },
+        );
     }
 
     pub fn stop(&mut self) {
