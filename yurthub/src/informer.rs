@@ -82,6 +82,9 @@ impl Spec {
     }
 }
 
+/// Told which backend a watch stalled on (see [`Upstream::on_stall`]).
+pub type OnStall = Arc<dyn Fn(&Backend) + Send + Sync>;
+
 /// How informers reach the cloud: through a healthy backend with the hub's
 /// identity.
 #[derive(Clone)]
@@ -92,7 +95,7 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Told when a watch through a backend went silent or failed at the
     /// transport level, so the backend is re-probed at once.
-    pub on_stall: Option<Arc<dyn Fn(&Backend) + Send + Sync>>,
+    pub on_stall: Option<OnStall>,
 }
 
 /// The objects, keyed by (namespace, name).

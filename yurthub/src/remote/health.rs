@@ -281,7 +281,7 @@ impl HealthChecker {
             let is_current = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, b));
             let healthy = b.is_healthy();
             // Healthy but not current: only every CHEAP_EVERY-th interval.
-            if healthy && !is_current && (sched.rounds + 1) % CHEAP_EVERY != 0 {
+            if healthy && !is_current && !(sched.rounds + 1).is_multiple_of(CHEAP_EVERY) {
                 let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
                 s[i].rounds = s[i].rounds.wrapping_add(1);
                 s[i].due = now + self.cfg.interval;
