@@ -95,6 +95,12 @@ impl World {
         NodeSide::start(&self.net, self.root.path(), &self.pins.0, &args)
     }
 
+    /// The hub as the real binary, a process the test can kill.
+    fn start_hub_process(&self, extra: &[&str]) -> NodeSide {
+        let args = Self::hub_args(extra);
+        NodeSide::start_process(&self.net, self.root.path(), &self.pins.0, &args)
+    }
+
     fn status(&self, node: &NodeSide) -> Value {
         redirect_status(&self.net, node.hub_server)
     }
@@ -476,5 +482,111 @@ fn socket_lb_detached_and_attached_anew_while_the_hub_runs_still_loses() {
         "{metrics}"
     );
     world.kubectl_through_hub(&node, &pod, "after the LB was attached anew");
+    drop(lb);
+}
+
+/// The redirect's grace period: programs redirect while the last heartbeat
+/// is at most this old.
+const GRACE: Duration = Duration::from_secs(2);
+/// What measuring adds to it: one probe interval and the probe's own time.
+const MEASURING: Duration = Duration::from_millis(300);
+
+#[test]
+fn fail_open_holds_next_to_a_socket_lb_when_the_hub_crashes() {
+    let mut world = World::new();
+    let pod = world.pods("pod-f");
+    let lb = SocketLb::attach(world.root.path(), v4(VIP), v4(BACKEND), Order::Last);
+    // The real binary, without --keep-redirect-on-exit: a crash runs no
+    // cleanup either way, and leaves the pinned links attached.
+    let mut node = world.start_hub_process(&[]);
+    world.wait_effective(&node, true, None, Duration::from_secs(45));
+    world.kubectl_through_hub(&node, &pod, "before the crash");
+
+    let killed = Instant::now();
+    let exit = node.kill();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&exit),
+        Some(libc::SIGKILL),
+        "the hub died of SIGKILL: {exit:?}"
+    );
+    // One process in the pod probes the VIP every 20 ms until the LB's
+    // backend answers (no fork per attempt, so the timing is the kernel's).
+    let offset = killed.elapsed();
+    let out = run_in_child(
+        Some(&pod),
+        Some(&world.net.path(Side::Pod)),
+        Duration::from_secs(20),
+        || {
+            let start = Instant::now();
+            let vip: SocketAddr = VIP.parse().expect("addr");
+            let mut misses = Vec::new();
+            while start.elapsed() < Duration::from_secs(5) {
+                match probe(vip) {
+                    Ok(p) if p.banner == "backend" => {
+                        return format!(
+                            "OK {} {} {:?}",
+                            start.elapsed().as_millis(),
+                            p.encode(),
+                            misses
+                        );
+                    }
+                    Ok(p) => misses.push(p.banner),
+                    Err(e) => misses.push(e),
+                }
+                misses.dedup();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            format!("NEVER {misses:?}")
+        },
+    );
+    let mut fields = out.splitn(5, ' ');
+    assert_eq!(
+        fields.next(),
+        Some("OK"),
+        "the pod never reached the LB's backend after the crash: {out}\n{}",
+        node.log()
+    );
+    let ms: u64 = fields
+        .next()
+        .and_then(|m| m.parse().ok())
+        .expect("elapsed ms");
+    let reached = Probe::decode(&format!(
+        "{} {}",
+        fields.next().unwrap_or_default(),
+        fields.next().unwrap_or_default()
+    ));
+    let misses = fields.next().unwrap_or_default();
+    let took = offset + Duration::from_millis(ms);
+    assert!(
+        took <= GRACE + MEASURING,
+        "fail-open took {took:?} after the kill, more than the {GRACE:?} grace period \
+         (before: {misses})"
+    );
+    assert_eq!(
+        reached.peer,
+        VIP.parse::<SocketAddr>().expect("addr"),
+        "getpeername() shows what the pod dialed, as the LB reports it"
+    );
+
+    // It failed open because the heartbeat went stale, not because the
+    // programs went away: they and their pins are still there.
+    let ours = sandbox::attached_programs(&world.kubepods());
+    assert_eq!(
+        ours.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        [
+            "yh_connect4",
+            "yh_connect6",
+            "yh_getpeername4",
+            "yh_getpeername6"
+        ],
+        "the crashed hub's programs stay attached to the pods' cgroup"
+    );
+    assert_eq!(
+        std::fs::read_dir(world.pins.path().join("links"))
+            .expect("the crashed hub's pinned links")
+            .count(),
+        4
+    );
+    eprintln!("fail-open after the kill: {took:?} (before it: {misses})");
     drop(lb);
 }
