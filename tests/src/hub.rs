@@ -199,6 +199,30 @@ impl HubProcess {
         HubProcess { child, log }
     }
 
+    /// The same, in the network namespace at `netns` (entered between fork
+    /// and exec), e.g. a sandbox's node namespace.
+    pub fn spawn_in_netns(args: &[String], netns: &std::path::Path) -> HubProcess {
+        use std::os::unix::process::CommandExt as _;
+        let ns =
+            std::fs::File::open(netns).unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let (out, err) = (log.reopen().expect("log"), log.reopen().expect("log"));
+        let mut cmd = Command::new(hub_binary());
+        cmd.args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: only setns, async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("spawn yurthub");
+        HubProcess { child, log }
+    }
+
     /// What the process printed so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()

@@ -4,8 +4,10 @@
 //! (`--redirect-cgroup`), pods live in `kubepods.slice/<pod>` under it, and a
 //! stand-in socket LB (VIP -> a backend listener in the node namespace) is
 //! attached to the root stand-in, before or after the hub, or in the pods'
-//! cgroup ahead of it. Privileged; nothing leaves the namespaces: the VIP
-//! exists nowhere, the backend only in the node namespace.
+//! cgroup ahead of it; it is swapped or detached and attached anew while the
+//! hub runs; and the hub crashes under it (fail-open to the LB's choice).
+//! Privileged; nothing leaves the namespaces: the VIP exists nowhere, the
+//! backend only in the node namespace.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -74,10 +76,29 @@ impl World {
         self.root.path().join("kubepods.slice")
     }
 
-    fn start_hub(&self, extra: &[&str]) -> NodeSide {
-        let mut args = vec!["--apiserver-vip=10.96.0.1:443", SELF_CHECK];
+    /// The hub's flags: the VIP, the short self-check interval unless
+    /// `extra` sets its own, and `extra`.
+    fn hub_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["--apiserver-vip=10.96.0.1:443"];
+        if !extra
+            .iter()
+            .any(|a| a.starts_with("--redirect-self-check-interval"))
+        {
+            args.push(SELF_CHECK);
+        }
         args.extend_from_slice(extra);
+        args
+    }
+
+    fn start_hub(&self, extra: &[&str]) -> NodeSide {
+        let args = Self::hub_args(extra);
         NodeSide::start(&self.net, self.root.path(), &self.pins.0, &args)
+    }
+
+    /// The hub as the real binary, a process the test can kill.
+    fn start_hub_process(&self, extra: &[&str]) -> NodeSide {
+        let args = Self::hub_args(extra);
+        NodeSide::start_process(&self.net, self.root.path(), &self.pins.0, &args)
     }
 
     fn status(&self, node: &NodeSide) -> Value {
@@ -369,5 +390,203 @@ fn pods_cgroups_created_after_the_hub_are_followed_across_a_kubelet_restart() {
         .expect("links")
         .count();
     assert_eq!(links, 4, "the old links were removed");
+    drop(lb);
+}
+
+#[test]
+fn socket_lb_detached_and_attached_anew_while_the_hub_runs_still_loses() {
+    let mut world = World::new();
+    let pod = world.pods("pod-e");
+    // A cgroup under the root that is not the pods': only the LB runs
+    // there, so a probe from it shows which LB program is live.
+    let system = world.root.child("system.slice");
+    let lb = SocketLb::attach(world.root.path(), v4(VIP), v4(BACKEND), Order::Last);
+    // The periodic self-check is far away: a check within seconds of a
+    // change can only come from the hub noticing that change.
+    let node = world.start_hub(&["--redirect-self-check-interval=600s"]);
+    let status = world.wait_effective(&node, true, None, Duration::from_secs(30));
+    let old_ids = lb.program_ids();
+    assert!(
+        chain_entries(&status, "lb_connect4")
+            .iter()
+            .any(|p| p["id"] == old_ids[0] && p["order"] == "after"),
+        "the first LB is listed after ours: {status:#}"
+    );
+    world.kubectl_through_hub(&node, &pod, "before the LB was replaced");
+
+    // The CNI agent stops: its links close and its programs leave the root.
+    let runs = status["self_check"]["runs"].as_u64().unwrap_or(0);
+    drop(lb);
+    let status = world.wait_effective(&node, true, Some(runs), Duration::from_secs(5));
+    assert!(
+        chain_entries(&status, "lb_connect4").is_empty()
+            && chain_entries(&status, "lb_getpeername4").is_empty(),
+        "the detached LB is no longer listed: {status:#}"
+    );
+
+    // It comes back with freshly loaded programs, attached anew at the root
+    // and first there (as a restarted agent may), with another backend.
+    let runs = status["self_check"]["runs"].as_u64().unwrap_or(0);
+    let lb = SocketLb::attach(
+        world.root.path(),
+        v4(VIP),
+        v4(BACKEND_AFTER_UPGRADE),
+        Order::First,
+    );
+    let new_ids = lb.program_ids();
+    assert!(
+        new_ids.iter().all(|id| !old_ids.contains(id)),
+        "new programs: {old_ids:?} -> {new_ids:?}"
+    );
+    assert_eq!(
+        world
+            .pod_probe(&system, VIP)
+            .expect("the new LB's backend answers")
+            .banner,
+        "backend-upgraded",
+        "the new LB is live at the root"
+    );
+    let status = world.wait_effective(&node, true, Some(runs), Duration::from_secs(5));
+    let root = path_str(world.root.path());
+    for (name, hook, id) in [
+        ("lb_connect4", "connect4", new_ids[0]),
+        ("lb_getpeername4", "getpeername4", new_ids[1]),
+    ] {
+        let entries = chain_entries(&status, name);
+        assert!(
+            entries.iter().any(|p| p["id"] == id
+                && p["hook"] == hook
+                && p["attached_to"] == root
+                && p["order"] == "after"),
+            "the new {name} (id {id}) is listed at the root, after ours: {status:#}"
+        );
+        assert!(
+            entries.iter().all(|p| p["id"]
+                .as_u64()
+                .is_some_and(|i| !old_ids.contains(&(i as u32)))),
+            "the old {name} is gone from the listing: {status:#}"
+        );
+    }
+    assert_eq!(status["connect_programs_before_ours"], 0, "{status:#}");
+    assert!(
+        status["self_check"]["probes"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()
+                && p.iter()
+                    .all(|p| p["landed_on_hub"] == true && p["reached"] == "169.254.2.1:10268")),
+        "{status:#}"
+    );
+    let metrics = hub_get(&world.net, node.hub_server, "/metrics");
+    assert!(
+        metrics.contains("node_yurthub_redirect_effective 1"),
+        "{metrics}"
+    );
+    world.kubectl_through_hub(&node, &pod, "after the LB was attached anew");
+    drop(lb);
+}
+
+/// The redirect's grace period: programs redirect while the last heartbeat
+/// is at most this old.
+const GRACE: Duration = Duration::from_secs(2);
+/// What measuring adds to it: one probe interval and the probe's own time.
+const MEASURING: Duration = Duration::from_millis(300);
+
+#[test]
+fn fail_open_holds_next_to_a_socket_lb_when_the_hub_crashes() {
+    let mut world = World::new();
+    let pod = world.pods("pod-f");
+    let lb = SocketLb::attach(world.root.path(), v4(VIP), v4(BACKEND), Order::Last);
+    // The real binary, without --keep-redirect-on-exit: a crash runs no
+    // cleanup either way, and leaves the pinned links attached.
+    let mut node = world.start_hub_process(&[]);
+    world.wait_effective(&node, true, None, Duration::from_secs(45));
+    world.kubectl_through_hub(&node, &pod, "before the crash");
+
+    let killed = Instant::now();
+    let exit = node.kill();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&exit),
+        Some(libc::SIGKILL),
+        "the hub died of SIGKILL: {exit:?}"
+    );
+    // One process in the pod probes the VIP every 20 ms until the LB's
+    // backend answers (no fork per attempt, so the timing is the kernel's).
+    let offset = killed.elapsed();
+    let out = run_in_child(
+        Some(&pod),
+        Some(&world.net.path(Side::Pod)),
+        Duration::from_secs(20),
+        || {
+            let start = Instant::now();
+            let vip: SocketAddr = VIP.parse().expect("addr");
+            let mut misses = Vec::new();
+            while start.elapsed() < Duration::from_secs(5) {
+                match probe(vip) {
+                    Ok(p) if p.banner == "backend" => {
+                        return format!(
+                            "OK {} {} {:?}",
+                            start.elapsed().as_millis(),
+                            p.encode(),
+                            misses
+                        );
+                    }
+                    Ok(p) => misses.push(p.banner),
+                    Err(e) => misses.push(e),
+                }
+                misses.dedup();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            format!("NEVER {misses:?}")
+        },
+    );
+    let mut fields = out.splitn(5, ' ');
+    assert_eq!(
+        fields.next(),
+        Some("OK"),
+        "the pod never reached the LB's backend after the crash: {out}\n{}",
+        node.log()
+    );
+    let ms: u64 = fields
+        .next()
+        .and_then(|m| m.parse().ok())
+        .expect("elapsed ms");
+    let reached = Probe::decode(&format!(
+        "{} {}",
+        fields.next().unwrap_or_default(),
+        fields.next().unwrap_or_default()
+    ));
+    let misses = fields.next().unwrap_or_default();
+    let took = offset + Duration::from_millis(ms);
+    assert!(
+        took <= GRACE + MEASURING,
+        "fail-open took {took:?} after the kill, more than the {GRACE:?} grace period \
+         (before: {misses})"
+    );
+    assert_eq!(
+        reached.peer,
+        VIP.parse::<SocketAddr>().expect("addr"),
+        "getpeername() shows what the pod dialed, as the LB reports it"
+    );
+
+    // It failed open because the heartbeat went stale, not because the
+    // programs went away: they and their pins are still there.
+    let ours = sandbox::attached_programs(&world.kubepods());
+    assert_eq!(
+        ours.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        [
+            "yh_connect4",
+            "yh_connect6",
+            "yh_getpeername4",
+            "yh_getpeername6"
+        ],
+        "the crashed hub's programs stay attached to the pods' cgroup"
+    );
+    assert_eq!(
+        std::fs::read_dir(world.pins.path().join("links"))
+            .expect("the crashed hub's pinned links")
+            .count(),
+        4
+    );
+    eprintln!("fail-open after the kill: {took:?} (before it: {misses})");
     drop(lb);
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{NetSandbox, Side};
 use crate::apiserver::{ApiServer, User};
-use crate::hub::{Hub, HubFiles, NODE};
+use crate::hub::{Hub, HubFiles, HubProcess, NODE, free_port};
 use crate::pki::TestPki;
 
 /// The `kubernetes` Service VIP the pods dial.
@@ -22,20 +22,65 @@ pub const VIP: &str = "10.96.0.1:443";
 pub const POD_TOKEN: &str = "pod-sa-token-0123456789";
 
 /// The double and the hub, running on a runtime whose threads live in the
-/// sandbox's node namespace (sockets and netlink calls happen there).
+/// sandbox's node namespace (sockets and netlink calls happen there). The
+/// hub runs either on that runtime ([`NodeSide::start`]) or as the real
+/// binary in the node namespace ([`NodeSide::start_process`]), which a test
+/// can kill outright ([`NodeSide::kill`]) to model a crash.
 pub struct NodeSide {
     pub api: Arc<ApiServer>,
     pub hub_server: SocketAddr,
     pub proxy: SocketAddr,
     pub pki: Arc<TestPki>,
     runtime: tokio::runtime::Handle,
+    process: Option<HubProcess>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _files: Arc<HubFiles>,
 }
 
+/// Where the hub runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    InProcess,
+    Process,
+}
+
+/// What the node thread reports once the double (and an in-process hub) run.
+struct Started {
+    api: Arc<ApiServer>,
+    pki: Arc<TestPki>,
+    files: Arc<HubFiles>,
+    /// The hub's flags (for a process hub).
+    args: Vec<String>,
+    /// The in-process hub's listeners.
+    listeners: Option<(SocketAddr, SocketAddr)>,
+    /// The node side's runtime (the double lives on it).
+    runtime: tokio::runtime::Handle,
+}
+
 impl NodeSide {
     pub fn start(sandbox: &NetSandbox, cgroup: &Path, pin_dir: &str, extra: &[&str]) -> NodeSide {
+        Self::launch(sandbox, cgroup, pin_dir, extra, Run::InProcess)
+    }
+
+    /// The same with the hub as the real binary, a child process in the node
+    /// namespace (and the test process's cgroup, as the in-process hub).
+    pub fn start_process(
+        sandbox: &NetSandbox,
+        cgroup: &Path,
+        pin_dir: &str,
+        extra: &[&str],
+    ) -> NodeSide {
+        Self::launch(sandbox, cgroup, pin_dir, extra, Run::Process)
+    }
+
+    fn launch(
+        sandbox: &NetSandbox,
+        cgroup: &Path,
+        pin_dir: &str,
+        extra: &[&str],
+        run: Run,
+    ) -> NodeSide {
         let ns = std::fs::File::open(sandbox.path(Side::Node)).expect("open node netns");
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -69,25 +114,89 @@ impl NodeSide {
                 // Replace the development defaults with the redirect's.
                 args.retain(|a| !a.starts_with("--hub-address") && !a.starts_with("--redirect-mode") && !a.starts_with("--proxy-secure-port"));
                 args.extend(args_extra);
-                let hub = Hub::start(&args).await;
-                let handle = tokio::runtime::Handle::current();
-                tx.send((api.clone(), hub.hub_server, hub.proxy, pki.clone(), files.clone(), handle)).expect("report");
-                let _ = stop_rx.await;
-                hub.stop().await;
+                let started = |args, listeners| Started { api: api.clone(), pki: pki.clone(), files: files.clone(), args, listeners, runtime: tokio::runtime::Handle::current() };
+                match run {
+                    Run::InProcess => {
+                        let hub = Hub::start(&args).await;
+                        tx.send(started(Vec::new(), Some((hub.hub_server, hub.proxy)))).expect("report");
+                        let _ = stop_rx.await;
+                        hub.stop().await;
+                    }
+                    Run::Process => {
+                        // A fixed proxy port (free in this namespace), so
+                        // the caller knows it without asking the process.
+                        args.retain(|a| !a.starts_with("--proxy-port"));
+                        args.push(format!("--proxy-port={}", free_port()));
+                        tx.send(started(args, None)).expect("report");
+                        let _ = stop_rx.await;
+                    }
+                }
             });
         });
-        let (api, hub_server, proxy, pki, files, runtime) = rx
+        let started = rx
             .recv_timeout(Duration::from_secs(30))
-            .expect("hub starts in the node namespace");
-        NodeSide {
-            api,
+            .expect("the node side starts in the node namespace");
+        let (process, (hub_server, proxy)) = match started.listeners {
+            Some(listeners) => (None, listeners),
+            None => {
+                let port = |flag: &str| -> u16 {
+                    started
+                        .args
+                        .iter()
+                        .find_map(|a| a.strip_prefix(flag))
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or_else(|| panic!("{flag}<port> in the hub's flags"))
+                };
+                let loopback = |p| SocketAddr::from(([127, 0, 0, 1], p));
+                let listeners = (
+                    loopback(port("--serve-port=")),
+                    loopback(port("--proxy-port=")),
+                );
+                let hub = HubProcess::spawn_in_netns(&started.args, &sandbox.path(Side::Node));
+                (Some(hub), listeners)
+            }
+        };
+        let mut node = NodeSide {
+            api: started.api,
             hub_server,
             proxy,
-            pki,
-            runtime,
+            pki: started.pki,
+            runtime: started.runtime,
+            process,
             stop: Some(stop_tx),
             thread: Some(thread),
-            _files: files,
+            _files: started.files,
+        };
+        if node.process.is_some() {
+            node.wait_for_process_hub(sandbox);
+        }
+        node
+    }
+
+    /// Waits (bounded) until the process hub's `/v1/redirect` answers.
+    fn wait_for_process_hub(&mut self, sandbox: &NetSandbox) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if try_hub_get(sandbox, self.hub_server, "/v1/redirect", "test/1").is_ok() {
+                return;
+            }
+            let exited = self
+                .process
+                .as_mut()
+                .and_then(|p| p.child.try_wait().ok().flatten());
+            let log = || {
+                self.process
+                    .as_ref()
+                    .map(HubProcess::log)
+                    .unwrap_or_default()
+            };
+            assert!(exited.is_none(), "the hub exited ({exited:?}): {}", log());
+            assert!(
+                Instant::now() < deadline,
+                "the hub's server did not answer within 30 s: {}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -112,7 +221,38 @@ impl NodeSide {
         );
     }
 
+    /// A crash: SIGKILLs the process hub (no shutdown, no cleanup; the
+    /// kernel closes its descriptors, its pins stay) and reaps it. Returns
+    /// when it is gone.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        let hub = self
+            .process
+            .as_mut()
+            .expect("kill() needs a hub started with start_process()");
+        hub.signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5))
+    }
+
+    /// What the process hub printed so far (empty for an in-process hub).
+    pub fn log(&self) -> String {
+        self.process
+            .as_ref()
+            .map(HubProcess::log)
+            .unwrap_or_default()
+    }
+
+    /// Stops the hub (SIGTERM for a process hub, which is killed if it does
+    /// not exit within 15 s) and the double. Never panics on the hub's
+    /// account: it also runs from `Drop` while a failed test unwinds.
     pub fn stop(&mut self) {
+        if let Some(mut hub) = self.process.take() {
+            let pid = nix::unistd::Pid::from_raw(hub.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while hub.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Dropping it kills and reaps whatever is left.
+        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -135,22 +275,31 @@ pub fn hub_get(sandbox: &NetSandbox, addr: SocketAddr, path: &str) -> String {
 
 /// The same with a User-Agent (the component filters and the cache key on).
 pub fn hub_get_as(sandbox: &NetSandbox, addr: SocketAddr, path: &str, ua: &str) -> String {
+    try_hub_get(sandbox, addr, path, ua).unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// The same, with failures returned (a hub that is not up yet, or gone).
+pub fn try_hub_get(
+    sandbox: &NetSandbox,
+    addr: SocketAddr,
+    path: &str,
+    ua: &str,
+) -> std::io::Result<String> {
     let (path, ua) = (path.to_string(), ua.to_string());
     sandbox.in_thread(Side::Node, move || {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .expect("connect hub server");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: {ua}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
+        )?;
         let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out.split_once("\r\n\r\n")
+        s.read_to_string(&mut out)?;
+        Ok(out
+            .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_string())
-            .unwrap_or_default()
+            .unwrap_or_default())
     })
 }
 
