@@ -432,7 +432,11 @@ impl App {
         }
         // After the initial probe, so the first lists can reach the cloud.
         sync.spawn(synced.clone(), shutdown.clone());
-        synced.first_round(cfg.heartbeat.timeout * 3).await;
+        // The first round can only finish with the cloud reachable; offline
+        // (a reboot with the cloud gone) the cache answers at once instead.
+        if lb.any_healthy() {
+            synced.first_round(cfg.heartbeat.timeout * 3).await;
+        }
         if let Some(c) = &cache {
             crate::cache::gc::Gc {
                 cache: c.clone(),
