@@ -439,3 +439,71 @@ async fn a_403_from_the_cloud_is_remembered_as_a_403() {
     assert!(!r.text().contains("\"k\""), "{}", r.text());
     h.stop().await;
 }
+
+/// A list as kubectl asks for it (a Table first), on the pod-facing listener.
+async fn kubectl_table(pki: &TestPki, secure: SocketAddr, path: &str, token: &str) -> Reply {
+    const TABLE_FIRST: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,\
+        application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+    let req = Request::get(format!(
+        "https://kubernetes.default.svc:{}{path}",
+        secure.port()
+    ))
+    .header(
+        "user-agent",
+        "kubectl/v1.34.0 (linux/amd64) kubernetes/abcdef",
+    )
+    .header("accept", TABLE_FIRST)
+    .header("authorization", format!("Bearer {token}"))
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    hub::tls_send(secure, "kubernetes.default.svc", pki.ca_pem(), None, req)
+        .await
+        .expect("TLS to the pod-facing listener")
+}
+
+/// kubectl's default output is a Table, which holds rows, not objects: the
+/// cloud's Table for an identity's list is kept whole, and offline that
+/// identity's same request is answered with it while anyone else is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_tables_are_answered_offline_only_to_the_identity_that_listed_them() {
+    let e = env().await;
+    let args = e.files.args(&[e.api.url()], &["--pool-scope-resources="]);
+    let h = Hub::start(&args).await;
+    let cms = "/api/v1/namespaces/app/configmaps?limit=500";
+    let online = kubectl_table(&e.pki, h.secure, cms, CORE_DNS_TOKEN).await;
+    assert_eq!(online.status, StatusCode::OK, "{}", online.text());
+    assert_eq!(online.json()["kind"], "Table", "{}", online.text());
+    assert!(online.text().contains("settings"), "{}", online.text());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    e.api.shutdown().await;
+    wait_offline(&e.c, &h.hub_url(), &e.api.url()).await;
+
+    let offline = kubectl_table(&e.pki, h.secure, cms, CORE_DNS_TOKEN).await;
+    assert_eq!(offline.status, StatusCode::OK, "{}", offline.text());
+    assert_eq!(offline.json()["kind"], "Table");
+    assert_eq!(
+        offline.json()["rows"],
+        online.json()["rows"],
+        "the cloud's rows, as they were"
+    );
+    // A scope this identity never listed as a Table or as objects.
+    let wider = kubectl_table(
+        &e.pki,
+        h.secure,
+        "/api/v1/configmaps?limit=500",
+        CORE_DNS_TOKEN,
+    )
+    .await;
+    assert_eq!(wider.status, StatusCode::FORBIDDEN, "{}", wider.text());
+    assert!(!wider.text().contains("settings"));
+    // A token the cloud never accepted gets nothing.
+    let stranger = kubectl_table(&e.pki, h.secure, cms, "never-seen-token-0123456789").await;
+    assert_eq!(
+        stranger.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        stranger.text()
+    );
+    assert!(!stranger.text().contains("settings"));
+    h.stop().await;
+}

@@ -149,6 +149,31 @@ fn space_of_media(media: &str) -> Option<Space> {
     }
 }
 
+/// The Table representation a media type names (kubectl's default output),
+/// normalized as `application/json;as=Table;v=v1;g=meta.k8s.io`; None for
+/// anything else. A Table holds rows, not objects, so it is kept whole.
+pub fn table_variant(media: &str) -> Option<String> {
+    let mut parts = media.split(';').map(str::trim);
+    let mime = parts.next()?.to_ascii_lowercase();
+    let (mut as_, mut v, mut g) = ("", "", "");
+    for (k, val) in parts.filter_map(|p| p.split_once('=')) {
+        match k.trim() {
+            "as" => as_ = val.trim(),
+            "v" => v = val.trim(),
+            "g" => g = val.trim(),
+            _ => {}
+        }
+    }
+    (as_ == "Table").then(|| format!("{mime};as=Table;v={v};g={g}"))
+}
+
+/// Where the Table answer to one list request is kept: the scope (so the
+/// identity and component that asked), the page size and the
+/// representation. Only first pages are kept.
+pub fn table_document_key(scope: &ScopeKey, limit: Option<u64>, variant: &str) -> String {
+    format!("table:{scope} limit={} {variant}", limit.unwrap_or(0))
+}
+
 /// The request's first Accept clause asks for PartialObjectMetadata(List).
 pub fn accept_wants_metadata(headers: &HeaderMap) -> bool {
     let accept = headers
@@ -185,6 +210,19 @@ pub fn is_builtin(gvr: &Gvr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_variants_are_normalized_and_nothing_else_is_one() {
+        assert_eq!(
+            table_variant("application/json; as=Table; g=meta.k8s.io; v=v1").as_deref(),
+            Some("application/json;as=Table;v=v1;g=meta.k8s.io")
+        );
+        assert_eq!(table_variant("application/json"), None);
+        assert_eq!(
+            table_variant("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"),
+            None
+        );
+    }
 
     #[test]
     fn spaces_from_media_types() {

@@ -188,13 +188,7 @@ impl Local {
         }
         for key in candidates {
             match self.cache.store().document(&key) {
-                Ok(Some(doc)) => {
-                    let mut r = Response::new(full_body(doc.body));
-                    if let Ok(v) = HeaderValue::from_str(&doc.content_type) {
-                        r.headers_mut().insert(header::CONTENT_TYPE, v);
-                    }
-                    return r;
-                }
+                Ok(Some(doc)) => return document_response(doc),
                 Ok(None) => {}
                 Err(e) => return internal(format!("reading cached {path}: {e}")),
             }
@@ -244,6 +238,9 @@ impl Local {
             Err(e) => return status::bad_request(e),
         };
         let ns = (!info.namespace.is_empty()).then_some(info.namespace.as_str());
+        if let Some(table) = self.cached_table(req, &selectors, ns) {
+            return table;
+        }
         let wants_meta = keys::accept_wants_metadata(req.headers);
         let spaces: &[Space] = if wants_meta {
             &[Space::PartialObjectMetadata, Space::Full]
@@ -322,6 +319,32 @@ impl Local {
             listing.items,
         );
         answer_list(req.headers, &api_version, &kind, &rv, &items)
+    }
+
+    /// The Table the cloud answered to this scope's same first-page request
+    /// (the owner in the scope makes it this identity's), for an Accept
+    /// that prefers a Table. Otherwise the list is answered as objects,
+    /// which kubectl prints itself.
+    fn cached_table(
+        &self,
+        req: &LocalRequest<'_>,
+        selectors: &Selectors,
+        ns: Option<&str>,
+    ) -> Option<Response<Body>> {
+        let q = &req.info.query;
+        if q.continue_token.as_deref().is_some_and(|c| !c.is_empty()) {
+            return None;
+        }
+        let scope = selectors.scope(&keys::resource_key(req.info, Space::Full), ns);
+        let accept = header_str(req.headers, header::ACCEPT);
+        for clause in accept.split(',') {
+            let variant = keys::table_variant(clause)?;
+            let key = keys::table_document_key(&scope, q.limit.filter(|l| *l > 0), &variant);
+            if let Ok(Some(doc)) = self.cache.store().document(&key) {
+                return Some(document_response(doc));
+            }
+        }
+        None
     }
 
     fn empty_list(&self, req: &LocalRequest<'_>, resource: &ResourceKey) -> Response<Body> {
@@ -545,6 +568,14 @@ fn describe(info: &RequestInfo) -> String {
         },
         info.component
     )
+}
+
+fn document_response(doc: crate::storage::Document) -> Response<Body> {
+    let mut r = Response::new(full_body(doc.body));
+    if let Ok(v) = HeaderValue::from_str(&doc.content_type) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
 }
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> &str {

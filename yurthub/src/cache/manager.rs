@@ -293,24 +293,30 @@ impl CacheManager {
             .to_owned();
         if let Plan::Document { path } = &plan {
             let key = document_key(path, &ct);
-            let hint = http_body::Body::size_hint(&body).exact();
-            let (tee, rx) = Tee::new(body);
-            let me = self.clone();
-            tokio::spawn(async move {
-                if let Some((bytes, held)) = collect(rx, &me.inner.budget, hint).await {
-                    let r = me.inner.store.put_document(&key, &ct, bytes).await;
-                    me.record_write(format!("document {key}"), r.map_err(|e| e.to_string()));
-                    drop(held);
-                }
-            });
-            return tee.boxed_unsync();
+            return self.tee_document(key, ct, body);
         }
         let Some(format) = codec::format_for_content_type(&ct) else {
             tracing::debug!(content_type = %ct, "response format not cacheable");
             return body;
         };
         let Some(space) = keys::response_space(headers) else {
-            return body; // Table and other transforms are never cached
+            // A Table (kubectl's default output) has rows, not objects: the
+            // first page is kept whole for this scope's same request. Other
+            // transforms are never cached.
+            if let Plan::List {
+                resource,
+                namespace,
+                selectors,
+                limit,
+                continue_token: None,
+            } = &plan
+                && let Some(variant) = keys::table_variant(&ct)
+            {
+                let scope = selectors.scope(resource, namespace.as_deref());
+                let key = keys::table_document_key(&scope, *limit, &variant);
+                return self.tee_document(key, ct, body);
+            }
+            return body;
         };
         let plan = with_space(plan, space);
         let hint = http_body::Body::size_hint(&body).exact();
@@ -331,6 +337,25 @@ impl CacheManager {
                         me.write_response(other, format, bytes, held).await
                     }
                 }
+            }
+        });
+        tee.boxed_unsync()
+    }
+
+    /// Tees a response kept whole under `key` (discovery, a Table).
+    fn tee_document(&self, key: String, content_type: String, body: Body) -> Body {
+        let hint = http_body::Body::size_hint(&body).exact();
+        let (tee, rx) = Tee::new(body);
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Some((bytes, held)) = collect(rx, &me.inner.budget, hint).await {
+                let r = me
+                    .inner
+                    .store
+                    .put_document(&key, &content_type, bytes)
+                    .await;
+                me.record_write(format!("document {key}"), r.map_err(|e| e.to_string()));
+                drop(held);
             }
         });
         tee.boxed_unsync()
