@@ -56,6 +56,10 @@ pub struct Args {
     /// Skip the eBPF sandbox part even when running as root.
     #[arg(long)]
     pub no_sandbox: bool,
+    /// Keep the demo's directory (logs, caches, certificates) for reading
+    /// afterwards; processes are stopped either way.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 const NODE: &str = "demo-node";
@@ -102,6 +106,7 @@ pub fn run(args: &Args) -> Result<()> {
         signals,
         procs: Vec::new(),
         hub_args: Vec::new(),
+        keep: args.keep,
     };
     let result = demo.run(args);
     demo.cleanup();
@@ -173,6 +178,7 @@ struct Proc {
 
 struct Demo {
     dir: PathBuf,
+    keep: bool,
     bin_dir: PathBuf,
     signals: Signals,
     procs: Vec<Proc>,
@@ -329,7 +335,9 @@ impl Demo {
                 println!("(the hub has not listed kubectl as a cache agent yet: {e:#})");
             }
         }
+        // Lists made as a cache agent are what it gets back offline.
         self.kubectl(&kubeconfig, &["get", "pods"])?;
+        self.kubectl(&kubeconfig, &["get", "nodes"])?;
 
         step("kubelet's own reads through the hub (what it needs after a reboot)");
         for (what, path) in kubelet_reads() {
@@ -664,7 +672,9 @@ impl Demo {
             };
             println!("stopped {} ({status})", p.name);
         }
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
+        if self.keep {
+            println!("kept {} (--keep)", self.dir.display());
+        } else if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("could not remove {}: {e}", self.dir.display());
         } else {
             println!("removed {}", self.dir.display());
