@@ -166,21 +166,24 @@ pub struct HubProcess {
     log: tempfile::NamedTempFile,
 }
 
-/// The `yurthub-under-test` binary cargo builds next to this package's
-/// integration tests (target/<profile>/, the parent of deps/).
+/// The `yurthub-under-test` binary cargo builds in target/<profile>/: next
+/// to a bench binary, or in the parent of deps/ for integration tests.
 pub fn hub_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
+    let here = exe.parent().expect("the executable has a directory");
+    let candidates = [Some(here), here.parent()];
+    let found = candidates
+        .iter()
+        .flatten()
         .map(|dir| dir.join("yurthub-under-test"))
-        .expect("test binary lives in target/<profile>/deps");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with cargo test -p yurthub-e2e",
-        bin.display()
-    );
-    bin
+        .find(|bin| bin.exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "yurthub-under-test is missing next to {} or its parent: run the tests with \
+             cargo test -p yurthub-e2e, or the benches with cargo xtask bench",
+            exe.display()
+        )
+    })
 }
 
 impl HubProcess {

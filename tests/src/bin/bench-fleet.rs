@@ -31,7 +31,7 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use serde_json::json;
 use yurthub_e2e::apiserver::{ApiServer, RecordedRequest};
-use yurthub_e2e::hub::{HubFiles, HubProcess, free_port, plain_client};
+use yurthub_e2e::hub::{HubFiles, HubProcess, plain_client};
 use yurthub_e2e::pki::TestPki;
 
 #[derive(Parser)]
@@ -174,14 +174,34 @@ struct Fleet {
     hub_urls: Vec<String>,
 }
 
+/// Hub server ports come from below the kernel's ephemeral range (32768+ by
+/// default): a port picked there and released can be taken by one of the
+/// fleet's own outgoing connections before its hub binds it.
+const FIRST_SERVE_PORT: u16 = 20000;
+
+/// The next port from `from` that binds on loopback now.
+fn fixed_port(from: &mut u16) -> u16 {
+    loop {
+        let p = *from;
+        *from += 1;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+        assert!(
+            *from < 32000,
+            "no free loopback port below the ephemeral range"
+        );
+    }
+}
+
 fn hub_args(
+    serve: u16,
     files: &HubFiles,
     root: &Path,
     node: &str,
     client_pem: &Path,
     server: &str,
 ) -> (Vec<String>, String) {
-    let serve = free_port();
     let a = vec![
         "yurthub".to_string(),
         format!("--node-name={node}"),
@@ -267,6 +287,7 @@ async fn main() -> Result<()> {
         hub_urls: Vec::new(),
     };
     let started = Instant::now();
+    let mut next_port = FIRST_SERVE_PORT;
     for i in 0..n {
         let node = format!("fleet-{i:04}");
         api.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
@@ -278,15 +299,25 @@ async fn main() -> Result<()> {
         std::fs::create_dir_all(&root)?;
         let pem = root.join("client.pem");
         std::fs::write(&pem, format!("{cert}{key}"))?;
-        let (a, url) = hub_args(&files, &root, &node, &pem, &server);
+        let (a, url) = hub_args(
+            fixed_port(&mut next_port),
+            &files,
+            &root,
+            &node,
+            &pem,
+            &server,
+        );
         fleet.procs.push(HubProcess::spawn(&a));
         fleet.hub_urls.push(url);
     }
     let c = plain_client();
     let deadline = Instant::now() + Duration::from_secs(120 + n as u64);
-    for url in &fleet.hub_urls {
+    for (url, p) in fleet.hub_urls.iter().zip(fleet.procs.iter_mut()) {
         while !ready(&c, url).await {
-            anyhow::ensure!(Instant::now() < deadline, "{url} not ready");
+            if let Ok(Some(status)) = p.child.try_wait() {
+                anyhow::bail!("the hub at {url} exited ({status}):\n{}", p.log());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{url} not ready:\n{}", p.log());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -434,6 +465,13 @@ async fn main() -> Result<()> {
         (wire.load(Ordering::Relaxed) - b0) as f64 / 1048576.0,
         (wire.load(Ordering::Relaxed) - b0) as f64 / 1048576.0 / n as f64
     );
+    let mut by: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &burst_requests {
+        *by.entry(classify(r)).or_default() += 1;
+    }
+    for (class, count) in &by {
+        println!("  {class:<32} {count:>6} total");
+    }
     println!(
         "  double+relay+bench CPU: {:.1} % of a core",
         (cpu_self() - cpu0).as_secs_f64() / burst.as_secs_f64() * 100.0
