@@ -44,16 +44,12 @@ fn in_cluster_kubectl_in_a_pod_reaches_the_apiserver_through_the_hub() {
         },
     );
 
-    let out = kubectl_in_pod(
-        &sandbox,
-        cgroup.path(),
-        node.pki.ca_pem(),
-        &["get", "pods", "-o", "name"],
-    );
-    assert!(
-        out.starts_with("exit=0") && out.contains("pod/seen-through-the-vip"),
-        "{out}"
-    );
+    let ca = node.pki.ca_pem().to_owned();
+    let pod_kubectl = |args: &[&str]| kubectl_in_pod(&sandbox, cgroup.path(), &ca, args);
+    let lists_its_pod =
+        |out: &str| out.starts_with("exit=0") && out.contains("pod/seen-through-the-vip");
+    let out = pod_kubectl(&["get", "pods", "-o", "name"]);
+    assert!(lists_its_pod(&out), "{out}");
 
     // The request reached the apiserver with the pod's own token, via the hub.
     let seen = node.api.requests();
@@ -104,22 +100,12 @@ fn in_cluster_kubectl_in_a_pod_reaches_the_apiserver_through_the_hub() {
     // service account listed online, and nothing more: secrets were never
     // listed with its token, so the hub refuses rather than guess.
     node.cut_cloud(&sandbox);
-    let out = kubectl_in_pod(
-        &sandbox,
-        cgroup.path(),
-        node.pki.ca_pem(),
-        &["get", "pods", "-o", "name"],
-    );
+    let out = pod_kubectl(&["get", "pods", "-o", "name"]);
     assert!(
-        out.starts_with("exit=0") && out.contains("pod/seen-through-the-vip"),
+        lists_its_pod(&out),
         "offline, the pod's own list is answered from its cache scope: {out}"
     );
-    let out = kubectl_in_pod(
-        &sandbox,
-        cgroup.path(),
-        node.pki.ca_pem(),
-        &["get", "secrets", "-o", "name"],
-    );
+    let out = pod_kubectl(&["get", "secrets", "-o", "name"]);
     assert!(
         !out.starts_with("exit=0") && out.contains("Forbidden"),
         "offline, what the pod's account never listed online is forbidden: {out}"
