@@ -1,7 +1,8 @@
 //! What the caching path costs, through the public surface: a kubelet GET
 //! whose object has the resourceVersion already cached writes nothing to
 //! the store (counted in `node_yurthub_cache_unchanged_writes`), while a
-//! GET of a changed object is written.
+//! GET of a changed object is written; the same watch event on several
+//! watches of one scope is written once.
 
 mod cache_support;
 
@@ -86,6 +87,72 @@ async fn a_get_of_the_cached_resource_version_writes_nothing() {
         },
     )
     .await;
+    hub.stop().await;
+    api.shutdown().await;
+}
+
+/// A kubelet watch of this node's pods, drained in the background.
+async fn drained_watch(c: &PlainClient, proxy: &str) -> tokio::task::JoinHandle<()> {
+    let url = format!("{proxy}/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3D{NODE}");
+    let req = http::Request::get(&url)
+        .header("user-agent", KUBELET)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+        .await
+        .expect("watch opens")
+        .expect("watch");
+    assert_eq!(resp.status(), StatusCode::OK);
+    tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        let mut b = resp.into_body();
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(20), b.frame()).await {
+        }
+    })
+}
+
+/// Several watches of one scope (the same component and identity) see the
+/// same events: each event is written once, the other copies are counted
+/// as unchanged writes, and every object is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_on_several_watches_of_one_scope_is_written_once() {
+    let pki = Arc::new(TestPki::new().expect("pki"));
+    let api = double(&pki).await;
+    let files = HubFiles::new(&pki);
+    let hub = Hub::start(&files.args(&[api.url()], &["--pool-scope-resources="])).await;
+    let c = plain_client();
+    let hub_url = hub.hub_url();
+    api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}))
+        .unwrap();
+    const WATCHERS: usize = 4;
+    const PODS: usize = 40;
+    let mut drains = Vec::new();
+    for _ in 0..WATCHERS {
+        drains.push(drained_watch(&c, &hub.proxy_url()).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let unchanged = metric(&c, &hub_url, "node_yurthub_cache_unchanged_writes").await;
+    for i in 0..PODS {
+        api.create(pod("a", &format!("w{i:03}"), NODE, "x"))
+            .unwrap();
+    }
+    wait_objects(&c, &hub_url, PODS as u64).await;
+    eventually(
+        Duration::from_secs(10),
+        "the other watches' copies counted as unchanged",
+        || {
+            let c = c.clone();
+            let hub_url = hub_url.clone();
+            async move {
+                metric(&c, &hub_url, "node_yurthub_cache_unchanged_writes").await
+                    >= unchanged + ((WATCHERS - 1) * PODS) as f64
+            }
+        },
+    )
+    .await;
+    for d in drains {
+        d.abort();
+    }
     hub.stop().await;
     api.shutdown().await;
 }

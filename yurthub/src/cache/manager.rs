@@ -117,7 +117,15 @@ struct Inner {
     /// Object writes skipped because the store already holds that
     /// resourceVersion in that format.
     unchanged: std::sync::atomic::AtomicU64,
+    /// Watch events submitted per object (error key → format and
+    /// resourceVersion), so the same event arriving on several watches of
+    /// one scope (clients sharing a token, a component's parallel
+    /// watchers) is written once. Bounded: cleared when full.
+    submitted: Mutex<HashMap<String, String>>,
 }
+
+/// Objects whose last submitted watch event is remembered.
+const SUBMITTED_MAX: usize = 8192;
 
 type SharedStaging = Arc<tokio::sync::Mutex<Staging>>;
 
@@ -144,6 +152,7 @@ impl CacheManager {
                 recovered,
                 budget: CopyBudget::new(COPY_BUDGET_BYTES),
                 unchanged: std::sync::atomic::AtomicU64::new(0),
+                submitted: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -463,6 +472,26 @@ impl CacheManager {
         self.record_write(key, r);
     }
 
+    /// Whether this version of the object was submitted by another watch of
+    /// the same scope already, or is in the store (after a restart).
+    fn already_written(&self, resource: &ResourceKey, key: &str, o: &Object) -> bool {
+        if o.meta.resource_version.as_str().is_empty() {
+            return false;
+        }
+        let stamp = format!("{:?} {}", o.format, o.meta.resource_version);
+        {
+            let mut submitted = lock(&self.inner.submitted);
+            if submitted.get(key) == Some(&stamp) {
+                return true;
+            }
+            if submitted.len() >= SUBMITTED_MAX {
+                submitted.clear();
+            }
+            submitted.insert(key.to_owned(), stamp);
+        }
+        matches!(self.inner.store.holds_version(resource, o), Ok(true))
+    }
+
     /// Records the kind of a custom resource once per process.
     async fn note_kind(&self, resource: &ResourceKey, kind: &str) {
         if resource.space != Space::Full || kind.is_empty() || keys::is_builtin(&resource.gvr) {
@@ -711,6 +740,17 @@ impl CacheManager {
             }
             WatchEvent::Bookmark(_) => format!("watch {scope}"),
         };
+        if let WatchEvent::Added(o) | WatchEvent::Modified(o) = &event
+            && self.already_written(&scope.resource, &key, o)
+        {
+            self.inner
+                .unchanged
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return true;
+        }
+        if let WatchEvent::Deleted(_) = &event {
+            lock(&self.inner.submitted).remove(&key);
+        }
         match self
             .inner
             .store
@@ -728,6 +768,10 @@ impl CacheManager {
                         .await
                         .map(|_| ())
                         .map_err(|e| e.to_string());
+                    if r.is_err() {
+                        // Not written after all: the next copy must be.
+                        lock(&me.inner.submitted).remove(&key);
+                    }
                     me.record_write(key, r);
                 });
                 true
