@@ -775,12 +775,32 @@ async fn approver_denies_extra_names_and_other_nodes_with_an_event() {
             "{name} must not be signed"
         );
     }
-    let events = api.list("v1", "Event", Some("default"));
-    for name in ["extra-dns", "extra-ip", "other-node", "other-client"] {
-        assert!(
-            events.iter().any(|e| e["involvedObject"]["name"] == name
+    // The event is posted after the denial itself.
+    let denied_event = |events: &[serde_json::Value], name: &str| {
+        events.iter().any(|e| {
+            e["involvedObject"]["name"] == name
                 && e["reason"] == "CSRDenied"
-                && e["type"] == "Warning"),
+                && e["type"] == "Warning"
+        })
+    };
+    let names = ["extra-dns", "extra-ip", "other-node", "other-client"];
+    let all_posted = || {
+        let events = api.list("v1", "Event", Some("default"));
+        names.iter().all(|n| denied_event(&events, n))
+    };
+    eventually(
+        Duration::from_secs(10),
+        "a denial event for every denied CSR",
+        || {
+            let done = all_posted();
+            async move { done }
+        },
+    )
+    .await;
+    let events = api.list("v1", "Event", Some("default"));
+    for name in names {
+        assert!(
+            denied_event(&events, name),
             "no denial event for {name}: {events:?}"
         );
     }
