@@ -56,6 +56,9 @@ pub fn main() -> ExitCode {
     runtime.block_on(async move {
         let dumps = tokio_util::sync::CancellationToken::new();
         crate::dump::spawn_on_sigusr1(root_dir, dumps.clone());
+        // Registered before the listeners open: a SIGTERM while the hub is
+        // still starting (it already serves) must still shut it down cleanly.
+        let stop = shutdown_signal();
         let app = match crate::App::start(cfg).await {
             Ok(a) => a,
             Err(e) => {
@@ -63,29 +66,33 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        wait_for_signal().await;
+        stop.await;
         dumps.cancel();
         app.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
+/// Registers for SIGTERM and SIGINT now and returns the wait for either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            tracing::error!("cannot install signal handlers; waiting for ctrl-c");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    );
+    async move {
+        let (mut term, mut int) = match signals {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => {
+                tracing::error!("cannot install signal handlers; waiting for ctrl-c");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
     }
 }
 
@@ -259,7 +266,7 @@ fn approve_csrs(args: &crate::cli::ApproveCsrsArgs) -> ExitCode {
         let approver = approver::Approver::new(api, policy);
         tokio::select! {
             _ = approver.run(shutdown.clone()) => {}
-            _ = wait_for_signal() => shutdown.cancel(),
+            _ = shutdown_signal() => shutdown.cancel(),
         }
         ExitCode::SUCCESS
     })
