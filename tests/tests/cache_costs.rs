@@ -22,16 +22,41 @@ async fn metric(c: &PlainClient, hub_url: &str, name: &str) -> f64 {
     metric_value(&m, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_get_of_the_cached_resource_version_writes_nothing() {
+/// The double with namespace `a`, and a hub without the multiplexer.
+struct Env {
+    api: yurthub_e2e::apiserver::ApiServer,
+    _files: HubFiles,
+    hub: Hub,
+    c: PlainClient,
+    hub_url: String,
+}
+
+async fn env() -> Env {
     let pki = Arc::new(TestPki::new().expect("pki"));
     let api = double(&pki).await;
     let files = HubFiles::new(&pki);
     let hub = Hub::start(&files.args(&[api.url()], &["--pool-scope-resources="])).await;
-    let c = plain_client();
-    let hub_url = hub.hub_url();
     api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}))
         .unwrap();
+    let hub_url = hub.hub_url();
+    Env {
+        api,
+        _files: files,
+        hub,
+        c: plain_client(),
+        hub_url,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_of_the_cached_resource_version_writes_nothing() {
+    let Env {
+        api,
+        _files,
+        hub,
+        c,
+        hub_url,
+    } = env().await;
     api.create(pod("a", "p0", NODE, "x")).unwrap();
     let url = format!("{}/api/v1/namespaces/a/pods/p0", hub.proxy_url());
 
@@ -116,14 +141,13 @@ async fn drained_watch(c: &PlainClient, proxy: &str) -> tokio::task::JoinHandle<
 /// as unchanged writes, and every object is cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_on_several_watches_of_one_scope_is_written_once() {
-    let pki = Arc::new(TestPki::new().expect("pki"));
-    let api = double(&pki).await;
-    let files = HubFiles::new(&pki);
-    let hub = Hub::start(&files.args(&[api.url()], &["--pool-scope-resources="])).await;
-    let c = plain_client();
-    let hub_url = hub.hub_url();
-    api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}))
-        .unwrap();
+    let Env {
+        api,
+        _files,
+        hub,
+        c,
+        hub_url,
+    } = env().await;
     const WATCHERS: usize = 4;
     const PODS: usize = 40;
     let mut drains = Vec::new();
