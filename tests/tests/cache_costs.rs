@@ -22,6 +22,14 @@ async fn metric(c: &PlainClient, hub_url: &str, name: &str) -> f64 {
     metric_value(&m, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
+/// Waits (10 s at most) until `node_yurthub_cache_unchanged_writes` reaches `at_least`.
+async fn unchanged_reaches(c: &PlainClient, hub_url: &str, at_least: f64, what: &str) {
+    eventually(Duration::from_secs(10), what, || async {
+        metric(c, hub_url, "node_yurthub_cache_unchanged_writes").await >= at_least
+    })
+    .await;
+}
+
 /// The double with namespace `a`, and a hub without the multiplexer.
 struct Env {
     api: yurthub_e2e::apiserver::ApiServer,
@@ -76,17 +84,11 @@ async fn a_get_of_the_cached_resource_version_writes_nothing() {
         assert_eq!(again.status, StatusCode::OK);
         assert_eq!(again.body, first.body, "the same object is answered");
     }
-    eventually(
-        Duration::from_secs(5),
+    unchanged_reaches(
+        &c,
+        &hub_url,
+        unchanged + GETS as f64,
         "every unchanged write counted",
-        || {
-            let c = c.clone();
-            let hub_url = hub_url.clone();
-            async move {
-                metric(&c, &hub_url, "node_yurthub_cache_unchanged_writes").await
-                    >= unchanged + GETS as f64
-            }
-        },
     )
     .await;
     let written = metric(&c, &hub_url, "node_yurthub_cache_writes").await - writes;
@@ -161,17 +163,11 @@ async fn the_same_event_on_several_watches_of_one_scope_is_written_once() {
             .unwrap();
     }
     wait_objects(&c, &hub_url, PODS as u64).await;
-    eventually(
-        Duration::from_secs(10),
+    unchanged_reaches(
+        &c,
+        &hub_url,
+        unchanged + ((WATCHERS - 1) * PODS) as f64,
         "the other watches' copies counted as unchanged",
-        || {
-            let c = c.clone();
-            let hub_url = hub_url.clone();
-            async move {
-                metric(&c, &hub_url, "node_yurthub_cache_unchanged_writes").await
-                    >= unchanged + ((WATCHERS - 1) * PODS) as f64
-            }
-        },
     )
     .await;
     for d in drains {
