@@ -777,6 +777,8 @@ impl CacheManager {
                 true
             }
             Err(e) => {
+                // Never submitted: another watch's copy must still be written.
+                lock(&self.inner.submitted).remove(&key);
                 self.record_write(key, Err(e.to_string()));
                 false
             }
