@@ -108,3 +108,59 @@ pub fn leader_configmap(pool: &str, leaders: &[(&str, IpAddr)], election: bool) 
         "enable-leader-election": election.to_string(),
     }})
 }
+
+/// Opens a streaming GET (a watch) over TLS to `addr` with a client
+/// certificate, verifying the server as `server_name` against `ca_pem`: for
+/// taps on a leader's multiplexer listener or on the double itself. The
+/// body is left to the caller; the connection lives as long as it does.
+pub async fn tls_stream(
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    identity: (&str, &str),
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let chain = rustls_pemfile::certs(&mut identity.0.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = rustls_pemfile::private_key(&mut identity.1.as_bytes())
+        .map_err(|e| e.to_string())?
+        .ok_or("no key")?;
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        sender.send_request(req).await.map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
