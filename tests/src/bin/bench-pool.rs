@@ -87,6 +87,10 @@ async fn relay(target: SocketAddr) -> Result<(SocketAddr, Arc<AtomicU64>)> {
                 let Ok(mut server) = TcpStream::connect(target).await else {
                     return;
                 };
+                // As the hub and the double do: the relay is not to add
+                // Nagle's wait for a delayed ACK (40 ms) to a small write.
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 let (mut cr, mut cw) = client.split();
                 let (mut sr, mut sw) = server.split();
                 let up = tokio::io::copy(&mut cr, &mut sw);
