@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -355,6 +355,45 @@ pub async fn tls_send(
     client_identity: Option<(&str, &str)>,
     req: Request<Full<Bytes>>,
 ) -> Result<Reply, String> {
+    let fut = async {
+        let resp = open_tls(addr, server_name, ca_pem, client_identity, req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// As [`tls_send`], but only the answer's head is awaited: the body (a watch)
+/// is left to the caller, and the connection lives as long as it does.
+pub async fn tls_stream(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    client_identity: Option<(&str, &str)>,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<hyper::body::Incoming>, String> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        open_tls(addr, server_name, ca_pem, client_identity, req),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+}
+
+async fn open_tls(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    client_identity: Option<(&str, &str)>,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<hyper::body::Incoming>, String> {
     use std::sync::Arc;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
@@ -383,33 +422,42 @@ pub async fn tls_send(
         None => builder.with_no_client_auth(),
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let fut = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
-            .map_err(|e| e.to_string())?;
-        let tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
+    let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    // A watch's small frames must not wait for delayed ACKs (Nagle).
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| e.to_string())?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
+/// Reads a newline-delimited watch stream until it ends, calling `f` with
+/// each complete line and the instant the chunk that completed it arrived.
+pub async fn for_each_line(mut body: hyper::body::Incoming, mut f: impl FnMut(&[u8], Instant)) {
+    let mut buf = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let at = Instant::now();
+        buf.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
+            f(&buf[start..start + nl], at);
+            start += nl + 1;
+        }
+        buf.drain(..start);
+    }
 }
 
 /// A GET request with the given User-Agent and extra headers.

@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use yurthub_e2e::apiserver::ApiServer;
-use yurthub_e2e::hub::{HubFiles, NODE, free_port, get, get_request, metric_value, plain_client};
+use yurthub_e2e::hub::{
+    HubFiles, NODE, for_each_line, free_port, get, get_request, metric_value, plain_client,
+};
 use yurthub_e2e::pki::TestPki;
 
 const AS_HUB: &str = "BENCH_FANOUT_AS_HUB";
@@ -220,33 +221,24 @@ async fn run(args: &Args, multiplexer: bool) -> Result<Outcome> {
         };
         let created = created.clone();
         let tx = tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut body = resp.into_body();
-            let mut buf = Vec::new();
-            while let Some(Ok(frame)) = body.frame().await {
-                let Ok(data) = frame.into_data() else {
-                    continue;
+        tasks.push(tokio::spawn(for_each_line(
+            resp.into_body(),
+            move |line, at| {
+                let Ok(ev) = serde_json::from_slice::<Value>(line) else {
+                    return;
                 };
-                let at = Instant::now();
-                buf.extend_from_slice(&data);
-                while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=nl).collect();
-                    let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
-                        continue;
-                    };
-                    if ev["type"] != "ADDED" {
-                        continue;
-                    }
-                    let name = ev["object"]["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default();
-                    let start = created.lock().ok().and_then(|m| m.get(name).copied());
-                    if let Some(start) = start {
-                        let _ = tx.send(at.saturating_duration_since(start));
-                    }
+                if ev["type"] != "ADDED" {
+                    return;
                 }
-            }
-        }));
+                let name = ev["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default();
+                let start = created.lock().ok().and_then(|m| m.get(name).copied());
+                if let Some(start) = start {
+                    let _ = tx.send(at.saturating_duration_since(start));
+                }
+            },
+        )));
     }
     drop(tx);
     if !multiplexer

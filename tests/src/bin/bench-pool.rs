@@ -40,9 +40,9 @@ use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use yurthub_e2e::apiserver::ApiServer;
-use yurthub_e2e::hub::{Hub, free_port, get_request, plain_client};
+use yurthub_e2e::hub::{Hub, for_each_line, free_port, get_request, plain_client, tls_stream};
 use yurthub_e2e::pki::TestPki;
-use yurthub_e2e::pool::{NodeFiles, create_node, leader_configmap, tls_stream};
+use yurthub_e2e::pool::{NodeFiles, create_node, leader_configmap};
 
 const KUBE_PROXY: &str = "kube-proxy/v1.34.0 (linux/amd64) kubernetes/abcdef";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
@@ -203,31 +203,14 @@ fn read_events(
     tap: Tap,
     tx: Deliveries,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut body = resp.into_body();
-        let mut buf = Vec::new();
-        while let Some(Ok(frame)) = body.frame().await {
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let at = Instant::now();
-            buf.extend_from_slice(&data);
-            let mut start = 0;
-            while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
-                let line = &buf[start..start + nl];
-                start += nl + 1;
-                let Ok(ev) = serde_json::from_slice::<EventHead>(line) else {
-                    continue;
-                };
-                if ev.kind == "ADDED"
-                    && let Some(n) = ev.object.metadata.name
-                {
-                    let _ = tx.send((tap, n.into_owned(), at));
-                }
-            }
-            buf.drain(..start);
+    tokio::spawn(for_each_line(resp.into_body(), move |line, at| {
+        if let Ok(ev) = serde_json::from_slice::<EventHead>(line)
+            && ev.kind == "ADDED"
+            && let Some(n) = ev.object.metadata.name
+        {
+            let _ = tx.send((tap, n.into_owned(), at));
         }
-    })
+    }))
 }
 
 /// A kube-proxy watcher of endpointslices through a follower.
@@ -267,7 +250,7 @@ async fn tls_tap(
             addr,
             "kubernetes",
             ca,
-            (&node.client_cert, &node.client_key),
+            Some((&node.client_cert, &node.client_key)),
             get_request(&url, user_agent, &[]),
         )
         .await
