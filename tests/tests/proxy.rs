@@ -886,3 +886,55 @@ async fn sigusr1_writes_a_diagnostic_dump_under_the_root_dir() {
     .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_still_flowing_is_not_cut_when_its_backend_turns_unhealthy() {
+    // A lease renewal that fails marks the backend unhealthy, which ends its
+    // watches; a list still arriving over a slow link must finish whole (a
+    // dead backend is caught by the stall bound instead), never end short.
+    let (_pki, api, _files, hub) = setup(&[]).await;
+    for i in 0..200 {
+        api.create(pod("default", &format!("slow-{i:03}"))).unwrap();
+    }
+    let path = "/api/v1/namespaces/default/pods";
+    api.inject(
+        Fault::new(
+            path,
+            FaultKind::Trickle {
+                chunk: 8192,
+                every: Duration::from_millis(100),
+            },
+        )
+        .method("GET")
+        .times(1),
+    );
+    let lease = format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE}");
+    let failing = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        api.inject(Fault::new(&lease, FaultKind::Status(500)));
+    };
+    let c = plain_client();
+    // The kubelet's list is filtered whole, so it carries no Content-Length:
+    // only the body's own end tells the client it is complete.
+    let url = format!("{}{path}", hub.proxy_url());
+    let (r, ()) = tokio::join!(get(&c, &url, KUBELET), failing);
+    assert_eq!(r.status, StatusCode::OK);
+    let list: Value = serde_json::from_slice(&r.body).expect("a whole JSON list");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(200));
+    let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
+        .await
+        .text();
+    assert_eq!(
+        metric_value(
+            &m,
+            &format!(
+                "node_yurthub_server_healthy_status{{server=\"{}/\"}}",
+                api.url()
+            )
+        ),
+        Some(0.0),
+        "the backend turned unhealthy while the list was in flight: {m}"
+    );
+    api.clear_faults();
+    hub.stop().await;
+}

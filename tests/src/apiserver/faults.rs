@@ -26,6 +26,9 @@ pub enum FaultKind {
     /// watch frame, say) and then nothing more, the connection kept open:
     /// an upstream that stalls.
     StallMidStream { after_bytes: usize },
+    /// The whole response is sent, but `chunk` body bytes per `every`: a
+    /// slow link, where a large list takes seconds while bytes keep flowing.
+    Trickle { chunk: usize, every: Duration },
     /// The request is handled normally after this delay.
     Delay(Duration),
     /// The request is answered with a Status of this HTTP code.
@@ -174,6 +177,59 @@ impl HttpBody for Truncated {
             Poll::Ready(None) => self.cut(cx),
             other => other,
         }
+    }
+}
+
+/// A body re-cut into `chunk`-byte frames, one per `every` (see
+/// [`FaultKind::Trickle`]).
+pub struct Trickle {
+    inner: Body,
+    pending: Bytes,
+    chunk: usize,
+    every: Duration,
+    tick: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Trickle {
+    pub fn new(inner: Body, chunk: usize, every: Duration) -> Self {
+        Self {
+            inner,
+            pending: Bytes::new(),
+            chunk: chunk.max(1),
+            every,
+            tick: None,
+        }
+    }
+}
+
+impl HttpBody for Trickle {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        while this.pending.is_empty() {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => this.pending = data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return other,
+            }
+        }
+        let every = this.every;
+        let tick = this
+            .tick
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+        if tick.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        this.tick = None;
+        let n = this.chunk.min(this.pending.len());
+        Poll::Ready(Some(Ok(Frame::data(this.pending.split_to(n)))))
     }
 }
 

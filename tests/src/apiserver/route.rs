@@ -226,6 +226,7 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
 
     let mut truncate = None;
     let mut stall = false;
+    let mut trickle = None;
     match shared.faults.take(method.as_str(), &path) {
         Some(FaultKind::Garbage) => {
             info.poison.set(garbage());
@@ -233,6 +234,7 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
         }
         Some(FaultKind::Hang) => std::future::pending::<()>().await,
         Some(FaultKind::Delay(d)) => tokio::time::sleep(d).await,
+        Some(FaultKind::Trickle { chunk, every }) => trickle = Some((chunk, every)),
         Some(FaultKind::Status(code)) => {
             return response::error(&ApiError::for_code(code), None, None);
         }
@@ -297,6 +299,13 @@ pub async fn handle(shared: Arc<Shared>, info: ConnInfo, req: Request<Incoming>)
         if let Ok(v) = HeaderValue::from_str(&super::objects::new_uid()) {
             h.insert("audit-id", v);
         }
+    }
+    if let Some((chunk, every)) = trickle {
+        let (parts, body) = resp.into_parts();
+        resp = Response::from_parts(
+            parts,
+            http_body_util::BodyExt::boxed_unsync(super::faults::Trickle::new(body, chunk, every)),
+        );
     }
     match truncate {
         Some(limit) => {

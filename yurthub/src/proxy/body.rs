@@ -3,6 +3,9 @@
 //! the stream lives (a watch is in flight for its whole life), and ends the
 //! stream when its backend turns unhealthy or the hub shuts down, so clients
 //! re-list elsewhere instead of waiting on a dead stream (upstream #2792).
+//! A stop between watch events is a clean end; a stop inside a frame (half
+//! an event, or any part of a list or object) is an error, so a client never
+//! takes a truncated body for a whole one.
 //!
 //! Every upstream wait is bounded ([`IdleBounds`], [`header_bound`]):
 //! - response headers: the client's `timeout=` for non-long-running
@@ -318,7 +321,7 @@ where
             stops.iter_mut().any(|s| s.as_mut().poll(cx).is_ready())
         };
         if stopped(this.stops, cx) {
-            return Poll::Ready(None);
+            return stop(this.idle);
         }
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -370,7 +373,7 @@ where
                     // Registers the waker; a stop that already happened ends
                     // the stream now.
                     if stopped(this.stops, cx) {
-                        return Poll::Ready(None);
+                        return stop(this.idle);
                     }
                 }
                 Poll::Pending
@@ -384,6 +387,19 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// How a stopped stream ends: cleanly between frames, with an error inside
+/// one (a body without frame bounds counts as between frames).
+fn stop(idle: &Option<Box<Idle>>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if idle.as_ref().is_some_and(|i| i.bounds.framing.mid()) {
+        tracing::warn!("proxied stream stopped in the middle of a frame; ending it with an error");
+        Poll::Ready(Some(Err(
+            "the stream was stopped in the middle of a frame".into()
+        )))
+    } else {
+        Poll::Ready(None)
     }
 }
 

@@ -537,13 +537,23 @@ impl Proxy {
             m.in_flight_requests_total.clone(),
         );
         let traffic = m.proxy_traffic.get_or_create(&adm.labels).clone();
-        // Taken only if the stream waits (watches, large bodies); a backend
-        // that turned unhealthy in between ends it at once.
+        // Taken only if the stream waits (watches, large bodies). A backend
+        // that turned unhealthy ends a long-running stream at once, so the
+        // client re-lists elsewhere; a list or object still flowing is left
+        // to finish (a dead backend trips its stall bound instead), since
+        // cutting it would only make the client fetch it all again.
         let stops = {
             let shutdown = self.inner.clone();
             let backend = backend.clone();
             let epoch_id = backend.epoch_id();
-            move || vec![backend.epoch_since(epoch_id), shutdown.shutdown.clone()]
+            let long_running = body::is_long_running(info);
+            move || {
+                let mut stops = vec![shutdown.shutdown.clone()];
+                if long_running {
+                    stops.push(backend.epoch_since(epoch_id));
+                }
+                stops
+            }
         };
         // A stalled stream ends and its backend is re-probed.
         let idle =
