@@ -135,10 +135,23 @@ async fn an_idle_hub_opens_its_watches_and_sends_no_list_after_start() {
         "one services watch: {service_watches}"
     );
 
-    // Idle: no LIST or GET of anything; lease renewals at the heartbeat.
+    // Idle: no LIST or GET of anything; lease renewals at the heartbeat,
+    // each a merge patch of renewTime answered with metadata only (the
+    // lease was written whole once, at start).
     let mut renewals = 0;
     for r in &idle {
-        if r.method == "PUT" && r.path.contains("/leases/") {
+        if r.path.contains("/leases/") && (r.method == "PUT" || r.method == "PATCH") {
+            assert!(
+                r.method == "PATCH"
+                    && r.content_type.as_deref() == Some("application/merge-patch+json")
+                    && r.accept
+                        .as_deref()
+                        .is_some_and(|a| a.contains("as=PartialObjectMetadata")),
+                "an idle renewal is compact: {} {:?} accept {:?}",
+                r.method,
+                r.content_type,
+                r.accept
+            );
             renewals += 1;
             continue;
         }

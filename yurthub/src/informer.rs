@@ -270,12 +270,17 @@ fn key_of(obj: &Value) -> (String, String) {
     )
 }
 
-fn request(backend: &Backend, path: &str) -> Result<Request<crate::Body>, Error> {
+/// A watch asks for protobuf, which the apiserver offers for built-in kinds
+/// (custom resources fall back to JSON): an idle watch's only traffic is its
+/// bookmarks, and a protobuf bookmark is less than half the JSON one.
+const WATCH_ACCEPT: &str = "application/vnd.kubernetes.protobuf, application/json";
+
+fn watch_request(backend: &Backend, path: &str) -> Result<Request<crate::Body>, Error> {
     Request::builder()
         .method(Method::GET)
         .uri(backend.url_for(path))
         .header(header::USER_AGENT, crate::user_agent())
-        .header(header::ACCEPT, "application/json")
+        .header(header::ACCEPT, WATCH_ACCEPT)
         .body(crate::empty_body())
         .map_err(|e| Error::Decode {
             path: path.to_owned(),
@@ -340,7 +345,7 @@ async fn watch(
     ]);
     let lost = backend.epoch_since(backend.epoch_id());
     let client = up.transports.client(Identity::Hub, false);
-    let resp = tokio::time::timeout(CALL_TIMEOUT, client.request(request(backend, &path)?))
+    let resp = tokio::time::timeout(CALL_TIMEOUT, client.request(watch_request(backend, &path)?))
         .await
         .map_err(|_| Error::Call {
             path: path.clone(),
@@ -365,8 +370,14 @@ async fn watch(
             code: resp.status(),
         });
     }
+    let format = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::codec::format_for_content_type)
+        .unwrap_or(Format::Json);
     let mut body = resp.into_body();
-    let mut decoder = WatchDecoder::new(Format::Json);
+    let mut decoder = WatchDecoder::new(format);
     let decode = |reason: String| Error::Decode {
         path: path.clone(),
         reason,
@@ -400,8 +411,14 @@ async fn watch(
         decoder.push(&data);
         let mut changed = false;
         while let Some(event) = decoder.next_event().map_err(|e| decode(e.to_string()))? {
-            let object: Value =
-                serde_json::from_slice(event.object()).map_err(|e| decode(e.to_string()))?;
+            let object: Value = match format {
+                Format::Protobuf => {
+                    crate::codec::to_json(event.object()).map_err(|e| decode(e.to_string()))?
+                }
+                Format::Json => {
+                    serde_json::from_slice(event.object()).map_err(|e| decode(e.to_string()))?
+                }
+            };
             let rv = object["metadata"]["resourceVersion"]
                 .as_str()
                 .unwrap_or_default()

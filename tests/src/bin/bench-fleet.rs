@@ -34,6 +34,9 @@ use yurthub_e2e::apiserver::{ApiServer, RecordedRequest};
 use yurthub_e2e::hub::{HubFiles, HubProcess, plain_client};
 use yurthub_e2e::pki::TestPki;
 
+#[path = "../../tests/cache_support/mod.rs"]
+mod cache_support;
+
 #[derive(Parser)]
 struct Args {
     /// Hub processes.
@@ -267,8 +270,11 @@ async fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(1, |p| p.get())
     );
     let pki = Arc::new(TestPki::new().context("pki")?);
+    // The apiserver speaks protobuf for built-in kinds; the hub asks for it
+    // where bytes matter (its lease renewals, its own watches).
     let api = ApiServer::builder()
         .pki(pki.clone())
+        .protobuf(Arc::new(cache_support::HubCodec))
         .bookmark_interval(Duration::from_secs(args.bookmark_seconds))
         .start()
         .await

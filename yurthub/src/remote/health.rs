@@ -47,6 +47,9 @@ use crate::config::Heartbeat;
 
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 const DELEGATE_ANNOTATION: &str = "openyurt.io/delegate-heartbeat";
+/// What a compact renewal asks back: the lease's metadata only, in protobuf
+/// where the apiserver offers it (the spec is what the hub just sent).
+const COMPACT_ACCEPT: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, application/json";
 
 /// Non-current healthy backends are probed every this many intervals.
 pub const CHEAP_EVERY: u32 = 3;
@@ -350,22 +353,44 @@ impl HealthChecker {
     }
 
     /// Renews the node Lease through `backend`, retrying conflicts.
+    ///
+    /// The renewal is the one request every node sends every interval, so
+    /// it is made as small as the API allows: once the lease is as the hub
+    /// wants it (holder, owner, no delegate marker), a merge patch of
+    /// `renewTime` alone, with the resourceVersion as its precondition, is
+    /// answered as PartialObjectMetadata in protobuf where offered. The
+    /// lease kept for kubelet's local reads is the last whole one with that
+    /// metadata and renewTime: the precondition guarantees nobody else
+    /// changed it in between. A lease that needs more than a new renewTime
+    /// is written whole (PUT), as upstream does every time.
     async fn renew(&self, backend: &Backend) -> Result<(), ProbeError> {
         let mut last_err = ProbeError::Conflict;
-        for _ in 0..self.cfg.failed_retry {
+        for _ in 0..self.cfg.failed_retry.max(1) {
             let base = self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let base = match base {
                 Some(l) => l,
                 None => self.ensure_lease(backend).await?,
             };
-            let lease = self.renewed(base, backend).await;
-            let path = format!(
-                "/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{}",
-                self.node
-            );
-            match self.call(backend, Method::PUT, &path, Some(&lease)).await {
+            let now = micro_time_now();
+            let wanted = self.renewed(base.clone(), &now, backend).await;
+            let mut just_renewed = base;
+            just_renewed["spec"]["renewTime"] = json!(now);
+            let compact = wanted == just_renewed;
+            let answer = if compact {
+                self.renew_compact(backend, &wanted, &now).await
+            } else {
+                self.renew_whole(backend, &wanted).await
+            };
+            match answer {
                 Ok((StatusCode::OK, body)) => {
-                    *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
+                    let lease = if compact {
+                        let mut lease = wanted;
+                        lease["metadata"] = body["metadata"].clone();
+                        lease
+                    } else {
+                        body
+                    };
+                    *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
                     return Ok(());
                 }
                 Ok((StatusCode::CONFLICT | StatusCode::NOT_FOUND, _)) => {
@@ -384,6 +409,45 @@ impl HealthChecker {
             }
         }
         Err(last_err)
+    }
+
+    fn lease_path(&self) -> String {
+        format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{}",
+            self.node
+        )
+    }
+
+    async fn renew_whole(
+        &self,
+        backend: &Backend,
+        lease: &Value,
+    ) -> Result<(StatusCode, Value), CallError> {
+        self.call(backend, Method::PUT, &self.lease_path(), Some(lease))
+            .await
+    }
+
+    async fn renew_compact(
+        &self,
+        backend: &Backend,
+        lease: &Value,
+        now: &str,
+    ) -> Result<(StatusCode, Value), CallError> {
+        let patch = json!({
+            "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+            "spec": {"renewTime": now},
+        });
+        let path = self.lease_path();
+        let call = super::ApiCall {
+            method: Method::PATCH,
+            path: &path,
+            body: Some((
+                "application/merge-patch+json",
+                bytes::Bytes::from(patch.to_string()),
+            )),
+            accept: COMPACT_ACCEPT,
+        };
+        super::call_api(&self.transports, backend, call, self.cfg.timeout).await
     }
 
     async fn ensure_lease(&self, backend: &Backend) -> Result<Value, ProbeError> {
@@ -428,14 +492,14 @@ impl HealthChecker {
 
     /// The base lease with a fresh renewTime, the delegate marker removed and
     /// the Node as owner (so the lease is collected with the node).
-    async fn renewed(&self, mut lease: Value, backend: &Backend) -> Value {
+    async fn renewed(&self, mut lease: Value, now: &str, backend: &Backend) -> Value {
         if let Some(a) = lease
             .pointer_mut("/metadata/annotations")
             .and_then(Value::as_object_mut)
         {
             a.remove(DELEGATE_ANNOTATION);
         }
-        lease["spec"]["renewTime"] = json!(micro_time_now());
+        lease["spec"]["renewTime"] = json!(now);
         if lease["spec"]["holderIdentity"]
             .as_str()
             .unwrap_or("")

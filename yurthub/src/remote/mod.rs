@@ -286,18 +286,49 @@ pub async fn call_json(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<(http::StatusCode, serde_json::Value), CallError> {
+    let call = ApiCall {
+        method,
+        path,
+        body: body.map(|b| ("application/json", bytes::Bytes::from(b.to_string()))),
+        accept: "application/json",
+    };
+    call_api(transports, backend, call, timeout).await
+}
+
+/// A request of the hub's own, in any body type and with any Accept.
+pub struct ApiCall<'a> {
+    pub method: http::Method,
+    pub path: &'a str,
+    /// The content type and the bytes.
+    pub body: Option<(&'static str, bytes::Bytes)>,
+    pub accept: &'static str,
+}
+
+/// Sends `call` with the hub's identity, bounded by `timeout`. The answer
+/// comes back as JSON whatever was negotiated: a protobuf answer (the
+/// compact one, where the apiserver offers it) is decoded here.
+pub async fn call_api(
+    transports: &transport::Transports,
+    backend: &Backend,
+    call: ApiCall<'_>,
+    timeout: Duration,
+) -> Result<(http::StatusCode, serde_json::Value), CallError> {
     use http_body_util::BodyExt;
     let server = || backend.name().to_owned();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(backend.url_for(path))
+    let mut req = http::Request::builder()
+        .method(call.method)
+        .uri(backend.url_for(call.path))
         .header(http::header::USER_AGENT, crate::user_agent())
-        .header(http::header::ACCEPT, "application/json")
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(crate::full_body(
-            body.map(|b| bytes::Bytes::from(b.to_string()))
-                .unwrap_or_default(),
-        ))
+        .header(http::header::ACCEPT, call.accept);
+    let body = match call.body {
+        Some((content_type, bytes)) => {
+            req = req.header(http::header::CONTENT_TYPE, content_type);
+            bytes
+        }
+        None => bytes::Bytes::new(),
+    };
+    let req = req
+        .body(crate::full_body(body))
         .map_err(|e| CallError::Build {
             server: server(),
             reason: e.to_string(),
@@ -312,6 +343,11 @@ pub async fn call_json(
                 reason: health::error_chain(&e),
             })?;
         let code = resp.status();
+        let protobuf = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/vnd.kubernetes.protobuf"));
         let bytes = resp
             .into_body()
             .collect()
@@ -321,10 +357,15 @@ pub async fn call_json(
                 reason: e.to_string(),
             })?
             .to_bytes();
-        Ok((
-            code,
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-        ))
+        let value = if protobuf {
+            crate::codec::to_json(&bytes).map_err(|e| CallError::Body {
+                server: server(),
+                reason: format!("undecodable protobuf answer: {e}"),
+            })?
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+        };
+        Ok((code, value))
     };
     tokio::time::timeout(timeout, fut)
         .await
