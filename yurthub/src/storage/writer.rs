@@ -138,6 +138,13 @@ impl Op {
         }
     }
 
+    /// A stream's write, whose acknowledgement nobody waits on in a
+    /// request's path (a watch event teed into the cache): a batch of only
+    /// these may wait for more (see `Writer::run`).
+    fn streams(&self) -> bool {
+        matches!(self, Op::WatchEvent { .. })
+    }
+
     /// Bytes held in memory while queued, for the batch byte bound.
     pub(crate) fn queued_bytes(&self) -> usize {
         match self {
@@ -184,6 +191,10 @@ pub(crate) struct WriterConfig {
 /// Slack the preflight adds to every growing batch: B-tree paths copied on
 /// write, the commit header and allocator bookkeeping.
 const COMMIT_SLACK: u64 = 1 << 20;
+/// The least time between two commits while stream writes keep coming (see
+/// `Writer::run`): it bounds a store under a watch burst at 25 fsyncs a
+/// second, and such a write's acknowledgement waits at most that long more.
+const COMMIT_SPACING: Duration = Duration::from_millis(100);
 /// After an eviction the store aims this far below the cap (per mille), so
 /// that a store sitting at its cap does not evict on every write.
 const LOW_WATER_PER_MILLE: u64 = 900;
@@ -245,10 +256,21 @@ type OpResult = Result<Outcome, OpError>;
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
         let mut batch = Vec::with_capacity(self.config.max_batch_ops);
+        // When the last commit ended. A batch of stream writes (watch
+        // events) that follows a commit closely lingers until
+        // COMMIT_SPACING after it, so a burst on twenty watches costs at
+        // most one fsync per spacing instead of one per event; any other
+        // write cuts the linger back to the batch window, so a caller
+        // awaiting its write is never held for the stream's sake.
+        let mut last_commit: Option<Instant> = None;
         while let Ok(first) = rx.recv() {
             let mut bytes = first.op.queued_bytes();
+            let window = Instant::now() + self.config.batch_window;
+            let spaced = last_commit
+                .map(|t| t + COMMIT_SPACING)
+                .filter(|spaced| *spaced > window && first.op.streams());
+            let mut deadline = spaced.unwrap_or(window);
             batch.push(first);
-            let deadline = Instant::now() + self.config.batch_window;
             let mut closed = false;
             while batch.len() < self.config.max_batch_ops && bytes < self.config.max_batch_bytes {
                 let next = match rx.try_recv() {
@@ -273,9 +295,13 @@ impl Writer {
                     }
                 };
                 bytes += next.op.queued_bytes();
+                if !next.op.streams() {
+                    deadline = deadline.min(Instant::now() + self.config.batch_window);
+                }
                 batch.push(next);
             }
             self.process(std::mem::take(&mut batch));
+            last_commit = Some(Instant::now());
             if closed {
                 break;
             }
