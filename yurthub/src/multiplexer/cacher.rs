@@ -339,6 +339,12 @@ impl Cacher {
             self.count(leader.as_deref(), data.len());
             decoder.push(&data);
             while let Some(event) = decoder.next_event().map_err(|e| decode(e.to_string()))? {
+                // A follower applies every event of a burst: read only the
+                // metadata and keep the bytes as they came, when they can be.
+                if let Some(obj) = scanned_obj(&event, &self.gvr.resource) {
+                    self.apply_change(event.event_type, obj);
+                    continue;
+                }
                 let object: Value =
                     serde_json::from_slice(event.object()).map_err(|e| decode(e.to_string()))?;
                 self.apply(event.event_type, object)?;
@@ -372,32 +378,39 @@ impl Cacher {
             }
             EventType::Added | EventType::Modified | EventType::Deleted => {
                 let (api_version, k) = (state.api_version.clone(), state.kind.clone());
-                let obj = Arc::new(
+                drop(state);
+                let obj =
                     make_obj(object, &api_version, &k, &self.gvr.resource).map_err(|reason| {
                         UpstreamError::Decode {
                             path: self.path(),
                             reason,
                         }
-                    })?,
-                );
-                let key = (obj.namespace.clone(), obj.name.clone());
-                let rv = obj.rv;
-                let previous = if kind == EventType::Deleted {
-                    state.objects.remove(&key)
-                } else {
-                    state.objects.insert(key, obj.clone())
-                };
-                let kind = match (kind, &previous) {
-                    (EventType::Deleted, _) => EventType::Deleted,
-                    (_, Some(_)) => EventType::Modified,
-                    (_, None) => EventType::Added,
-                };
-                let previous = previous.filter(|_| kind == EventType::Modified);
-                state.rv = state.rv.max(rv);
-                self.emit(&mut state, kind, rv, Some(obj), previous);
+                    })?;
+                self.apply_change(kind, obj);
             }
         }
         Ok(())
+    }
+
+    /// Applies an added, modified or deleted object.
+    fn apply_change(&self, kind: EventType, obj: Obj) {
+        let mut state = self.write();
+        let obj = Arc::new(obj);
+        let key = (obj.namespace.clone(), obj.name.clone());
+        let rv = obj.rv;
+        let previous = if kind == EventType::Deleted {
+            state.objects.remove(&key)
+        } else {
+            state.objects.insert(key, obj.clone())
+        };
+        let kind = match (kind, &previous) {
+            (EventType::Deleted, _) => EventType::Deleted,
+            (_, Some(_)) => EventType::Modified,
+            (_, None) => EventType::Added,
+        };
+        let previous = previous.filter(|_| kind == EventType::Modified);
+        state.rv = state.rv.max(rv);
+        self.emit(&mut state, kind, rv, Some(obj), previous);
     }
 
     /// Records an event and sends it to the live watchers, under the write
@@ -476,6 +489,42 @@ fn leader_of(h: &http::HeaderMap) -> Option<String> {
 
 fn parse_rv(v: &Value) -> u64 {
     v.as_str().and_then(|s| s.parse().ok()).unwrap_or_default()
+}
+
+/// The cached form of a watch event's object from its metadata alone, its
+/// bytes kept as received: None when that is not enough (services carry
+/// selectable spec fields; an object without apiVersion/kind needs them
+/// added), and the caller decodes it whole.
+fn scanned_obj(event: &crate::codec::WatchEvent, resource: &str) -> Option<Obj> {
+    if resource == "services"
+        || !matches!(
+            event.event_type,
+            EventType::Added | EventType::Modified | EventType::Deleted
+        )
+    {
+        return None;
+    }
+    let info = crate::codec::object_info(Format::Json, event.object()).ok()?;
+    if info.api_version.is_empty() || info.kind.is_empty() || info.name.is_empty() {
+        return None;
+    }
+    let name = info.name.into_owned();
+    let namespace = info.namespace.into_owned();
+    let mut fields = BTreeMap::new();
+    fields.insert("metadata.name".to_owned(), name.clone());
+    fields.insert("metadata.namespace".to_owned(), namespace.clone());
+    Some(Obj {
+        rv: info.resource_version.parse().unwrap_or_default(),
+        labels: info
+            .labels
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+        fields,
+        namespace,
+        name,
+        json: event.object_bytes(),
+    })
 }
 
 /// Builds the cached form of an object (list items lack apiVersion/kind).
