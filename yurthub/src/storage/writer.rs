@@ -195,6 +195,11 @@ const COMMIT_SLACK: u64 = 1 << 20;
 /// `Writer::run`): it bounds a store under a watch burst at 25 fsyncs a
 /// second, and such a write's acknowledgement waits at most that long more.
 const COMMIT_SPACING: Duration = Duration::from_millis(100);
+/// A lingering batch this large commits without waiting out the spacing,
+/// so a fast burst is bounded by the disk, not by the spacing: well under
+/// the queue's capacity, whose writers would otherwise wait for the linger.
+const LINGER_MAX_OPS: usize = 256;
+const LINGER_MAX_BYTES: usize = 1 << 20;
 /// After an eviction the store aims this far below the cap (per mille), so
 /// that a store sitting at its cap does not evict on every write.
 const LOW_WATER_PER_MILLE: u64 = 900;
@@ -281,7 +286,10 @@ impl Writer {
                     }
                     Err(TryRecvError::Empty) => {
                         let now = Instant::now();
-                        if now >= deadline {
+                        // A lingering batch that grew large stops waiting:
+                        // its writers may be blocked on the full queue.
+                        let large = batch.len() >= LINGER_MAX_OPS || bytes >= LINGER_MAX_BYTES;
+                        if now >= deadline || (large && now >= window) {
                             break;
                         }
                         match rx.recv_timeout(deadline - now) {
