@@ -350,6 +350,18 @@ async fn wait_for(
     }
 }
 
+/// The hub's `node_yurthub_server_healthy_status` for `server`.
+async fn server_health(hub: &Hub, server: &ApiServer) -> Option<f64> {
+    let m = get(&plain_client(), &format!("{}/metrics", hub.hub_url()), "p")
+        .await
+        .text();
+    let series = format!(
+        "node_yurthub_server_healthy_status{{server=\"{}/\"}}",
+        server.url()
+    );
+    metric_value(&m, &series)
+}
+
 async fn wait_for_end(
     rx: &mut tokio::sync::mpsc::Receiver<Option<Bytes>>,
     within: Duration,
@@ -422,20 +434,7 @@ async fn priority_mode_fails_over_mid_watch_and_returns_to_the_first_server() {
         },
     )
     .await;
-    let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
-        .await
-        .text();
-    assert_eq!(
-        metric_value(
-            &m,
-            &format!(
-                "node_yurthub_server_healthy_status{{server=\"{}/\"}}",
-                a.url()
-            )
-        ),
-        Some(0.0),
-        "{m}"
-    );
+    assert_eq!(server_health(&hub, &a).await, Some(0.0));
 
     a.restart().await.expect("first server back");
     a.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}))
@@ -921,19 +920,10 @@ async fn a_list_still_flowing_is_not_cut_when_its_backend_turns_unhealthy() {
     assert_eq!(r.status, StatusCode::OK);
     let list: Value = serde_json::from_slice(&r.body).expect("a whole JSON list");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(200));
-    let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
-        .await
-        .text();
     assert_eq!(
-        metric_value(
-            &m,
-            &format!(
-                "node_yurthub_server_healthy_status{{server=\"{}/\"}}",
-                api.url()
-            )
-        ),
+        server_health(&hub, &api).await,
         Some(0.0),
-        "the backend turned unhealthy while the list was in flight: {m}"
+        "the backend turned unhealthy while the list was in flight"
     );
     api.clear_faults();
     hub.stop().await;

@@ -451,11 +451,10 @@ impl HealthChecker {
     }
 
     async fn ensure_lease(&self, backend: &Backend) -> Result<Value, ProbeError> {
-        let path = format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{}",
-            self.node
-        );
-        match self.call(backend, Method::GET, &path, None).await? {
+        match self
+            .call(backend, Method::GET, &self.lease_path(), None)
+            .await?
+        {
             (StatusCode::OK, lease) => Ok(lease),
             (StatusCode::NOT_FOUND, _) => {
                 let lease = json!({
