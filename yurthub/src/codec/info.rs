@@ -12,7 +12,7 @@ use super::{CodecError, Format};
 /// Protobuf field numbers of the parts of ObjectMeta and ListMeta read here
 /// (apimachinery `pkg/apis/meta/v1/generated.proto`; checked against the schema table
 /// by the tests).
-mod tags {
+pub(crate) mod tags {
     pub const OBJECT_META: u32 = 1;
     pub const META_NAME: u32 = 1;
     pub const META_GENERATE_NAME: u32 = 2;

@@ -22,6 +22,7 @@ mod error;
 mod gotime;
 mod info;
 mod json_scan;
+mod list_stream;
 mod media;
 mod schema;
 pub mod watch;
@@ -39,6 +40,7 @@ pub use info::{
     ListMeta, ListParts, ObjectInfo, build_list, item_info, json_with_type_meta, object_info,
     partial_object_metadata, split_list,
 };
+pub use list_stream::{ListPiece, ListStream};
 pub use media::{
     AcceptClause, ApiserverRestrictions, DefaultRestrictions, EndpointRestrictions,
     GroupVersionKind, HubRestrictions, MediaTypeOptions, Negotiated, format_for_content_type,

@@ -2,6 +2,7 @@
 //! protobuf output against the independent k8s-pb (prost) types, lists and watch.
 mod fixtures;
 mod golden;
+mod list_stream;
 mod lists;
 mod roundtrip;
 mod watch;
