@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rand::Rng;
@@ -843,6 +843,303 @@ async fn paginated_lists_commit_atomically_or_not_at_all() {
             .len(),
         12
     );
+}
+
+fn on_node(node: &'static str) -> impl Fn(&ObjectMeta) -> bool + Send + 'static {
+    move |m: &ObjectMeta| m.fields.get("spec.nodeName").map(String::as_str) == Some(node)
+}
+
+fn pod_on(i: u64, node: &str, rv: u64, body: String) -> Object {
+    obj_with(
+        Some(&format!("ns-{}", i % 3)),
+        &format!("pod-{i:05}"),
+        rv,
+        &[],
+        &[("spec.nodeName", node)],
+        body,
+    )
+}
+
+/// name -> (resource version, body, stored at), over all namespaces.
+fn contents(store: &Store, scope: &ScopeKey) -> BTreeMap<String, (String, Bytes, SystemTime)> {
+    store
+        .list(scope, |_| true)
+        .expect("list")
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| {
+            let rv = o.object.meta.resource_version.as_str().to_owned();
+            (o.object.meta.name, (rv, o.object.body, o.stored_at))
+        })
+        .collect()
+}
+
+/// A staged list much larger than one merge window of the commit, over a
+/// scope (node A's pods) that holds objects the list repeats unchanged,
+/// changes, drops, and that other objects (node B's) share the key range
+/// with: the result is exactly the list plus node B's, unchanged objects
+/// are not rewritten (their stored-at stays), and nothing of the staging
+/// is left behind (payload equal to a store built directly).
+#[tokio::test]
+async fn a_large_staged_list_merges_exactly_with_its_scope() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let r = pods("kubelet");
+    let all = r.scope(None, "");
+    let scope = r.scope(None, "fieldSelector=spec.nodeName=A");
+    // i % 5: 0 unchanged, 1 changed, 2 in scope but not listed, 3 out of
+    // scope (node B), 4 new. Interleaved, so every window mixes them.
+    const N: u64 = 5000;
+    let body = |i: u64, what: &str| format!("{{\"i\":{i},\"v\":\"{what}\"}}");
+    let seed: Vec<Object> = (0..N)
+        .filter(|i| i % 5 != 4)
+        .map(|i| {
+            let node = if i % 5 == 3 { "B" } else { "A" };
+            pod_on(i, node, i + 1, body(i, "old"))
+        })
+        .collect();
+    within("seed", store.replace_scope(&all, |_| true, seed, 5000))
+        .await
+        .expect("seed");
+    let before = contents(&store, &all);
+    assert_eq!(before.len() as u64, N / 5 * 4);
+    // Stored-at has millisecond resolution: a rewrite must show.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Some changed objects are large, so the byte bound of a window is
+    // crossed too, not only the entry bound.
+    let listed = |i: u64| match i % 5 {
+        0 => Some(pod_on(i, "A", i + 1, body(i, "old"))),
+        1 if i % 1000 == 1 => Some(pod_on(i, "A", i + 10_000, "x".repeat(400_000))),
+        1 => Some(pod_on(i, "A", i + 10_000, body(i, "new"))),
+        4 => Some(pod_on(i, "A", i + 10_000, body(i, "new"))),
+        _ => None,
+    };
+    let mut items: Vec<Object> = (0..N).filter_map(listed).collect();
+    // Pages in no particular key order: the staging sorts them.
+    let mut rng = rand::rng();
+    for i in (1..items.len()).rev() {
+        items.swap(i, rng.random_range(0..=i));
+    }
+    let mut staged = store.begin_staged(&scope);
+    for page in items.chunks(400) {
+        within("page", staged.stage_page(page.to_vec()))
+            .await
+            .expect("stage");
+    }
+    within("commit", staged.commit(on_node("A"), 20_000))
+        .await
+        .expect("commit");
+
+    let after = contents(&store, &all);
+    let mut expected: Vec<String> = (0..N)
+        .filter(|i| i % 5 != 2)
+        .map(|i| format!("pod-{i:05}"))
+        .collect();
+    expected.sort();
+    assert_eq!(after.keys().cloned().collect::<Vec<_>>(), expected);
+    assert_eq!(store.stats().objects, N / 5 * 4);
+    for i in (0..N).filter(|i| i % 5 != 2) {
+        let name = format!("pod-{i:05}");
+        let (rv, body_now, at) = &after[&name];
+        match i % 5 {
+            0 | 3 => assert_eq!(
+                &after[&name], &before[&name],
+                "{name} was unchanged (or out of scope) and must not be rewritten"
+            ),
+            _ => {
+                let want = listed(i).expect("listed");
+                assert_eq!(rv, want.meta.resource_version.as_str(), "{name}");
+                assert_eq!(body_now, &want.body, "{name}");
+                if let Some((_, _, old_at)) = before.get(&name) {
+                    assert!(at > old_at, "{name} was changed and rewritten");
+                }
+            }
+        }
+    }
+    let marker = store
+        .list(&scope, on_node("A"))
+        .expect("list")
+        .expect("listed")
+        .marker
+        .expect("marker");
+    assert_eq!(marker.scope, scope);
+    assert_eq!(marker.resource_version.as_str(), "20000");
+    assert_eq!(
+        store
+            .watch_progress(&scope)
+            .expect("progress")
+            .expect("set")
+            .resource_version
+            .as_str(),
+        "20000"
+    );
+
+    // The same final state written directly: same payload, so the
+    // staged rows are gone and the accounting followed every write.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let direct = open(dir2.path());
+    let node_b: Vec<Object> = (0..N)
+        .filter(|i| i % 5 == 3)
+        .map(|i| pod_on(i, "B", i + 1, body(i, "old")))
+        .collect();
+    within("direct", direct.replace_scope(&all, |_| true, node_b, 5000))
+        .await
+        .expect("direct");
+    let node_a: Vec<Object> = (0..N).filter_map(listed).collect();
+    within(
+        "direct",
+        direct.replace_scope(&scope, on_node("A"), node_a, 20_000),
+    )
+    .await
+    .expect("direct");
+    assert_eq!(store.stats().payload_bytes, direct.stats().payload_bytes);
+}
+
+/// An empty list (no page, or only an empty one) empties its scope and
+/// nothing else.
+#[tokio::test]
+async fn an_empty_staged_list_empties_only_its_scope() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let r = pods("kubelet");
+    let all = r.scope(None, "");
+    let scope = r.scope(None, "fieldSelector=spec.nodeName=A");
+    let seed: Vec<Object> = (0..600)
+        .map(|i| pod_on(i, if i % 2 == 0 { "A" } else { "B" }, i + 1, "{}".into()))
+        .collect();
+    within("seed", store.replace_scope(&all, |_| true, seed, 600))
+        .await
+        .expect("seed");
+
+    let staged = store.begin_staged(&scope);
+    within("commit", staged.commit(on_node("A"), 700))
+        .await
+        .expect("commit");
+    let left = names(&store, &all);
+    assert_eq!(left.len(), 300);
+    let expected: Vec<String> = (0..600)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("pod-{i:05}"))
+        .collect();
+    assert_eq!(left, expected);
+    let l = store
+        .list(&scope, on_node("A"))
+        .expect("list")
+        .expect("listed");
+    assert!(l.items.is_empty());
+    assert_eq!(l.marker.expect("marker").resource_version.as_str(), "700");
+
+    // An empty page, over a scope that is empty already.
+    let payload = store.stats().payload_bytes;
+    let mut staged = store.begin_staged(&scope);
+    within("page", staged.stage_page(Vec::new()))
+        .await
+        .expect("stage");
+    within("commit", staged.commit(on_node("A"), 800))
+        .await
+        .expect("commit");
+    assert_eq!(names(&store, &all), expected);
+    let l = store
+        .list(&scope, on_node("A"))
+        .expect("list")
+        .expect("listed");
+    assert_eq!(l.marker.expect("marker").resource_version.as_str(), "800");
+    assert_eq!(store.stats().payload_bytes, payload);
+}
+
+/// Near the size cap, a commit is measured as if its own staged pages were
+/// already gone (they are, once it commits): it evicts nothing that the
+/// final state does not need to lose.
+#[tokio::test]
+async fn a_staged_commit_near_the_cap_counts_its_pages_as_freed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_with(
+        dir.path(),
+        Options {
+            max_bytes: Some(1_050_000),
+            ..Options::default()
+        },
+    );
+    let ev = events("kubelet");
+    for i in 0..20 {
+        let e = obj_with(
+            Some("d"),
+            &format!("event-{i:03}"),
+            i + 1,
+            &[],
+            &[],
+            "e".repeat(4000),
+        );
+        within("event", store.put_if_not_older(&ev, e))
+            .await
+            .expect("event");
+    }
+    let r = pods("kubelet");
+    let scope = r.scope(None, "");
+    let seed: Vec<Object> = (0..100)
+        .map(|i| pod_on(i, "A", 1, "o".repeat(4000)))
+        .collect();
+    within("seed", store.replace_scope(&scope, |_| true, seed, 1))
+        .await
+        .expect("seed");
+    // Old pods, events and the staged pages fit under the cap; adding the
+    // list's growth to all three would not.
+    let mut staged = store.begin_staged(&scope);
+    let items: Vec<Object> = (0..100)
+        .map(|i| pod_on(i, "A", 2, "n".repeat(5000)))
+        .collect();
+    within("page", staged.stage_page(items))
+        .await
+        .expect("stage");
+    within("commit", staged.commit(|_| true, 2))
+        .await
+        .expect("commit");
+    let stats = store.stats();
+    assert_eq!(stats.evicted_events, 0, "{stats:?}");
+    assert_eq!(names(&store, &ev.scope(None, "")).len(), 20);
+    let l = store.list(&scope, |_| true).expect("list").expect("listed");
+    assert_eq!(l.items.len(), 100);
+    assert!(l.items.iter().all(|o| o.object.body.len() == 5000));
+}
+
+/// A staged commit whose predicate panics changes nothing, drops its
+/// pages and fails only itself.
+#[tokio::test]
+async fn a_staged_commit_with_a_panicking_predicate_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let r = pods("kubelet");
+    let scope = r.scope(None, "");
+    let seed: Vec<Object> = (0..300)
+        .map(|i| pod_on(i, "A", i + 1, "{}".into()))
+        .collect();
+    within("seed", store.replace_scope(&scope, |_| true, seed, 300))
+        .await
+        .expect("seed");
+    let before = contents(&store, &scope);
+    let payload = store.stats().payload_bytes;
+
+    let mut staged = store.begin_staged(&scope);
+    let items: Vec<Object> = (150..900)
+        .map(|i| pod_on(i, "A", i + 1000, "{\"new\":1}".into()))
+        .collect();
+    within("page", staged.stage_page(items))
+        .await
+        .expect("stage");
+    let bad = within("commit", staged.commit(|_| panic!("caller bug"), 2000)).await;
+    assert!(
+        matches!(bad, Err(Error::PredicatePanicked { .. })),
+        "{bad:?}"
+    );
+    assert_eq!(contents(&store, &scope), before, "nothing applied");
+    assert_eq!(
+        store.stats().payload_bytes,
+        payload,
+        "the pages are dropped"
+    );
+    assert_eq!(store.stats().reopens, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,7 +43,7 @@
 //!   run (they are how space comes back). Should the disk fill anyway, the
 //!   failed commit leaves the last durable state on disk, the store reopens
 //!   the file and keeps serving. [`Stats::disk_full`] clears on the next
-//!   successful commit.
+//!   successful commit that grew the store.
 //! * **Bounded growth** ([`Options::max_bytes`], over keys + values): a
 //!   write that would cross the cap first evicts cached events (core and
 //!   events.k8s.io), oldest first, down to 90% of the cap; if that is not
@@ -429,6 +429,29 @@ impl Store {
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// The list marker recorded for exactly `scope` (not a covering one).
+    pub fn list_marker(&self, scope: &ScopeKey) -> Result<Option<ListMarker>, Error> {
+        let k = codec::scope_key(scope)?;
+        let path = self.path();
+        self.inner.engine.read(|txn| {
+            let t = txn.open_table(engine::MARKERS)?;
+            let Some(v) = t.get(k.as_slice())? else {
+                return Ok(None);
+            };
+            let (rv, at, imported) =
+                codec::decode_marker(v.value()).ok_or_else(|| Error::Decode {
+                    path: path.to_path_buf(),
+                    what: format!("list marker of {scope}"),
+                })?;
+            Ok(Some(ListMarker {
+                scope: scope.clone(),
+                resource_version: rv,
+                listed_at: at,
+                imported,
+            }))
         })
     }
 

@@ -14,6 +14,7 @@
 //! the middle of a batch fails the whole batch: nothing of it is committed.
 
 use std::collections::HashSet;
+use std::ops::Bound;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -529,7 +530,8 @@ enum BatchError {
 
 impl BatchError {
     /// Engine failures and engine panics reopen the file (verifying it);
-    /// caller predicates never get here (see `Cx::replace`).
+    /// caller predicates get here only when not deterministic (see
+    /// `Cx::replace`, `Cx::merge_staged`).
     fn needs_reopen(&self) -> bool {
         match self {
             BatchError::Engine(e) => engine::needs_reopen(e),
@@ -637,6 +639,92 @@ fn remove_prefix(
 fn same_content(old: &[u8], new: &[u8]) -> bool {
     // Layout: version (1), format (1), stored-at (8), then the rest.
     old.len() == new.len() && old.len() > 10 && old[..2] == new[..2] && old[10..] == new[10..]
+}
+
+/// What the apply pass of a staged commit holds at most at a time (see
+/// `Cx::merge_staged`), whatever the list's size.
+const MERGE_WINDOW_ENTRIES: usize = 256;
+const MERGE_WINDOW_BYTES: usize = 1 << 20;
+
+/// One key of the merge of a staged list with its scope's objects: in the
+/// list (`new`), stored (`old`), or both.
+struct Merged<'a> {
+    key: &'a [u8],
+    new: Option<&'a [u8]>,
+    old: Option<&'a [u8]>,
+}
+
+/// Walks staged list `id` and the objects under `prefix` together in key
+/// order, starting after `after`: staging keys are `id ++ object key`, so
+/// both ranges are sorted by object key and one pass joins them without
+/// holding either (every staged key lies under `prefix`: `stage_page`
+/// checks the scope). Stops when `visit` says so and returns the last key
+/// visited (to resume after it), or None at the end of both ranges.
+fn merge_walk(
+    staging: &BytesTable<'_>,
+    objects: &BytesTable<'_>,
+    id: u64,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    mut visit: impl FnMut(Merged<'_>) -> bool,
+) -> Result<Option<Vec<u8>>, redb::StorageError> {
+    let id_prefix = id.to_be_bytes();
+    let (staged_end, scope_end) = (codec::prefix_end(&id_prefix), codec::prefix_end(prefix));
+    let staged_after = after.map(|k| codec::u64_prefixed(id, k));
+    let mut staged = staging.range::<&[u8]>(bounds(
+        &id_prefix,
+        staged_after.as_deref(),
+        staged_end.as_deref(),
+    ))?;
+    let mut stored = objects.range::<&[u8]>(bounds(prefix, after, scope_end.as_deref()))?;
+    let (mut s, mut o) = (staged.next().transpose()?, stored.next().transpose()?);
+    loop {
+        let (stop, next_s, next_o) = {
+            let sk = s.as_ref().map(|(k, v)| (&k.value()[8..], v.value()));
+            let ok = o.as_ref().map(|(k, v)| (k.value(), v.value()));
+            let (key, new, old) = match (sk, ok) {
+                (None, None) => return Ok(None),
+                (Some((k, v)), None) => (k, Some(v), None),
+                (None, Some((k, v))) => (k, None, Some(v)),
+                (Some((a, x)), Some((b, y))) => match a.cmp(b) {
+                    std::cmp::Ordering::Less => (a, Some(x), None),
+                    std::cmp::Ordering::Equal => (a, Some(x), Some(y)),
+                    std::cmp::Ordering::Greater => (b, None, Some(y)),
+                },
+            };
+            let go_on = visit(Merged { key, new, old });
+            ((!go_on).then(|| key.to_vec()), new.is_some(), old.is_some())
+        };
+        if next_s {
+            s = staged.next().transpose()?;
+        }
+        if next_o {
+            o = stored.next().transpose()?;
+        }
+        if stop.is_some() {
+            return Ok(stop);
+        }
+    }
+}
+
+/// The range from `start` (or just after `after`) to before `end` (or to
+/// the end of the table).
+fn bounds<'a>(
+    start: &'a [u8],
+    after: Option<&'a [u8]>,
+    end: Option<&'a [u8]>,
+) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    (
+        after.map_or(Bound::Included(start), Bound::Excluded),
+        end.map_or(Bound::Unbounded, Bound::Excluded),
+    )
+}
+
+/// Whether a stored object not in a new list of its scope goes: it does
+/// when the scope holds it, or when it cannot be decoded (it cannot be
+/// shown to anyone).
+fn leaves(in_scope: &Predicate, value: &[u8]) -> bool {
+    codec::decode_object(value).is_none_or(|d| in_scope(&d.meta))
 }
 
 impl<'t, 'e> Cx<'t, 'e> {
@@ -1084,6 +1172,16 @@ impl<'t, 'e> Cx<'t, 'e> {
                 self.put_object(k, v)?;
             }
         }
+        self.mark_relisted(scope, list_rv)
+    }
+
+    /// The end of a relist: the list marker and the scope's watch progress
+    /// move to `list_rv`.
+    fn mark_relisted(
+        &mut self,
+        scope: &ScopeKey,
+        list_rv: &ResourceVersion,
+    ) -> Result<(), OpError> {
         let sk = codec::scope_key(scope)?;
         let marker = codec::encode_marker(list_rv, self.now, false);
         put_plain(&mut self.markers, &mut self.payload, &sk, &marker)?;
@@ -1112,6 +1210,10 @@ impl<'t, 'e> Cx<'t, 'e> {
         Ok(Outcome::Count(added))
     }
 
+    /// Replaces the scope's objects by staged list `id`, like `replace`,
+    /// but never holds the list in memory: two merge walks over the staged
+    /// rows and the scope's objects (see `merge_walk`), the first only
+    /// measuring, the second writing window by window.
     fn commit_staged(
         &mut self,
         id: u64,
@@ -1120,35 +1222,113 @@ impl<'t, 'e> Cx<'t, 'e> {
         list_rv: &ResourceVersion,
         expected_rows: u64,
     ) -> OpResult {
-        let prefix = id.to_be_bytes();
-        let mut items = Vec::new();
-        {
-            let range = match codec::prefix_end(&prefix) {
-                Some(end) => self
-                    .staging
-                    .range::<&[u8]>(prefix.as_slice()..end.as_slice())?,
-                None => self.staging.range::<&[u8]>(prefix.as_slice()..)?,
-            };
-            for entry in range {
-                let (k, v) = entry?;
-                items.push((k.value()[8..].to_vec(), v.value().to_vec()));
-            }
-        }
-        // The pages leave staging whether or not the list can be committed.
-        remove_prefix(&mut self.staging, &mut self.payload, &prefix)?;
+        let outcome = self.merge_staged(id, scope, in_scope, list_rv, expected_rows);
+        // The pages leave staging whether or not the list could be committed.
+        remove_prefix(&mut self.staging, &mut self.payload, &id.to_be_bytes())?;
         self.dirty = true;
-        if items.len() as u64 != expected_rows {
+        outcome.map(|()| Outcome::Done)
+    }
+
+    fn merge_staged(
+        &mut self,
+        id: u64,
+        scope: &ScopeKey,
+        in_scope: &Predicate,
+        list_rv: &ResourceVersion,
+        expected_rows: u64,
+    ) -> Result<(), OpError> {
+        let prefix = codec::scope_object_prefix(scope)?;
+
+        // Plan, copying nothing: the row count, what the staged rows hold
+        // and by how much the scope grows.
+        let (mut rows, mut staged_bytes, mut new_bytes, mut old_bytes) = (0u64, 0u64, 0u64, 0u64);
+        let mut panicked = false;
+        merge_walk(&self.staging, &self.objects, id, &prefix, None, |m| {
+            if let Some(new) = m.new {
+                rows += 1;
+                staged_bytes += 8 + entry_len(m.key, new);
+                new_bytes += entry_len(m.key, new);
+                old_bytes += m.old.map_or(0, |old| entry_len(m.key, old));
+            } else if let Some(old) = m.old
+                // The first panic decides; the walk goes on only to count.
+                && !panicked
+            {
+                match panic::catch_unwind(AssertUnwindSafe(|| leaves(in_scope, old))) {
+                    Ok(true) => old_bytes += entry_len(m.key, old),
+                    Ok(false) => {}
+                    Err(_) => panicked = true,
+                }
+            }
+            true
+        })?;
+        if rows != expected_rows {
             return Err(Error::StagingIncomplete {
                 scope: scope.to_string(),
                 detail: format!(
-                    "{} objects staged, {expected_rows} expected (the staging was dropped or a page is missing)",
-                    items.len()
+                    "{rows} objects staged, {expected_rows} expected (the staging was dropped or a page is missing)"
                 ),
             }
             .into());
         }
-        self.replace(scope, in_scope, items, list_rv)?;
-        Ok(Outcome::Done)
+        if panicked {
+            return Err(Error::PredicatePanicked {
+                path: self.engine.path.clone(),
+            }
+            .into());
+        }
+        // The staged rows leave once the commit is done (`commit_staged`):
+        // the cap is checked as if they were gone already.
+        let credit = staged_bytes.min(self.payload);
+        self.payload -= credit;
+        let room = self.make_room(new_bytes.saturating_sub(old_bytes));
+        self.payload += credit;
+        room?;
+
+        // Apply, one window at a time. The walk is redone, so an object
+        // make_room evicted is simply absent now, and an unchanged one is
+        // seen as such again.
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let mut puts: Vec<Entry> = Vec::new();
+            let mut removes: Vec<Vec<u8>> = Vec::new();
+            let mut held = 0;
+            let stop = merge_walk(
+                &self.staging,
+                &self.objects,
+                id,
+                &prefix,
+                after.as_deref(),
+                |m| {
+                    if let Some(new) = m.new {
+                        if !m.old.is_some_and(|old| same_content(old, new)) {
+                            held += m.key.len() + new.len();
+                            puts.push((m.key.to_vec(), new.to_vec()));
+                        }
+                    } else if let Some(old) = m.old
+                        // The predicate did not panic on this object in the
+                        // plan; if it does now (it is not deterministic),
+                        // the panic fails the whole batch: nothing half
+                        // done is committed.
+                        && leaves(in_scope, old)
+                    {
+                        held += m.key.len();
+                        removes.push(m.key.to_vec());
+                    }
+                    puts.len() + removes.len() < MERGE_WINDOW_ENTRIES && held < MERGE_WINDOW_BYTES
+                },
+            )?;
+            for k in &removes {
+                self.remove_object(k)?;
+            }
+            for (k, v) in &puts {
+                self.put_object(k, v)?;
+            }
+            match stop {
+                Some(last) => after = Some(last),
+                None => break,
+            }
+        }
+        self.mark_relisted(scope, list_rv)
     }
 
     // === housekeeping ===
