@@ -204,6 +204,28 @@ impl FilterChain {
         }
     }
 
+    /// An incremental filter for a JSON list body: items are filtered as
+    /// they complete, so a list of any size holds one item at a time.
+    pub fn json_list(&self) -> ListFilter {
+        ListFilter {
+            chain: self.clone(),
+            stream: codec::ListStream::new(Format::Json, LIST_ITEM_MAX),
+            head: Some(BytesMut::new()),
+            mode: ListMode::Items,
+            kept: 0,
+        }
+    }
+
+    /// Wraps a JSON list response body so its items come out filtered as
+    /// they stream (the same output as [`FilterChain::filter_list_body`]).
+    pub fn json_list_body<B>(&self, body: B) -> FilteredListBody<B> {
+        FilteredListBody {
+            inner: body,
+            filter: self.json_list(),
+            done: false,
+        }
+    }
+
     /// An incremental filter for a watch response body of `format`.
     pub fn watch(&self, format: Format) -> WatchFilter {
         WatchFilter {
@@ -351,6 +373,227 @@ impl WatchFilter {
                 codec::encode_watch_event(self.format, EventType::Deleted, event.object()).map(Some)
             }
         }
+    }
+}
+
+/// The largest list item held while it arrives; past it the rest of the
+/// list passes through unfiltered (as an undecodable list does).
+const LIST_ITEM_MAX: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListMode {
+    /// Items are filtered one by one.
+    Items,
+    /// The item kind came after the first item: the body is filtered whole
+    /// at its end (`head` holds all of it).
+    Whole,
+    /// No filter handles the item kind, or the list stopped decoding: bytes
+    /// pass through as they come.
+    Passthrough,
+}
+
+/// Filters a JSON list as it streams: bytes in, filtered bytes out.
+pub struct ListFilter {
+    chain: FilterChain,
+    stream: codec::ListStream,
+    /// Everything received until the list's type is known, so the body can
+    /// still be passed through or filtered whole.
+    head: Option<BytesMut>,
+    mode: ListMode,
+    /// Items written so far (a `,` goes before every one but the first).
+    kept: usize,
+}
+
+impl fmt::Debug for ListFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListFilter")
+            .field("mode", &self.mode)
+            .field("buffered", &self.stream.buffered())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListFilter {
+    /// Feeds received bytes; returns the filtered bytes they completed.
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        match self.mode {
+            ListMode::Passthrough => return Bytes::copy_from_slice(chunk),
+            ListMode::Whole => {
+                if let Some(head) = self.head.as_mut() {
+                    head.extend_from_slice(chunk);
+                }
+                return Bytes::new();
+            }
+            ListMode::Items => {}
+        }
+        if let Some(head) = self.head.as_mut() {
+            head.extend_from_slice(chunk);
+        }
+        self.stream.push(chunk);
+        let mut out = BytesMut::new();
+        loop {
+            match self.stream.next_piece() {
+                Ok(Some(codec::ListPiece::Verbatim(b))) => out.extend_from_slice(&b),
+                Ok(Some(codec::ListPiece::Item(item))) => {
+                    if !self.first_item_decides(&mut out) {
+                        break;
+                    }
+                    self.emit_item(&item, &mut out);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    self.chain.log_undecodable(&error, "list");
+                    self.pass_rest(&mut out);
+                    break;
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    /// Ends the body: whatever is held comes out (unchanged if the list was
+    /// incomplete, as the client would have seen it).
+    pub fn finish(&mut self) -> Bytes {
+        match self.mode {
+            ListMode::Passthrough => Bytes::new(),
+            ListMode::Whole => {
+                let whole = self.head.take().unwrap_or_default().freeze();
+                self.chain.filter_list_body(Format::Json, whole)
+            }
+            ListMode::Items => match self.stream.finish() {
+                Ok(rest) => rest.unwrap_or_default(),
+                Err(error) => {
+                    tracing::debug!(%error, "list body ended early");
+                    let mut out = BytesMut::new();
+                    self.pass_rest(&mut out);
+                    out.freeze()
+                }
+            },
+        }
+    }
+
+    /// At the first item: whether items are filtered one by one. Otherwise
+    /// the mode changes (and `out` may get what was held).
+    fn first_item_decides(&mut self, out: &mut BytesMut) -> bool {
+        let Some(head) = self.head.take() else {
+            return true;
+        };
+        if !self.stream.type_known() {
+            self.head = Some(head);
+            out.clear();
+            self.mode = ListMode::Whole;
+            return false;
+        }
+        let handled = ObjectKind::of(self.stream.api_version(), self.stream.item_kind())
+            .is_some_and(|k| self.chain.handles(k));
+        if !handled {
+            // Nothing to filter: send what arrived as it was.
+            out.clear();
+            out.extend_from_slice(&head);
+            self.mode = ListMode::Passthrough;
+            return false;
+        }
+        true
+    }
+
+    fn emit_item(&mut self, item: &[u8], out: &mut BytesMut) {
+        let kind = ObjectKind::of(self.stream.api_version(), self.stream.item_kind());
+        let filtered = kind.map_or(Ok(Filtered::Unchanged), |kind| {
+            self.chain.filter_item(
+                kind,
+                Format::Json,
+                self.stream.api_version(),
+                self.stream.item_kind(),
+                item,
+            )
+        });
+        let bytes: Cow<'_, [u8]> = match filtered {
+            Ok(Filtered::Unchanged) => Cow::Borrowed(item),
+            Ok(Filtered::Mutated(new)) => Cow::Owned(new),
+            Ok(Filtered::Dropped) => return,
+            Err(error) => {
+                self.chain.log_undecodable(&error, "list item");
+                Cow::Borrowed(item)
+            }
+        };
+        if self.kept > 0 {
+            out.extend_from_slice(b",");
+        }
+        out.extend_from_slice(&bytes);
+        self.kept += 1;
+    }
+
+    /// The list stopped decoding: what is held, and the rest, pass through.
+    fn pass_rest(&mut self, out: &mut BytesMut) {
+        match self.head.take() {
+            // Nothing was sent yet: send it all as it came.
+            Some(head) => {
+                out.clear();
+                out.extend_from_slice(&head);
+            }
+            None => out.extend_from_slice(&self.stream.take_unconsumed()),
+        }
+        self.mode = ListMode::Passthrough;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A JSON list response body whose items are filtered as they stream.
+    pub struct FilteredListBody<B> {
+        #[pin]
+        inner: B,
+        filter: ListFilter,
+        done: bool,
+    }
+}
+
+impl<B> Body for FilteredListBody<B>
+where
+    B: Body,
+    B::Data: Buf,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        loop {
+            if *this.done {
+                return Poll::Ready(None);
+            }
+            match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(mut data) => {
+                        let chunk = data.copy_to_bytes(data.remaining());
+                        let out = this.filter.push(&chunk);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                    }
+                },
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => {
+                    *this.done = true;
+                    let rest = this.filter.finish();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 

@@ -599,3 +599,94 @@ fn a_whole_watch_body_can_be_filtered_at_once() {
         );
     }
 }
+
+/// Runs the streaming JSON list filter over `body` cut into `size`-byte chunks.
+fn stream_list(c: &FilterChain, body: &[u8], size: usize) -> Vec<u8> {
+    let mut f = c.json_list();
+    let mut out = Vec::new();
+    for chunk in body.chunks(size.max(1)) {
+        out.extend_from_slice(&f.push(chunk));
+    }
+    out.extend_from_slice(&f.finish());
+    out
+}
+
+#[test]
+fn a_streamed_json_list_comes_out_as_the_whole_list_filter_gives_it() {
+    let c = chain(
+        &[FilterName::MasterService, FilterName::DiscardCloudService],
+        TestInputs::default(),
+    );
+    let mut svcs = services();
+    svcs.extend(services().into_iter().map(|mut s| {
+        s.metadata.name = s.metadata.name.map(|n| format!("{n}-2"));
+        s
+    }));
+    let bodies = [
+        list(Format::Json, &svcs),
+        // The discarded one first: no comma may lead the items.
+        list(Format::Json, &[svcs[2].clone(), svcs[1].clone()]),
+        list::<Service>(Format::Json, &[]),
+        // Untouched items only: the same bytes.
+        list(Format::Json, &svcs[1..2]),
+    ];
+    for body in &bodies {
+        let whole = c.filter_list_body(Format::Json, Bytes::from(body.clone()));
+        for size in [1, 5, 64, 1000, body.len()] {
+            let streamed = stream_list(&c, body, size);
+            assert_eq!(
+                String::from_utf8_lossy(&streamed),
+                String::from_utf8_lossy(&whole),
+                "chunks of {size}"
+            );
+        }
+    }
+    let unchanged = &bodies[3];
+    assert_eq!(
+        stream_list(&c, unchanged, 7),
+        *unchanged,
+        "exact bytes kept"
+    );
+}
+
+#[test]
+fn a_streamed_list_the_chain_cannot_read_passes_through() {
+    let c = chain(&FilterName::ALL, TestInputs::default());
+    // A kind no filter handles, a Status, a Table, junk, a cut body.
+    let cms = list(
+        Format::Json,
+        &[config_map("kube-system", "a", &[("k", "v")])],
+    );
+    let status = br#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":404}"#.to_vec();
+    let table = br#"{"kind":"Table","apiVersion":"meta.k8s.io/v1","columnDefinitions":[],"rows":[{"cells":["a"]}]}"#.to_vec();
+    let junk = b"2026-01-01 log line\n".to_vec();
+    let svcs = list(Format::Json, &services());
+    let cut = svcs[..svcs.len() - 20].to_vec();
+    for body in [cms, status, table, junk] {
+        for size in [1, 9, body.len()] {
+            assert_eq!(
+                stream_list(&c, &body, size),
+                body,
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+    // Cut short: what was filtered went out; the client sees a cut list.
+    let out = stream_list(&c, &cut, 50);
+    assert!(serde_json::from_slice::<serde_json::Value>(&out).is_err());
+    // Kind after the items: filtered whole at the end, still right.
+    let mut late: serde_json::Value = serde_json::from_slice(&svcs).expect("json");
+    let items = late["items"].take();
+    let reordered = serde_json::to_vec(&serde_json::json!({
+        "items": items, "kind": "ServiceList", "apiVersion": "v1", "metadata": {"resourceVersion": "555"}
+    }))
+    .expect("json");
+    let _ = late;
+    let streamed = stream_list(&c, &reordered, 13);
+    let names: Vec<Service> = decode_list(Format::Json, &streamed);
+    assert_eq!(
+        names.iter().map(name_of).collect::<Vec<_>>(),
+        vec!["kubernetes", "web"]
+    );
+}

@@ -590,6 +590,11 @@ impl Proxy {
             // The filtered form is what clients and the cache see (§6.1).
             body = if info.verb == Verb::Watch {
                 chain.watch_body(format, body).boxed_unsync()
+            } else if info.verb == Verb::List && format == crate::codec::Format::Json {
+                // Item by item: sixteen large lists must not be sixteen
+                // whole copies. (A protobuf list's length prefix covers all
+                // its items, so it is filtered whole.)
+                chain.json_list_body(body).boxed_unsync()
             } else {
                 let verb = info.verb.as_str();
                 body::map_whole(body, move |b| chain.filter_body(verb, format, b))
