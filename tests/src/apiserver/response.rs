@@ -40,6 +40,32 @@ pub fn plain(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> 
     resp
 }
 
+/// JSON with the top-level fields in the order Go's encoder writes them for
+/// API objects: the inlined TypeMeta (`kind`, `apiVersion`), then
+/// `metadata`, then the rest (a list's `items` come last). serde_json's map
+/// is sorted, which would put `items` before `kind`.
+fn go_field_order(obj: &Value) -> serde_json::Result<Vec<u8>> {
+    let Some(map) = obj.as_object() else {
+        return serde_json::to_vec(obj);
+    };
+    const FIRST: [&str; 3] = ["kind", "apiVersion", "metadata"];
+    let mut out = vec![b'{'];
+    let fields = FIRST
+        .iter()
+        .filter_map(|k| map.get_key_value(*k))
+        .chain(map.iter().filter(|(k, _)| !FIRST.contains(&k.as_str())));
+    for (i, (k, v)) in fields.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, k)?;
+        out.push(b':');
+        serde_json::to_writer(&mut out, v)?;
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
 /// Serializes an object for the negotiated format.
 pub fn encode(
     format: Format,
@@ -50,7 +76,7 @@ pub fn encode(
     match format {
         Format::Json if pretty => serde_json::to_vec_pretty(obj).map_err(ApiError::internal),
         Format::Json => {
-            let mut v = serde_json::to_vec(obj).map_err(ApiError::internal)?;
+            let mut v = go_field_order(obj).map_err(ApiError::internal)?;
             // encoding/json's Encoder terminates every document with a newline.
             v.push(b'\n');
             Ok(v)
