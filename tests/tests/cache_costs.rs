@@ -2,7 +2,8 @@
 //! whose object has the resourceVersion already cached writes nothing to
 //! the store (counted in `node_yurthub_cache_unchanged_writes`), while a
 //! GET of a changed object is written; the same watch event on several
-//! watches of one scope is written once.
+//! watches of one scope is written once; a list the cache holds at its
+//! resourceVersion is not written again, however many copies arrive at once.
 
 mod cache_support;
 
@@ -175,4 +176,111 @@ async fn the_same_event_on_several_watches_of_one_scope_is_written_once() {
     }
     hub.stop().await;
     api.shutdown().await;
+}
+
+/// Names of the items of a JSON list reply.
+fn item_names(r: &yurthub_e2e::hub::Reply) -> Vec<String> {
+    names(&r.json())
+}
+
+/// A list of more than one store page is cached while it streams and
+/// replaces its scope exactly; the same list again (alone, or eight copies
+/// at once, as clients sharing an identity re-list when the cloud returns)
+/// writes nothing and is counted as unchanged; the changed list is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_at_the_cached_resource_version_writes_nothing() {
+    let Env {
+        api,
+        _files,
+        hub,
+        c,
+        hub_url,
+    } = env().await;
+    const PODS: usize = 1200; // more than two of the cache's 500-item pages
+    for i in 0..PODS {
+        api.create(pod("a", &format!("l{i:04}"), NODE, "x"))
+            .unwrap();
+    }
+    api.create(pod("a", "elsewhere", "other-node", "x"))
+        .unwrap();
+    let url = format!(
+        "{}/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}",
+        hub.proxy_url()
+    );
+    let objects = |c: PlainClient, hub_url: String| async move {
+        cache_doc(&c, &hub_url).await["objects"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = objects(c.clone(), hub_url.clone()).await;
+    let first = get(&c, &url, KUBELET).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(item_names(&first).len(), PODS);
+    wait_objects(&c, &hub_url, before + PODS as u64).await;
+
+    let unchanged = metric(&c, &hub_url, "node_yurthub_cache_unchanged_writes").await;
+    let again = get(&c, &url, KUBELET).await;
+    assert_eq!(again.body, first.body, "the same list is answered");
+    unchanged_reaches(
+        &c,
+        &hub_url,
+        unchanged + 1.0,
+        "the relist counted as unchanged",
+    )
+    .await;
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { get(&c, &url, KUBELET).await })
+        })
+        .collect();
+    for b in burst {
+        let r = b.await.expect("list task");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(item_names(&r).len(), PODS);
+    }
+    unchanged_reaches(
+        &c,
+        &hub_url,
+        unchanged + 9.0,
+        "eight concurrent copies of the cached list counted as unchanged",
+    )
+    .await;
+
+    // The scope changes: the relist is written and replaces it exactly.
+    api.delete_now("v1", "Pod", "a", "l0000").unwrap();
+    let mut p = api.get("v1", "Pod", "a", "l0001").expect("pod");
+    p["metadata"]["labels"]["app"] = json!("relabelled");
+    api.update(p).unwrap();
+    let changed = get(&c, &url, KUBELET).await;
+    assert_eq!(item_names(&changed).len(), PODS - 1);
+    eventually(
+        Duration::from_secs(15),
+        "the changed list replaces the scope",
+        || {
+            let (c, hub_url) = (c.clone(), hub_url.clone());
+            async move { objects(c, hub_url).await == before + PODS as u64 - 1 }
+        },
+    )
+    .await;
+
+    // Offline, the cache answers the changed list.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.shutdown().await;
+    wait_offline(&c, &hub_url, &api.url()).await;
+    let offline = get(&c, &url, KUBELET).await;
+    assert_eq!(offline.status, StatusCode::OK, "{}", offline.text());
+    let mut want = item_names(&changed);
+    want.sort();
+    let mut got = item_names(&offline);
+    got.sort();
+    assert_eq!(got, want);
+    let relabelled = offline.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["metadata"]["name"] == "l0001")
+        .map(|i| i["metadata"]["labels"]["app"].clone());
+    assert_eq!(relabelled, Some(json!("relabelled")));
+    hub.stop().await;
 }

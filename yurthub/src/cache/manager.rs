@@ -15,6 +15,8 @@
 //! the keys whose last write failed, and whether the store was recovered
 //! empty.
 
+mod list_copy;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -122,6 +124,9 @@ struct Inner {
     /// one scope (clients sharing a token, a component's parallel
     /// watchers) is written once. Bounded: cleared when full.
     submitted: Mutex<HashMap<String, String>>,
+    /// Unpaginated lists being written, per scope → resourceVersion, so a
+    /// second copy of the same list is not written too.
+    listing: Mutex<HashMap<ScopeKey, String>>,
 }
 
 /// Objects whose last submitted watch event is remembered.
@@ -153,6 +158,7 @@ impl CacheManager {
                 budget: CopyBudget::new(COPY_BUDGET_BYTES),
                 unchanged: std::sync::atomic::AtomicU64::new(0),
                 submitted: Mutex::new(HashMap::new()),
+                listing: Mutex::default(),
             }),
         }
     }
@@ -341,6 +347,16 @@ impl CacheManager {
                     let scope = selectors.scope(&resource, namespace.as_deref());
                     me.consume_watch(scope, format, rx).await
                 }
+                Plan::List {
+                    resource,
+                    namespace,
+                    selectors,
+                    limit: None,
+                    continue_token: None,
+                } => {
+                    me.consume_list(resource, namespace, selectors, format, rx)
+                        .await
+                }
                 other => {
                     if let Some((bytes, held)) = collect(rx, &me.inner.budget, hint).await {
                         me.write_response(other, format, bytes, held).await
@@ -520,23 +536,8 @@ impl CacheManager {
         let item_kind = parts.item_kind().to_owned();
         let mut items = Vec::with_capacity(parts.items.len());
         for r in &parts.items {
-            let raw = &bytes[r.clone()];
-            let body = match format {
-                codec::Format::Json => {
-                    match codec::json_with_type_meta(raw, &api_version, &item_kind) {
-                        Ok(b) if b.len() == raw.len() => bytes.slice(r.clone()),
-                        Ok(b) => Bytes::from(b),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "list item unreadable; not cached");
-                            return None;
-                        }
-                    }
-                }
-                codec::Format::Protobuf => {
-                    Bytes::from(codec::envelope(&api_version, &item_kind, raw))
-                }
-            };
-            if let Some(o) = self.object_from(format, body, &api_version, &item_kind) {
+            let raw = bytes.slice(r.clone());
+            if let Some(o) = self.list_item(format, raw, &api_version, &item_kind).ok()? {
                 items.push(o);
             }
         }
