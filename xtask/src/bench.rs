@@ -6,7 +6,7 @@
 //!   `yurthub-under-test` process, on loopback);
 //! - `redirect`: `bench-redirect` (eBPF connect redirect vs direct vs
 //!   iptables DNAT in a sandbox; needs root);
-//! - `cache`: `bench-cache` (the cache; run with `cargo run`);
+//! - `cache`: `bench-cache` (the cache; hub processes are `yurthub-under-test`);
 //! - `fanout`: `bench-fanout` (50 local watchers of endpointslices through
 
 //! - `fleet`: `bench-fleet` (N hub processes against one double: idle cost,
@@ -107,19 +107,8 @@ fn cache(bench_args: &[String]) -> Result<()> {
             source.display()
         );
     }
-    cmd::run(
-        cmd::cargo()
-            .args([
-                "run",
-                "--release",
-                "-p",
-                PACKAGE,
-                "--bin",
-                "bench-cache",
-                "--",
-            ])
-            .args(bench_args),
-    )
+    // The hub processes it measures are the release hub binary.
+    build_and_run("bench-cache", &["yurthub-under-test"], bench_args)
 }
 
 /// `cargo build --release` of `bin` (and `extra` binaries it runs), then
