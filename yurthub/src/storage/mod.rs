@@ -42,8 +42,9 @@
 //!   [`Error::DiskFull`] before anything is touched, while removals still
 //!   run (they are how space comes back). Should the disk fill anyway, the
 //!   failed commit leaves the last durable state on disk, the store reopens
-//!   the file and keeps serving. [`Stats::disk_full`] clears on the next
-//!   successful commit that grew the store.
+//!   the file and keeps serving. [`Stats::disk_full`] stays set until a
+//!   commit that grew the store finds the free space the refused batch
+//!   needed (small writes that still fit do not clear it).
 //! * **Bounded growth** ([`Options::max_bytes`], over keys + values): a
 //!   write that would cross the cap first evicts cached events (core and
 //!   events.k8s.io), oldest first, down to 90% of the cap; if that is not

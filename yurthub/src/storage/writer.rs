@@ -217,6 +217,7 @@ pub(crate) fn spawn(
                 engine,
                 config,
                 stale: HashSet::new(),
+                refused_needed: None,
             }
             .run(rx)
         })
@@ -229,6 +230,10 @@ struct Writer {
     /// is withdrawn and no longer advanced, so a reconnect cannot resume past
     /// the hole; a relist (replace) or an explicit progress reset clears it.
     stale: HashSet<Vec<u8>>,
+    /// Free bytes the last batch refused for space needed. Until that much
+    /// is free again the store reports itself full, however many small
+    /// writes still fit.
+    refused_needed: Option<u64>,
 }
 
 /// What a single operation's application can end in.
@@ -335,8 +340,9 @@ impl Writer {
         }
 
         let (batch, refused) = self.preflight(batch);
-        if let Some((refused, err)) = refused {
+        if let Some((refused, err, needed)) = refused {
             counters.disk_full.store(true, Ordering::Relaxed);
+            self.refused_needed = Some(needed);
             tracing::warn!(path = %self.engine.path.display(), refused = refused.len(), error = %err, "cache store writes refused: not enough free disk space");
             self.fail_all(refused, &err);
         }
@@ -353,6 +359,10 @@ impl Writer {
             replies.push((m.reply, m.permit));
         }
 
+        // Only a commit that grew the store can show there is room again
+        // (one of removals, an aborted staging, frees pages inside the
+        // file, not on the disk), and only once what was refused would fit.
+        let grew = ops.iter().any(|op| op.growth_estimate() > 0);
         let generation = engine.generation();
         let outcome = self.apply_batch(ops, self.stale.clone());
         match outcome {
@@ -361,7 +371,10 @@ impl Writer {
                 self.publish_stale();
                 if committed {
                     counters.commits.fetch_add(1, Ordering::Relaxed);
-                    counters.disk_full.store(false, Ordering::Relaxed);
+                    if grew && self.room_again() {
+                        self.refused_needed = None;
+                        counters.disk_full.store(false, Ordering::Relaxed);
+                    }
                 }
                 let mut failed = 0u64;
                 let mut first_error = None;
@@ -424,10 +437,21 @@ impl Writer {
             .is_ok()
     }
 
+    /// Whether the free space the last refused batch needed is there now.
+    fn room_again(&self) -> bool {
+        let Some(needed) = self.refused_needed else {
+            return true;
+        };
+        nix::sys::statvfs::statvfs(&self.engine.dir)
+            .map_or(true, |s| s.blocks_available() * s.fragment_size() >= needed)
+    }
+
     /// Splits off the operations that would grow the file when the
-    /// filesystem lacks room for them plus the configured reserve. Removals
-    /// may dip into the reserve: they are how space comes back.
-    fn preflight(&self, batch: Vec<Msg>) -> (Vec<Msg>, Option<(Vec<Msg>, Error)>) {
+    /// filesystem lacks room for them plus the configured reserve (with the
+    /// free bytes they needed). Removals may dip into the reserve: they are
+    /// how space comes back.
+    #[allow(clippy::type_complexity)]
+    fn preflight(&self, batch: Vec<Msg>) -> (Vec<Msg>, Option<(Vec<Msg>, Error, u64)>) {
         let Some(reserve) = self.config.disk_reserve else {
             return (batch, None);
         };
@@ -453,7 +477,7 @@ impl Writer {
         };
         let (refused, kept): (Vec<Msg>, Vec<Msg>) =
             batch.into_iter().partition(|m| m.op.growth_estimate() > 0);
-        (kept, Some((refused, err)))
+        (kept, Some((refused, err, needed)))
     }
 
     fn fail_all(&mut self, batch: Vec<Msg>, err: &Error) {
