@@ -166,9 +166,23 @@ pub struct HubProcess {
     log: tempfile::NamedTempFile,
 }
 
+/// Names another hub binary to run instead (`cargo xtask bench` sets it to
+/// the `dist` build, the profile the Containerfile ships).
+pub const HUB_BINARY_ENV: &str = "YURTHUB_UNDER_TEST";
+
 /// The `yurthub-under-test` binary cargo builds in target/<profile>/: next
-/// to a bench binary, or in the parent of deps/ for integration tests.
+/// to a bench binary, or in the parent of deps/ for integration tests
+/// (or the one [`HUB_BINARY_ENV`] names).
 pub fn hub_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os(HUB_BINARY_ENV) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.exists(),
+            "{HUB_BINARY_ENV}={} does not exist",
+            path.display()
+        );
+        return path;
+    }
     let exe = std::env::current_exe().expect("current exe");
     let here = exe.parent().expect("the executable has a directory");
     let candidates = [Some(here), here.parent()];

@@ -63,12 +63,12 @@ pub fn run(args: &Args) -> Result<()> {
     for which in &selected {
         eprintln!("=== bench {which:?} ===");
         let result = match which {
-            Which::Proxy => build_and_run("bench-proxy", &["yurthub-under-test"], &args.bench_args),
+            Which::Proxy => build_and_run("bench-proxy", HUB, &args.bench_args),
             Which::Redirect => redirect(&args.bench_args),
             Which::Cache => cache(&args.bench_args),
-            Which::Fanout => build_and_run("bench-fanout", &[], &args.bench_args),
-            Which::Fleet => build_and_run("bench-fleet", &["yurthub-under-test"], &args.bench_args),
-            Which::Pool => build_and_run("bench-pool", &["yurthub-under-test"], &args.bench_args),
+            Which::Fanout => build_and_run("bench-fanout", NO_HUB, &args.bench_args),
+            Which::Fleet => build_and_run("bench-fleet", HUB, &args.bench_args),
+            Which::Pool => build_and_run("bench-pool", HUB, &args.bench_args),
             Which::All => unreachable!("expanded above"),
         };
         if let Err(err) = result {
@@ -93,7 +93,7 @@ fn redirect(bench_args: &[String]) -> Result<()> {
              but the effective uid is {uid}. Run `sudo -E cargo xtask bench redirect`."
         );
     }
-    build_and_run("bench-redirect", &[], bench_args)
+    build_and_run("bench-redirect", NO_HUB, bench_args)
 }
 
 /// The cache benchmark is another helper's binary; say so plainly while it
@@ -108,25 +108,40 @@ fn cache(bench_args: &[String]) -> Result<()> {
         );
     }
     // The hub processes it measures are the release hub binary.
-    build_and_run("bench-cache", &["yurthub-under-test"], bench_args)
+    build_and_run("bench-cache", HUB, bench_args)
 }
 
-/// `cargo build --release` of `bin` (and `extra` binaries it runs), then
-/// runs `bin` from the release directory.
-fn build_and_run(bin: &str, extra: &[&str], bench_args: &[String]) -> Result<()> {
-    let mut build = cmd::cargo();
-    build.args(["build", "--release", "-p", PACKAGE, "--bin", bin]);
-    for e in extra {
-        build.args(["--bin", e]);
+/// Whether a benchmark runs hub processes.
+const HUB: bool = true;
+const NO_HUB: bool = false;
+
+/// `cargo build --release` of `bin`, then runs it from the release
+/// directory. With `hub`, the hub binary it runs is built with the `dist`
+/// profile (what the Containerfile ships) and named to it by
+/// `YURTHUB_UNDER_TEST`: idle RSS and CPU are the shipped binary's.
+fn build_and_run(bin: &str, hub: bool, bench_args: &[String]) -> Result<()> {
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", PACKAGE, "--bin", bin]))?;
+    let mut run = std::process::Command::new(built_binary("release", bin)?);
+    if hub {
+        let under_test = "yurthub-under-test";
+        cmd::run(cmd::cargo().args([
+            "build",
+            "--profile",
+            "dist",
+            "-p",
+            PACKAGE,
+            "--bin",
+            under_test,
+        ]))?;
+        let path = built_binary("dist", under_test)?;
+        eprintln!("hub binary: {} (profile dist)", path.display());
+        run.env("YURTHUB_UNDER_TEST", path);
     }
-    cmd::run(&mut build)?;
-    let path = release_binary(bin)?;
-    cmd::run(std::process::Command::new(&path).args(bench_args))
-        .with_context(|| format!("benchmark {bin}"))
+    cmd::run(run.args(bench_args)).with_context(|| format!("benchmark {bin}"))
 }
 
-fn release_binary(bin: &str) -> Result<PathBuf> {
-    let path = build_ebpf::target_dir()?.join("release").join(bin);
+fn built_binary(profile: &str, bin: &str) -> Result<PathBuf> {
+    let path = build_ebpf::target_dir()?.join(profile).join(bin);
     if !path.exists() {
         bail!("{} was not built", path.display());
     }

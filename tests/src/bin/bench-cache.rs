@@ -17,12 +17,13 @@
 //!    and the copies the hub skipped for its memory budget;
 //! 5. cold start offline to the first answered request.
 //!
-//! The hub processes are the release `yurthub-under-test` binary next to
-//! this one (the same `yurthub::entry::main` as the production binary, and
-//! nothing else linked in: its RSS is mostly its own code pages, so a hub
-//! inside this bench binary, double and all, would read high); the
-//! watch-event figure still runs the hub in-process (it measures the
-//! store's writer thread, not the request path).
+//! The hub processes are the `yurthub-under-test` binary next to this one,
+//! or the one `YURTHUB_UNDER_TEST` names (`cargo xtask bench` builds it with
+//! the shipped `dist` profile). It runs the production `yurthub::entry::main`
+//! with nothing else linked in: idle RSS is mostly the binary's own code
+//! pages, so a hub inside this bench binary, double and all, would read
+//! high. The watch-event figure still runs the hub in-process (it measures
+//! the store's writer thread, not the request path).
 
 #[path = "../../tests/cache_support/mod.rs"]
 mod cache_support;
@@ -425,14 +426,7 @@ impl Drop for Proc {
 
 fn spawn_hub(args: &[String]) -> Proc {
     use std::os::unix::process::CommandExt as _;
-    let exe = std::env::current_exe().expect("exe");
-    let hub = exe.with_file_name("yurthub-under-test");
-    assert!(
-        hub.exists(),
-        "{} is missing: build it with `cargo build --release -p yurthub-e2e --bin yurthub-under-test` (cargo xtask bench cache does)",
-        hub.display()
-    );
-    let mut cmd = Command::new(hub);
+    let mut cmd = Command::new(yurthub_e2e::hub::hub_binary());
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork
     // and exec. The hub dies with the bench, even by a signal.
     unsafe {

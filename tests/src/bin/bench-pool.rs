@@ -115,18 +115,6 @@ async fn relay(target: SocketAddr) -> Result<(SocketAddr, Arc<AtomicU64>)> {
     Ok((addr, down))
 }
 
-fn sibling_binary(name: &str) -> Result<std::path::PathBuf> {
-    let exe = std::env::current_exe().context("current exe")?;
-    let p = exe.parent().context("exe dir")?.join(name);
-    if !p.exists() {
-        bail!(
-            "{} is missing: run through `cargo xtask bench pool`",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
 fn service(i: usize) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("svc-{i:05}"), "namespace": "default"},
@@ -377,7 +365,7 @@ async fn run(args: &Args, followers: usize) -> Result<Outcome> {
         .map(|p| format!("http://127.0.0.1:{p}"))
         .context("serve port")?;
     let mut leader = Leader(
-        std::process::Command::new(sibling_binary("yurthub-under-test")?)
+        std::process::Command::new(yurthub_e2e::hub::hub_binary())
             .args(&lead_args[1..])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

@@ -681,7 +681,7 @@ impl HubRun {
     fn start(files: &HubFiles, server: &str, binary: Option<PathBuf>) -> Result<HubRun> {
         let binary = match binary {
             Some(b) => b,
-            None => sibling_binary("yurthub-under-test")?,
+            None => yurthub_e2e::hub::hub_binary(),
         };
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let secure = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -744,19 +744,6 @@ impl Drop for HubRun {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A binary cargo built next to this one (target/<profile>/).
-fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("current exe")?;
-    let path = exe.parent().context("exe has a directory")?.join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: build it with `cargo build --release -p yurthub-e2e --bin {name}` (cargo xtask bench does)",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// `perf record` of `pid` for `window` (a flat profile by symbol: release
