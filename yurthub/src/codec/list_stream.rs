@@ -109,10 +109,6 @@ impl ListStream {
         }
     }
 
-    pub fn format(&self) -> Format {
-        self.format
-    }
-
     pub fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }
@@ -174,6 +170,8 @@ impl ListStream {
             Format::Json => self.next_json()?,
             Format::Protobuf => self.next_pb()?,
         };
+        // A JSON value still arriving (protobuf fields are bounded by their
+        // declared length before they are buffered).
         if piece.is_none() && self.scan.is_some() && self.buf.len() > self.max_item {
             return Err(CodecError::FrameTooLarge {
                 len: self.buf.len(),
@@ -528,11 +526,10 @@ impl ListStream {
                 max: self.max_item,
             });
         }
+        // The bound was checked on the declared length above.
         if self.buf.len() < pos + len {
-            self.scan = Some(Extent::pending());
             return Ok(None);
         }
-        self.scan = None;
         self.take(pos, false);
         let body = self.take(len, false);
         Ok(Some(PbField::Whole { tag, body }))
@@ -589,17 +586,6 @@ impl Extent {
             in_str: first == b'"',
             escaped: false,
             scalar: !matches!(first, b'{' | b'[' | b'"'),
-        }
-    }
-
-    /// Marks a protobuf field being waited for (only its size matters).
-    fn pending() -> Extent {
-        Extent {
-            at: 0,
-            depth: 0,
-            in_str: false,
-            escaped: false,
-            scalar: false,
         }
     }
 

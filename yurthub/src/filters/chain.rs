@@ -212,6 +212,7 @@ impl FilterChain {
             stream: codec::ListStream::new(Format::Json, LIST_ITEM_MAX),
             head: Some(BytesMut::new()),
             mode: ListMode::Items,
+            kind: None,
             kept: 0,
         }
     }
@@ -219,7 +220,7 @@ impl FilterChain {
     /// Wraps a JSON list response body so its items come out filtered as
     /// they stream (the same output as [`FilterChain::filter_list_body`]).
     pub fn json_list_body<B>(&self, body: B) -> FilteredListBody<B> {
-        FilteredListBody {
+        FilteredBody {
             inner: body,
             filter: self.json_list(),
             done: false,
@@ -239,7 +240,7 @@ impl FilterChain {
 
     /// Wraps a watch response body so its events come out filtered.
     pub fn watch_body<B>(&self, format: Format, body: B) -> FilteredWatchBody<B> {
-        FilteredWatchBody {
+        FilteredBody {
             inner: body,
             filter: self.watch(format),
             done: false,
@@ -400,6 +401,8 @@ pub struct ListFilter {
     /// still be passed through or filtered whole.
     head: Option<BytesMut>,
     mode: ListMode,
+    /// The item kind, once the first item showed the chain handles it.
+    kind: Option<ObjectKind>,
     /// Items written so far (a `,` goes before every one but the first).
     kept: usize,
 }
@@ -484,9 +487,9 @@ impl ListFilter {
             self.mode = ListMode::Whole;
             return false;
         }
-        let handled = ObjectKind::of(self.stream.api_version(), self.stream.item_kind())
-            .is_some_and(|k| self.chain.handles(k));
-        if !handled {
+        self.kind = ObjectKind::of(self.stream.api_version(), self.stream.item_kind())
+            .filter(|k| self.chain.handles(*k));
+        if self.kind.is_none() {
             // Nothing to filter: send what arrived as it was.
             out.clear();
             out.extend_from_slice(&head);
@@ -497,8 +500,7 @@ impl ListFilter {
     }
 
     fn emit_item(&mut self, item: &[u8], out: &mut BytesMut) {
-        let kind = ObjectKind::of(self.stream.api_version(), self.stream.item_kind());
-        let filtered = kind.map_or(Ok(Filtered::Unchanged), |kind| {
+        let filtered = self.kind.map_or(Ok(Filtered::Unchanged), |kind| {
             self.chain.filter_item(
                 kind,
                 Format::Json,
@@ -537,80 +539,52 @@ impl ListFilter {
     }
 }
 
+/// An incremental filter of a body: bytes in, filtered bytes out.
+pub trait StreamFilter {
+    /// Feeds received bytes; returns the filtered bytes they completed.
+    fn push(&mut self, chunk: &[u8]) -> Bytes;
+    /// Ends the body; returns whatever was held back.
+    fn finish(&mut self) -> Bytes;
+}
+
+impl StreamFilter for WatchFilter {
+    fn push(&mut self, chunk: &[u8]) -> Bytes {
+        WatchFilter::push(self, chunk)
+    }
+    fn finish(&mut self) -> Bytes {
+        WatchFilter::finish(self)
+    }
+}
+
+impl StreamFilter for ListFilter {
+    fn push(&mut self, chunk: &[u8]) -> Bytes {
+        ListFilter::push(self, chunk)
+    }
+    fn finish(&mut self) -> Bytes {
+        ListFilter::finish(self)
+    }
+}
+
+/// A watch response body whose events are filtered as they stream.
+pub type FilteredWatchBody<B> = FilteredBody<B, WatchFilter>;
+/// A JSON list response body whose items are filtered as they stream.
+pub type FilteredListBody<B> = FilteredBody<B, ListFilter>;
+
 pin_project_lite::pin_project! {
-    /// A JSON list response body whose items are filtered as they stream.
-    pub struct FilteredListBody<B> {
+    /// A response body passed through a [`StreamFilter`] as it streams.
+    pub struct FilteredBody<B, F> {
         #[pin]
         inner: B,
-        filter: ListFilter,
+        filter: F,
         done: bool,
     }
 }
 
-impl<B> Body for FilteredListBody<B>
+impl<B, F> Body for FilteredBody<B, F>
 where
     B: Body,
     B::Data: Buf,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        loop {
-            if *this.done {
-                return Poll::Ready(None);
-            }
-            match ready!(this.inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(mut data) => {
-                        let chunk = data.copy_to_bytes(data.remaining());
-                        let out = this.filter.push(&chunk);
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                        }
-                    }
-                },
-                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
-                None => {
-                    *this.done = true;
-                    let rest = this.filter.finish();
-                    if !rest.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(rest))));
-                    }
-                    return Poll::Ready(None);
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A watch response body whose events are filtered as they stream.
-    pub struct FilteredWatchBody<B> {
-        #[pin]
-        inner: B,
-        filter: WatchFilter,
-        done: bool,
-    }
-}
-
-impl<B> Body for FilteredWatchBody<B>
-where
-    B: Body,
-    B::Data: Buf,
+    F: StreamFilter,
 {
     type Data = Bytes;
     type Error = B::Error;

@@ -435,43 +435,48 @@ impl Store {
 
     /// The list marker recorded for exactly `scope` (not a covering one).
     pub fn list_marker(&self, scope: &ScopeKey) -> Result<Option<ListMarker>, Error> {
-        let k = codec::scope_key(scope)?;
-        let path = self.path();
-        self.inner.engine.read(|txn| {
-            let t = txn.open_table(engine::MARKERS)?;
-            let Some(v) = t.get(k.as_slice())? else {
-                return Ok(None);
-            };
-            let (rv, at, imported) =
-                codec::decode_marker(v.value()).ok_or_else(|| Error::Decode {
-                    path: path.to_path_buf(),
-                    what: format!("list marker of {scope}"),
-                })?;
-            Ok(Some(ListMarker {
+        self.scope_value(engine::MARKERS, scope, "list marker", |v| {
+            let (rv, at, imported) = codec::decode_marker(v)?;
+            Some(ListMarker {
                 scope: scope.clone(),
                 resource_version: rv,
                 listed_at: at,
                 imported,
-            }))
+            })
         })
     }
 
     pub fn watch_progress(&self, scope: &ScopeKey) -> Result<Option<WatchProgress>, Error> {
+        self.scope_value(engine::PROGRESS, scope, "watch progress", |v| {
+            let (rv, at) = codec::decode_progress(v)?;
+            Some(WatchProgress {
+                resource_version: rv,
+                updated_at: at,
+            })
+        })
+    }
+
+    /// One scope's row of `table`, decoded; a row that does not decode is
+    /// an [`Error::Decode`] naming `what`.
+    fn scope_value<T>(
+        &self,
+        table: engine::Bytes2Bytes,
+        scope: &ScopeKey,
+        what: &str,
+        decode: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<Option<T>, Error> {
         let k = codec::scope_key(scope)?;
         let path = self.path();
         self.inner.engine.read(|txn| {
-            let t = txn.open_table(engine::PROGRESS)?;
+            let t = txn.open_table(table)?;
             let Some(v) = t.get(k.as_slice())? else {
                 return Ok(None);
             };
-            let (rv, at) = codec::decode_progress(v.value()).ok_or_else(|| Error::Decode {
+            let value = decode(v.value()).ok_or_else(|| Error::Decode {
                 path: path.to_path_buf(),
-                what: format!("watch progress of {scope}"),
+                what: format!("{what} of {scope}"),
             })?;
-            Ok(Some(WatchProgress {
-                resource_version: rv,
-                updated_at: at,
-            }))
+            Ok(Some(value))
         })
     }
 

@@ -294,15 +294,18 @@ mod tests {
         ResourceKey::new("kubelet", Space::Full, Gvr::new("", "v1", "pods"))
     }
 
-    /// Feeds `body` to the list consumer in `size`-byte chunks.
-    async fn consume(m: &CacheManager, body: &[u8], size: usize) {
+    /// Feeds `body` to the list consumer in `size`-byte chunks, ending
+    /// with [`Chunk::End`] when `complete` (else as a tee that gave up).
+    async fn feed(m: &CacheManager, body: &[u8], size: usize, complete: bool) {
         let (tx, rx) = mpsc::channel(CHANNEL);
         for c in body.chunks(size) {
             tx.send(Chunk::Data(Bytes::copy_from_slice(c)))
                 .await
                 .expect("send");
         }
-        tx.send(Chunk::End).await.expect("end");
+        if complete {
+            tx.send(Chunk::End).await.expect("end");
+        }
         drop(tx);
         m.consume_list(
             pods(),
@@ -312,6 +315,10 @@ mod tests {
             rx,
         )
         .await;
+    }
+
+    async fn consume(m: &CacheManager, body: &[u8], size: usize) {
+        feed(m, body, size, true).await;
     }
     const CHANNEL: usize = 1 << 16;
 
@@ -385,21 +392,7 @@ mod tests {
         let m = manager(dir.path());
         let body = ordered_list(PAGE_ITEMS + 50, "10");
         // Cut: the channel ends without End (the tee gave up).
-        let (tx, rx) = mpsc::channel(CHANNEL);
-        for c in body[..body.len() - 100].chunks(4096) {
-            tx.send(Chunk::Data(Bytes::copy_from_slice(c)))
-                .await
-                .expect("send");
-        }
-        drop(tx);
-        m.consume_list(
-            pods(),
-            Some("a".into()),
-            Selectors::default(),
-            codec::Format::Json,
-            rx,
-        )
-        .await;
+        feed(&m, &body, 4096, false).await;
         // Broken: ends inside an item.
         consume(&m, &body[..body.len() - 100], 4096).await;
         m.store().flush().await.expect("flush");
