@@ -2594,3 +2594,47 @@ async fn disk_footprint_of_a_thousand_pods_and_process_rss() {
         "the store alone must leave room in the 64 MiB budget: {line}"
     );
 }
+
+/// Two lists of one scope may reach the writer out of order (their copies
+/// are consumed concurrently): the older one, replaced or staged, does not
+/// roll the scope back.
+#[tokio::test]
+async fn an_older_list_of_a_scope_does_not_replace_a_newer_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let r = pods("kubelet");
+    let scope = r.scope(None, "");
+    let list = |names: &[&str], rv: u64| -> Vec<Object> {
+        names.iter().map(|n| obj(Some("d"), n, rv)).collect()
+    };
+    within(
+        "newer",
+        store.replace_scope(&scope, |_| true, list(&["a", "b"], 20), 20),
+    )
+    .await
+    .expect("newer");
+    within(
+        "older",
+        store.replace_scope(&scope, |_| true, list(&["a"], 10), 10),
+    )
+    .await
+    .expect("older");
+    let mut staging = store.begin_staged(&scope);
+    within("page", staging.stage_page(list(&["old"], 15)))
+        .await
+        .expect("stage");
+    within("commit", staging.commit(|_| true, 15))
+        .await
+        .expect("commit");
+    assert_eq!(names(&store, &scope), vec!["a", "b"]);
+    let l = store.list(&scope, |_| true).expect("list").expect("listed");
+    assert_eq!(l.marker.expect("marker").resource_version.as_str(), "20");
+    // A newer one still replaces it.
+    within(
+        "newest",
+        store.replace_scope(&scope, |_| true, list(&["c"], 30), 30),
+    )
+    .await
+    .expect("newest");
+    assert_eq!(names(&store, &scope), vec!["c"]);
+}

@@ -823,8 +823,10 @@ impl<'t, 'e> Cx<'t, 'e> {
                 items,
                 list_rv,
             } => {
-                let encoded = self.encode_items(&scope, items)?;
-                self.replace(&scope, &in_scope, encoded, &list_rv)?;
+                if !self.superseded(&scope, &list_rv)? {
+                    let encoded = self.encode_items(&scope, items)?;
+                    self.replace(&scope, &in_scope, encoded, &list_rv)?;
+                }
                 Ok(Outcome::Done)
             }
             Op::StagePage { id, scope, items } => self.stage_page(id, &scope, items),
@@ -1199,6 +1201,19 @@ impl<'t, 'e> Cx<'t, 'e> {
         self.mark_relisted(scope, list_rv)
     }
 
+    /// Whether the scope holds a newer list than one at `list_rv` already.
+    /// Two lists of one scope can reach the writer out of order (their
+    /// copies are consumed concurrently); the older must not roll the
+    /// scope back. Unordered (non-numeric) versions never supersede.
+    fn superseded(&self, scope: &ScopeKey, list_rv: &ResourceVersion) -> Result<bool, OpError> {
+        let sk = codec::scope_key(scope)?;
+        let Some(v) = self.markers.get(sk.as_slice())? else {
+            return Ok(false);
+        };
+        Ok(codec::decode_marker(v.value())
+            .is_some_and(|(rv, _, imported)| !imported && !list_rv.is_not_older_than(&rv)))
+    }
+
     /// The end of a relist: the list marker and the scope's watch progress
     /// move to `list_rv`.
     fn mark_relisted(
@@ -1246,7 +1261,11 @@ impl<'t, 'e> Cx<'t, 'e> {
         list_rv: &ResourceVersion,
         expected_rows: u64,
     ) -> OpResult {
-        let outcome = self.merge_staged(id, scope, in_scope, list_rv, expected_rows);
+        let outcome = match self.superseded(scope, list_rv) {
+            Ok(true) => Ok(()),
+            Ok(false) => self.merge_staged(id, scope, in_scope, list_rv, expected_rows),
+            Err(e) => Err(e),
+        };
         // The pages leave staging whether or not the list could be committed.
         remove_prefix(&mut self.staging, &mut self.payload, &id.to_be_bytes())?;
         self.dirty = true;
