@@ -93,11 +93,16 @@ struct Args {
     #[arg(long)]
     hub_binary: Option<PathBuf>,
     /// Record the hub with `perf record` (linux-perf) during its first
-    /// measured window of the plain GET and of the kubelet GET over the
-    /// loopback listener, into DIR/get-plain.perf.data and
-    /// DIR/get-kubelet.perf.data (read them with `perf report -i`).
+    /// measured window of the plain GET and of the kubelet GET, on each of
+    /// its listeners, into DIR/get-{plain,kubelet}-{http,tls}.perf.data
+    /// (read them with `perf report -i`).
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
+    /// Measure only these scenarios (get, kubelet, list, single, fanout;
+    /// comma-separated): a quicker run while iterating. Targets whose
+    /// scenario did not run are reported as not measured, never as met.
+    #[arg(long, value_delimiter = ',', value_parser = ["get", "kubelet", "list", "single", "fanout"])]
+    only: Vec<String>,
     /// Internal: run as the reference relay (LISTEN UPSTREAM) and nothing else.
     #[arg(long, hide = true, num_args = 2, value_names = ["LISTEN", "UPSTREAM"])]
     relay: Option<Vec<SocketAddr>>,
@@ -230,14 +235,14 @@ async fn run(args: Args) -> Result<()> {
         user_agent: args.user_agent.clone(),
         profile: None,
     };
-    let profile = |name: &str| args.profile.as_ref().map(|d| d.join(name));
+    let profile = |name: &'static str| args.profile.clone().map(|d| (d, name));
     let kubelet = Load {
         user_agent: KUBELET_UA.to_owned(),
-        profile: profile("get-kubelet.perf.data"),
+        profile: profile("get-kubelet"),
         ..load.clone()
     };
     let plain_get = Load {
-        profile: profile("get-plain.perf.data"),
+        profile: profile("get-plain"),
         ..load.clone()
     };
     let mut rows = Vec::new();
@@ -251,38 +256,51 @@ async fn run(args: Args) -> Result<()> {
         (&via_nginx, nginx_pid),
         (&via_relay, relay_pid),
     ];
-    rows.push((
-        "GET pod",
-        plain_get.rounds(args.rounds, &paths, &get_path).await?,
-    ));
+    let only = |scenario: &str| args.only.is_empty() || args.only.iter().any(|o| o == scenario);
+    if only("get") {
+        rows.push((
+            "GET pod",
+            plain_get.rounds(args.rounds, &paths, &get_path).await?,
+        ));
+    }
     // The kubelet's GET: on the hub's plain listener this is the caching
     // path (the response is teed into the store).
-    rows.push((
-        "GET kubelet",
-        kubelet.rounds(args.rounds, &paths, &get_path).await?,
-    ));
-    rows.push((
-        "LIST 500",
-        load.rounds(args.rounds, &paths, &list_path).await?,
-    ));
+    if only("kubelet") {
+        rows.push((
+            "GET kubelet",
+            kubelet.rounds(args.rounds, &paths, &get_path).await?,
+        ));
+    }
+    if only("list") {
+        rows.push((
+            "LIST 500",
+            load.rounds(args.rounds, &paths, &list_path).await?,
+        ));
+    }
     // Context, not a target: the same GET from one client, where latency is
     // not queueing for the shared cores.
     let single = Load {
         clients: 1,
         ..load.clone()
     };
-    rows.push((
-        "GET 1 cl",
-        single.rounds(args.rounds, &paths, &get_path).await?,
-    ));
-    let fanout = watch_fanout(
-        &api,
-        &paths,
-        args.watchers,
-        args.watch_events,
-        &args.user_agent,
-    )
-    .await?;
+    if only("single") {
+        rows.push((
+            "GET 1 cl",
+            single.rounds(args.rounds, &paths, &get_path).await?,
+        ));
+    }
+    let fanout = if only("fanout") {
+        watch_fanout(
+            &api,
+            &paths,
+            args.watchers,
+            args.watch_events,
+            &args.user_agent,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     let load_rss = peak.stop();
     let after_rss = hub.rss_kib()?;
     let hwm = hub.status_kib("VmHWM")?;
@@ -332,52 +350,64 @@ fn print_targets(rows: &[(&str, Vec<Stats>)], fanout: &[FanoutResult], idle_mib:
         "targets (issue 15), ratios measured in this run (the hub's pod path is TLS like nginx's):"
     );
     let get = row(rows, "GET pod");
-    let (h, n) = (&get[HUB_TLS], &get[NGINX]);
-    missed += verdict(
-        &format!(
-            "GET: hub req/s / nginx req/s = {:.2} (≥ {TARGET_VS_NGINX:.2}); kubelet path (plain HTTP) {:.2}",
-            h.rps() / n.rps(),
-            get[HUB_HTTP].rps() / n.rps()
-        ),
-        h.rps() / n.rps() >= TARGET_VS_NGINX,
-    );
-    missed += verdict(
-        &format!(
-            "GET: hub CPU / nginx CPU = {:.1} / {:.1} µs = {:.2} (≤ {TARGET_VS_NGINX:.2}); kubelet path {:.2}",
-            cpu_us(h),
-            cpu_us(n),
-            cpu_us(h) / cpu_us(n),
-            cpu_us(&get[HUB_HTTP]) / cpu_us(n)
-        ),
-        cpu_us(h) / cpu_us(n) <= TARGET_VS_NGINX,
-    );
+    if get.is_empty() {
+        missed += not_measured("GET: hub vs nginx req/s and CPU");
+    } else {
+        let (h, n) = (&get[HUB_TLS], &get[NGINX]);
+        missed += verdict(
+            &format!(
+                "GET: hub req/s / nginx req/s = {:.2} (≥ {TARGET_VS_NGINX:.2}); kubelet path (plain HTTP) {:.2}",
+                h.rps() / n.rps(),
+                get[HUB_HTTP].rps() / n.rps()
+            ),
+            h.rps() / n.rps() >= TARGET_VS_NGINX,
+        );
+        missed += verdict(
+            &format!(
+                "GET: hub CPU / nginx CPU = {:.1} / {:.1} µs = {:.2} (≤ {TARGET_VS_NGINX:.2}); kubelet path {:.2}",
+                cpu_us(h),
+                cpu_us(n),
+                cpu_us(h) / cpu_us(n),
+                cpu_us(&get[HUB_HTTP]) / cpu_us(n)
+            ),
+            cpu_us(h) / cpu_us(n) <= TARGET_VS_NGINX,
+        );
+    }
     let cached = row(rows, "GET kubelet");
-    let (c, p) = (&cached[HUB_HTTP], &get[HUB_HTTP]);
-    missed += verdict(
-        &format!(
-            "caching GET (kubelet) CPU / plain GET CPU = {:.1} / {:.1} µs = {:.2} (≤ {TARGET_CACHING_CPU:.2}); req/s {:.0} vs {:.0}",
-            cpu_us(c),
-            cpu_us(p),
-            cpu_us(c) / cpu_us(p),
-            c.rps(),
-            p.rps()
-        ),
-        cpu_us(c) / cpu_us(p) <= TARGET_CACHING_CPU,
-    );
+    if cached.is_empty() || get.is_empty() {
+        missed += not_measured("caching GET (kubelet) CPU / plain GET CPU");
+    } else {
+        let (c, p) = (&cached[HUB_HTTP], &get[HUB_HTTP]);
+        missed += verdict(
+            &format!(
+                "caching GET (kubelet) CPU / plain GET CPU = {:.1} / {:.1} µs = {:.2} (≤ {TARGET_CACHING_CPU:.2}); req/s {:.0} vs {:.0}",
+                cpu_us(c),
+                cpu_us(p),
+                cpu_us(c) / cpu_us(p),
+                c.rps(),
+                p.rps()
+            ),
+            cpu_us(c) / cpu_us(p) <= TARGET_CACHING_CPU,
+        );
+    }
     let list = row(rows, "LIST 500");
-    let (h, n) = (&list[HUB_TLS], &list[NGINX]);
-    missed += verdict(
-        &format!(
-            "LIST 500: hub CPU / nginx CPU = {:.0} / {:.0} µs = {:.2} (≤ {TARGET_VS_NGINX:.2}); kubelet path {:.2}; req/s {:.0} vs {:.0}",
-            cpu_us(h),
-            cpu_us(n),
-            cpu_us(h) / cpu_us(n),
-            cpu_us(&list[HUB_HTTP]) / cpu_us(n),
-            h.rps(),
-            n.rps()
-        ),
-        cpu_us(h) / cpu_us(n) <= TARGET_VS_NGINX,
-    );
+    if list.is_empty() {
+        missed += not_measured("LIST 500: hub CPU / nginx CPU");
+    } else {
+        let (h, n) = (&list[HUB_TLS], &list[NGINX]);
+        missed += verdict(
+            &format!(
+                "LIST 500: hub CPU / nginx CPU = {:.0} / {:.0} µs = {:.2} (≤ {TARGET_VS_NGINX:.2}); kubelet path {:.2}; req/s {:.0} vs {:.0}",
+                cpu_us(h),
+                cpu_us(n),
+                cpu_us(h) / cpu_us(n),
+                cpu_us(&list[HUB_HTTP]) / cpu_us(n),
+                h.rps(),
+                n.rps()
+            ),
+            cpu_us(h) / cpu_us(n) <= TARGET_VS_NGINX,
+        );
+    }
     missed += verdict(
         &format!("hub RSS idle {idle_mib:.1} MiB (≤ {TARGET_IDLE_RSS_MIB:.0} MiB)"),
         idle_mib <= TARGET_IDLE_RSS_MIB,
@@ -405,6 +435,12 @@ fn print_targets(rows: &[(&str, Vec<Stats>)], fanout: &[FanoutResult], idle_mib:
         );
     }
     missed
+}
+
+/// A target whose scenario was left out (`--only`): never reported as met.
+fn not_measured(what: &str) -> usize {
+    println!("  NOT MEASURED {what} (left out by --only)");
+    1
 }
 
 fn verdict(what: &str, ok: bool) -> usize {
@@ -983,8 +1019,9 @@ struct Load {
     warmup: Duration,
     measure: Duration,
     user_agent: String,
-    /// `perf record` output for the hub's plain listener, first round.
-    profile: Option<PathBuf>,
+    /// `perf record` of the hub on both its listeners, first round: into
+    /// DIR/SCENARIO-http.perf.data and DIR/SCENARIO-tls.perf.data.
+    profile: Option<(PathBuf, &'static str)>,
 }
 
 /// Latencies of one scenario.
@@ -1000,6 +1037,9 @@ struct Stats {
     /// double and the load).
     middle_cpu_per_req: Duration,
     own_cpu_per_req: Duration,
+    /// Context switches of the middle process per completed request (the
+    /// kernel's share of its CPU time grows with them).
+    middle_switches: f64,
 }
 
 impl Stats {
@@ -1022,6 +1062,23 @@ impl Stats {
     }
 }
 
+/// A process's context switches so far: all its threads, voluntary and not.
+fn context_switches(pid: u32) -> Result<u64> {
+    let mut switches = 0;
+    let tasks = format!("/proc/{pid}/task");
+    for task in std::fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
+        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        switches += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(switches)
+}
+
 impl Load {
     /// Every path once per round, taking turns; per path, the round with
     /// the median throughput (errors summed over all rounds).
@@ -1034,11 +1091,18 @@ impl Load {
         let mut runs: Vec<Vec<Stats>> = paths.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {
             for (i, (target, middle)) in paths.iter().enumerate() {
-                let profile = self
-                    .profile
-                    .as_deref()
-                    .filter(|_| round == 0 && i == HUB_HTTP);
-                runs[i].push(self.run(target, path, *middle, profile).await?);
+                let listener = match i {
+                    HUB_HTTP => Some("http"),
+                    HUB_TLS => Some("tls"),
+                    _ => None,
+                };
+                let profile = match (&self.profile, listener) {
+                    (Some((dir, scenario)), Some(l)) if round == 0 => {
+                        Some(dir.join(format!("{scenario}-{l}.perf.data")))
+                    }
+                    _ => None,
+                };
+                runs[i].push(self.run(target, path, *middle, profile.as_deref()).await?);
             }
         }
         Ok(runs
@@ -1063,6 +1127,7 @@ impl Load {
         profile: Option<&std::path::Path>,
     ) -> Result<Stats> {
         let (middle_cpu0, own_cpu0) = (cpu_time(middle)?, cpu_time(std::process::id())?);
+        let middle_switches0 = context_switches(middle)?;
         let completed = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
         let measure_from = start + self.warmup;
@@ -1148,6 +1213,8 @@ impl Load {
         let per_req = |d: Duration| d / (completed.load(Ordering::Relaxed).max(1) as u32);
         let middle_cpu_per_req = per_req(cpu_time(middle)?.saturating_sub(middle_cpu0));
         let own_cpu_per_req = per_req(cpu_time(std::process::id())?.saturating_sub(own_cpu0));
+        let middle_switches = context_switches(middle)?.saturating_sub(middle_switches0) as f64
+            / completed.load(Ordering::Relaxed).max(1) as f64;
         latencies.sort_unstable();
         let (errors, first_error) =
             std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
@@ -1160,6 +1227,7 @@ impl Load {
             bytes,
             middle_cpu_per_req,
             own_cpu_per_req,
+            middle_switches,
         };
         if let Some(e) = &stats.first_error {
             eprintln!(
@@ -1179,7 +1247,7 @@ impl Load {
 fn print_table(rows: &[(&str, Vec<Stats>)]) {
     println!();
     println!(
-        "{:<10} {:<28} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "{:<10} {:<28} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>6}",
         "request",
         "path",
         "p50 ms",
@@ -1190,7 +1258,8 @@ fn print_table(rows: &[(&str, Vec<Stats>)]) {
         "req/s x",
         "errors",
         "proxy µs",
-        "rest µs"
+        "rest µs",
+        "sw/rq"
     );
     for (what, runs) in rows {
         let d = &runs[0];
@@ -1205,7 +1274,7 @@ fn print_table(rows: &[(&str, Vec<Stats>)]) {
                 )
             };
             println!(
-                "{:<10} {:<28} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>8} {:>8} {:>7} {:>9.1} {:>9.1}",
+                "{:<10} {:<28} {:>9.3} {:>9.3} {:>9.0} {:>8} {:>8} {:>8} {:>7} {:>9.1} {:>9.1} {:>6.2}",
                 what,
                 s.label,
                 s.p50_ms(),
@@ -1217,6 +1286,7 @@ fn print_table(rows: &[(&str, Vec<Stats>)]) {
                 s.errors,
                 s.middle_cpu_per_req.as_secs_f64() * 1e6,
                 s.own_cpu_per_req.as_secs_f64() * 1e6,
+                s.middle_switches,
             );
         }
         println!("{:<10} response body {} bytes", "", d.bytes);
@@ -1226,6 +1296,7 @@ fn print_table(rows: &[(&str, Vec<Stats>)]) {
     );
     println!(" \"GET 1 cl\" is one client alone: latency without queueing for the shared cores;");
     println!(" proxy µs / rest µs = CPU time per request of the process in the middle (hub, nginx or relay) / of the double and the load;
+ sw/rq = context switches of the process in the middle (all its threads) per request;
  on the direct rows proxy µs is the idle hub's; the relay row is the floor: one more user-space hop that does no TLS and no HTTP)");
 }
 
