@@ -313,6 +313,13 @@ pub struct RunArgs {
     pub max_request_body_bytes: u64,
 
     // --- process ---
+    /// Threads that run the proxy's event loop. One (the default) serves a
+    /// node's clients at the least CPU per request: no wakeups between
+    /// workers, as nginx with one worker; the few heavy steps (offline
+    /// lists, whole-body filters of large lists) hand their thread over
+    /// meanwhile. 0 means one per core.
+    #[arg(long, default_value_t = 1)]
+    pub worker_threads: usize,
     #[arg(long, num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = ArgAction::Set)]
     pub profiling: bool,
     /// How long in-flight requests may take to finish on SIGTERM.

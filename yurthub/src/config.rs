@@ -122,6 +122,8 @@ pub struct Config {
     /// `--pool-scope-resources`: served by the multiplexer (empty: off).
     pub pool_scope_resources: Vec<crate::storage::Gvr>,
     pub shutdown_grace_period: Duration,
+    /// `--worker-threads`: event-loop threads (0 resolved to the core count).
+    pub worker_threads: usize,
     /// Deprecation notices to log once telemetry is up.
     pub warnings: Vec<String>,
 }
@@ -421,6 +423,10 @@ impl Config {
                 .map_err(|e| err("--pool-scope-resources", e))?,
             shutdown_grace_period: parse_duration(&a.shutdown_grace_period)
                 .map_err(|e| err("--shutdown-grace-period", e))?,
+            worker_threads: match a.worker_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             warnings,
         })
     }

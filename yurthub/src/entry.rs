@@ -42,10 +42,7 @@ pub fn main() -> ExitCode {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime::build(cfg.worker_threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");

@@ -33,6 +33,7 @@ pub mod redirect;
 pub mod redirector;
 pub mod remote;
 pub mod request;
+pub mod runtime;
 pub mod storage;
 pub mod telemetry;
 

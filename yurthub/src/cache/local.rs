@@ -123,7 +123,8 @@ impl Local {
         }
         match info.verb {
             Verb::Get => self.get(&req),
-            Verb::List => self.list(&req),
+            // Reading and encoding thousands of objects: a heavy step.
+            Verb::List => crate::runtime::heavy(|| self.list(&req)),
             Verb::Update | Verb::Patch => self.update(&req).await,
             other => status::bad_request(format!("local proxy does not support verb {other}")),
         }

@@ -320,7 +320,8 @@ impl Multiplexer {
                 self.inner.shutdown.child_token(),
             ),
             "get" => get_one(&cacher, &view, info),
-            _ => list(&cacher, &view),
+            // Thousands of objects are encoded here: a heavy step.
+            _ => crate::runtime::heavy(|| list(&cacher, &view)),
         })
     }
 }

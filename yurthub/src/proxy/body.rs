@@ -483,6 +483,9 @@ pub fn gunzip(body: crate::Body) -> crate::Body {
     http_body_util::StreamBody::new(stream).boxed_unsync()
 }
 
+/// Bodies from this size on are mapped as a heavy step.
+const HEAVY_BODY: usize = 256 << 10;
+
 /// A body produced by running `f` over the whole of `body` once it has
 /// arrived (get/list filtering needs the complete object or list).
 pub fn map_whole<F>(body: crate::Body, f: F) -> crate::Body
@@ -490,6 +493,18 @@ where
     F: FnOnce(Bytes) -> Bytes + Send + 'static,
 {
     use http_body_util::BodyExt;
-    let fut = async move { body.collect().await.map(|c| Frame::data(f(c.to_bytes()))) };
+    let fut = async move {
+        body.collect().await.map(|c| {
+            let whole = c.to_bytes();
+            // A large list's filter computes for milliseconds: off the
+            // event loop's other clients (`runtime::heavy`).
+            let mapped = if whole.len() >= HEAVY_BODY {
+                crate::runtime::heavy(|| f(whole))
+            } else {
+                f(whole)
+            };
+            Frame::data(mapped)
+        })
+    };
     http_body_util::StreamBody::new(futures_util::stream::once(fut)).boxed_unsync()
 }
