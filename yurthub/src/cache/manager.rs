@@ -465,17 +465,18 @@ impl CacheManager {
     }
 
     async fn write_object(&self, resource: &ResourceKey, format: codec::Format, bytes: &Bytes) {
-        let Some(object) = self.object_from(format, bytes.clone(), "", "") else {
-            return;
-        };
         // A GET of what is cached already (same resourceVersion, same
-        // format) writes nothing: no queue, no transaction.
-        if let Ok(true) = self.inner.store.holds_version(resource, &object) {
+        // format) writes nothing: no queue, no transaction, and only the
+        // object's head is read to know it.
+        if self.holds_already(resource, format, bytes) {
             self.inner
                 .unchanged
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
+        let Some(object) = self.object_from(format, bytes.clone(), "", "") else {
+            return;
+        };
         self.note_kind(resource, &object.meta.kind).await;
         let key = error_key(resource, &object);
         let r = self
@@ -486,6 +487,27 @@ impl CacheManager {
             .map(|_| ())
             .map_err(|e| e.to_string());
         self.record_write(key, r);
+    }
+
+    /// Whether the store holds this body's object at its resourceVersion.
+    fn holds_already(&self, resource: &ResourceKey, format: codec::Format, body: &[u8]) -> bool {
+        let Ok(head) = codec::object_head(format, body) else {
+            return false;
+        };
+        if head.name.is_empty() || head.is_status() {
+            return false;
+        }
+        let namespace = (!head.namespace.is_empty()).then_some(head.namespace.as_ref());
+        matches!(
+            self.inner.store.holds(
+                resource,
+                namespace,
+                &head.name,
+                keys::to_store_format(format),
+                &head.resource_version,
+            ),
+            Ok(true)
+        )
     }
 
     /// Whether this version of the object was submitted by another watch of

@@ -102,6 +102,34 @@ pub fn object_info(format: Format, body: &[u8]) -> Result<ObjectInfo<'_>, CodecE
     }
 }
 
+/// Reads an object's type and `metadata` only: enough to know which object
+/// at which resourceVersion a body holds, without walking the rest of a JSON
+/// body (whose other fields, `spec.nodeName` included, are left empty here
+/// and unchecked). Protobuf is read whole by [`object_info`]: its metadata
+/// is one length-delimited field.
+pub fn object_head(format: Format, body: &[u8]) -> Result<ObjectInfo<'_>, CodecError> {
+    if format == Format::Protobuf {
+        return object_info(format, body);
+    }
+    let mut info = ObjectInfo::default();
+    let mut s = Scanner::new(body);
+    s.object_until(|s, key| {
+        match key.as_ref() {
+            "apiVersion" => info.api_version = s.opt_string()?.unwrap_or_default(),
+            "kind" => info.kind = s.opt_string()?.unwrap_or_default(),
+            "metadata" => {
+                json_object_meta(s, &mut info)?;
+                return Ok(false);
+            }
+            _ => {
+                s.value()?;
+            }
+        }
+        Ok(true)
+    })?;
+    Ok(info)
+}
+
 /// Reads the metadata of a list item returned by [`split_list`]: JSON, or a bare
 /// protobuf message (no envelope) of kind `item_kind`.
 pub fn item_info<'a>(
@@ -182,27 +210,7 @@ fn json_object_info(body: &[u8]) -> Result<ObjectInfo<'_>, CodecError> {
         match key.as_ref() {
             "apiVersion" => info.api_version = s.opt_string()?.unwrap_or_default(),
             "kind" => info.kind = s.opt_string()?.unwrap_or_default(),
-            "metadata" => s.object(|s, key| {
-                match key.as_ref() {
-                    "name" => info.name = s.opt_string()?.unwrap_or_default(),
-                    "generateName" => info.generate_name = s.opt_string()?.unwrap_or_default(),
-                    "namespace" => info.namespace = s.opt_string()?.unwrap_or_default(),
-                    "uid" => info.uid = s.opt_string()?.unwrap_or_default(),
-                    "resourceVersion" => {
-                        info.resource_version = s.opt_string()?.unwrap_or_default()
-                    }
-                    "deletionTimestamp" => info.deleting = s.opt_string()?.is_some(),
-                    "labels" => s.object(|s, key| {
-                        let value = s.opt_string()?.unwrap_or_default();
-                        info.labels.push((key, value));
-                        Ok(())
-                    })?,
-                    _ => {
-                        s.value()?;
-                    }
-                }
-                Ok(())
-            })?,
+            "metadata" => json_object_meta(s, &mut info)?,
             "spec" if s.peek() == Some(b'{') => s.object(|s, key| {
                 if key == "nodeName" {
                     info.node_name = s.opt_string()?.unwrap_or_default();
@@ -219,6 +227,29 @@ fn json_object_info(body: &[u8]) -> Result<ObjectInfo<'_>, CodecError> {
     })?;
     s.end()?;
     Ok(info)
+}
+
+/// Reads a JSON `metadata` object into `info`.
+fn json_object_meta<'a>(s: &mut Scanner<'a>, info: &mut ObjectInfo<'a>) -> Result<(), CodecError> {
+    s.object(|s, key| {
+        match key.as_ref() {
+            "name" => info.name = s.opt_string()?.unwrap_or_default(),
+            "generateName" => info.generate_name = s.opt_string()?.unwrap_or_default(),
+            "namespace" => info.namespace = s.opt_string()?.unwrap_or_default(),
+            "uid" => info.uid = s.opt_string()?.unwrap_or_default(),
+            "resourceVersion" => info.resource_version = s.opt_string()?.unwrap_or_default(),
+            "deletionTimestamp" => info.deleting = s.opt_string()?.is_some(),
+            "labels" => s.object(|s, key| {
+                let value = s.opt_string()?.unwrap_or_default();
+                info.labels.push((key, value));
+                Ok(())
+            })?,
+            _ => {
+                s.value()?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// ListMeta values that lists carry.

@@ -37,8 +37,8 @@ use serde_json::Value;
 
 pub use error::CodecError;
 pub use info::{
-    ListMeta, ListParts, ObjectInfo, build_list, item_info, json_with_type_meta, object_info,
-    partial_object_metadata, split_list,
+    ListMeta, ListParts, ObjectInfo, build_list, item_info, json_with_type_meta, object_head,
+    object_info, partial_object_metadata, split_list,
 };
 pub use list_stream::{ListPiece, ListStream};
 pub use media::{

@@ -362,22 +362,36 @@ impl Store {
     /// resourceVersion and in the same format, i.e. writing it would change
     /// nothing. One read snapshot, nothing decoded but the value's header.
     pub fn holds_version(&self, resource: &ResourceKey, object: &Object) -> Result<bool, Error> {
-        let rv = object.meta.resource_version.as_str();
-        if rv.is_empty() {
-            return Ok(false);
-        }
-        let k = codec::object_key_parts(
+        self.holds(
             resource,
             object.meta.namespace.as_deref(),
             &object.meta.name,
-        )?;
+            object.format,
+            object.meta.resource_version.as_str(),
+        )
+    }
+
+    /// Whether the store holds the named object at `rv` in `format` (an
+    /// empty `rv` is never held).
+    pub fn holds(
+        &self,
+        resource: &ResourceKey,
+        namespace: Option<&str>,
+        name: &str,
+        format: Format,
+        rv: &str,
+    ) -> Result<bool, Error> {
+        if rv.is_empty() {
+            return Ok(false);
+        }
+        let k = codec::object_key_parts(resource, namespace, name)?;
         self.inner.engine.read(|txn| {
             let objects = txn.open_table(engine::OBJECTS)?;
             let Some(v) = objects.get(k.as_slice())? else {
                 return Ok(false);
             };
             Ok(codec::peek_format_rv(v.value())
-                .is_some_and(|(format, cached)| format == object.format && cached == rv))
+                .is_some_and(|(held, cached)| held == format && cached == rv))
         })
     }
 

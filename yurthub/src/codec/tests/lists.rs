@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::fixtures;
 use crate::codec::{
     CodecError, Format, ListMeta, build_list, envelope, item_info, json_with_type_meta,
-    object_info, partial_object_metadata, split_list, to_json, to_protobuf,
+    object_head, object_info, partial_object_metadata, split_list, to_json, to_protobuf,
 };
 
 fn pod_json() -> Value {
@@ -59,6 +59,39 @@ fn object_info_reads_the_same_metadata_from_both_formats() {
             "{format:?} name was copied"
         );
     }
+}
+
+#[test]
+fn object_head_reads_type_and_metadata_and_stops_there() {
+    let pod = pod_json();
+    for format in [Format::Json, Format::Protobuf] {
+        let bytes = body(format, &pod);
+        let head = object_head(format, &bytes).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        let full = object_info(format, &bytes).expect("parses");
+        assert_eq!(
+            (&head.api_version, &head.kind, &head.name, &head.namespace),
+            (&full.api_version, &full.kind, &full.name, &full.namespace),
+            "{format:?}"
+        );
+        assert_eq!(head.resource_version, full.resource_version, "{format:?}");
+        assert_eq!(head.labels, full.labels, "{format:?}");
+    }
+    // JSON: what follows `metadata` is not read (so not checked either).
+    let head = object_head(
+        Format::Json,
+        br#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","namespace":"n","resourceVersion":"7"},"spec":{"nodeName":"x"} !!"#,
+    )
+    .expect("head");
+    assert_eq!(
+        (&*head.name, &*head.namespace, &*head.resource_version),
+        ("a", "n", "7")
+    );
+    assert_eq!(head.node_name, "", "spec is after metadata: not read");
+    // Metadata itself is read strictly.
+    assert!(object_head(Format::Json, br#"{"metadata":{"name":"a""#).is_err());
+    // No metadata: nothing identifies the object.
+    let head = object_head(Format::Json, br#"{"kind":"Status","status":"Failure"}"#).expect("head");
+    assert!(head.is_status() && head.name.is_empty());
 }
 
 #[test]
