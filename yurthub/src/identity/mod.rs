@@ -192,12 +192,19 @@ impl Authenticator {
     /// The token's keyed hash and, for a JWT, its unverified `iss|sub`.
     pub fn token_id(&self, token: &str) -> TokenId {
         let tag = hmac::sign(&self.inner.key, token.as_bytes());
-        TokenId {
-            hash: hex::encode(tag.as_ref()),
-            subject: jwt::unverified_claims(token)
+        let hash = hex::encode(tag.as_ref());
+        // The subject follows from the token, so a remembered token's is
+        // the same: no JWT decode per request.
+        let known = lock(&self.inner.book)
+            .tokens
+            .get(&hash)
+            .map(|r| r.subject.clone());
+        let subject = known.unwrap_or_else(|| {
+            jwt::unverified_claims(token)
                 .filter(|c| !c.sub.is_empty())
-                .map(|c| subject(&c.iss, &c.sub)),
-        }
+                .map(|c| subject(&c.iss, &c.sub))
+        });
+        TokenId { hash, subject }
     }
 
     /// The cloud answered `token` 2xx: remember it (by hash) for offline use.
