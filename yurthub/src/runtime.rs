@@ -41,14 +41,20 @@ mod tests {
         let rt = build(1).unwrap();
         rt.block_on(async {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
-            // Another task on the same (only) worker must keep running
-            // while the heavy step blocks: it is the one that ends it.
+            // Both tasks on the only worker (block_on's own future runs on
+            // another thread): the other task must keep running while the
+            // heavy step blocks, since it is the one that ends it.
             let other = tokio::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 tx.send(()).unwrap();
             });
-            let got = heavy(|| rx.recv_timeout(std::time::Duration::from_secs(5)));
-            assert!(got.is_ok(), "the other task was stalled by the heavy step");
+            let step = tokio::spawn(async move {
+                heavy(|| rx.recv_timeout(std::time::Duration::from_secs(2)))
+            });
+            assert!(
+                step.await.unwrap().is_ok(),
+                "the other task was stalled by the heavy step"
+            );
             other.await.unwrap();
         });
     }

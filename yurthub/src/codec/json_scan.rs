@@ -194,24 +194,7 @@ impl<'a> Scanner<'a> {
         if self.peek() == Some(b'n') {
             return self.literal(b"null");
         }
-        self.expect(b'{', "expected an object")?;
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-            return Ok(());
-        }
-        loop {
-            let key = self.string()?;
-            self.expect(b':', "expected ':' after an object key")?;
-            on_key(self, key)?;
-            match self.peek() {
-                Some(b',') => self.pos += 1,
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.err("expected ',' or '}' in an object")),
-            }
-        }
+        self.object_until(|s, key| on_key(s, key).map(|()| true))
     }
 
     /// Like [`Scanner::object`], but `on_key` may end the walk early by
