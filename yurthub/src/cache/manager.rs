@@ -21,14 +21,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::keys::{self, Selectors};
 use super::policy::{CacheAgents, not_cacheable};
-use super::tee::{Chunk, CopyBudget, Reservation, Tee};
+use super::tee::{Chunk, CopyBudget, Gather, Gathered, Reservation, Tee};
 use crate::Body;
 use crate::codec::{self, EventType, WatchDecoder};
 use crate::request::{RequestInfo, Verb};
@@ -334,7 +334,31 @@ impl CacheManager {
             return body;
         };
         let plan = with_space(plan, space);
-        let hint = http_body::Body::size_hint(&body).exact();
+        // Streams (watches, whole lists) are consumed by a task of their
+        // own; anything else is gathered whole in the client's poll.
+        let streamed = matches!(
+            plan,
+            Plan::Watch { .. }
+                | Plan::List {
+                    limit: None,
+                    continue_token: None,
+                    ..
+                }
+        );
+        if !streamed {
+            let me = self.clone();
+            return self.gather(body, move |bytes, held| {
+                // A GET of what is cached already writes nothing, and
+                // needs no task to know it.
+                if let Plan::Object { resource } = &plan
+                    && me.holds_already(resource, format, &bytes)
+                {
+                    me.count_unchanged();
+                    return;
+                }
+                tokio::spawn(async move { me.write_response(plan, format, bytes, held).await });
+            });
+        }
         let (tee, rx) = Tee::new(body);
         let me = self.clone();
         tokio::spawn(async move {
@@ -351,17 +375,12 @@ impl CacheManager {
                     resource,
                     namespace,
                     selectors,
-                    limit: None,
-                    continue_token: None,
+                    ..
                 } => {
                     me.consume_list(resource, namespace, selectors, format, rx)
                         .await
                 }
-                other => {
-                    if let Some((bytes, held)) = collect(rx, &me.inner.budget, hint).await {
-                        me.write_response(other, format, bytes, held).await
-                    }
-                }
+                _ => unreachable!("only streams are consumed by a task"),
             }
         });
         tee.boxed_unsync()
@@ -369,11 +388,9 @@ impl CacheManager {
 
     /// Tees a response kept whole under `key` (discovery, a Table).
     fn tee_document(&self, key: String, content_type: String, body: Body) -> Body {
-        let hint = http_body::Body::size_hint(&body).exact();
-        let (tee, rx) = Tee::new(body);
         let me = self.clone();
-        tokio::spawn(async move {
-            if let Some((bytes, held)) = collect(rx, &me.inner.budget, hint).await {
+        self.gather(body, move |bytes, held| {
+            tokio::spawn(async move {
                 let r = me
                     .inner
                     .store
@@ -381,9 +398,24 @@ impl CacheManager {
                     .await;
                 me.record_write(format!("document {key}"), r.map_err(|e| e.to_string()));
                 drop(held);
-            }
-        });
-        tee.boxed_unsync()
+            });
+        })
+    }
+
+    /// Wraps `body` so `done` gets a whole copy of it, within the copy
+    /// budget; a body that does not fit passes through uncached.
+    fn gather(&self, body: Body, done: impl FnOnce(Bytes, Reservation) + Send + 'static) -> Body {
+        let hint = http_body::Body::size_hint(&body).exact();
+        match Gather::new(&self.inner.budget, hint, MAX_CACHED_BODY) {
+            Ok(copy) => Gathered::new(body, copy, done).boxed_unsync(),
+            Err(_) => body,
+        }
+    }
+
+    fn count_unchanged(&self) {
+        self.inner
+            .unchanged
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn write_response(
@@ -469,9 +501,7 @@ impl CacheManager {
         // format) writes nothing: no queue, no transaction, and only the
         // object's head is read to know it.
         if self.holds_already(resource, format, bytes) {
-            self.inner
-                .unchanged
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.count_unchanged();
             return;
         }
         let Some(object) = self.object_from(format, bytes.clone(), "", "") else {
@@ -879,74 +909,6 @@ fn error_key(resource: &ResourceKey, o: &Object) -> String {
     }
 }
 
-/// Accumulates a complete copy with its reservation against `budget`;
-/// None when it was cut short, is too big, or does not fit the budget (then
-/// the receiver is dropped, so the tee stops copying at once). With the
-/// body's exact size known the copy is reserved and allocated once up
-/// front; otherwise chunks are kept as they came and joined at the end.
-async fn collect(
-    mut rx: mpsc::Receiver<Chunk>,
-    budget: &CopyBudget,
-    size_hint: Option<u64>,
-) -> Option<(Bytes, Reservation)> {
-    let mut held = budget.reservation();
-    let exact = size_hint
-        .and_then(|n| usize::try_from(n).ok())
-        .filter(|n| *n > 0 && *n <= MAX_CACHED_BODY);
-    let over_budget = |bytes: usize| {
-        budget.count_skip();
-        tracing::debug!(bytes, "response copy over the memory budget; not cached");
-        None
-    };
-    if let Some(n) = exact
-        && !held.grow(n)
-    {
-        return over_budget(n);
-    }
-    let mut buf: Option<BytesMut> = None;
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut total = 0usize;
-    while let Some(c) = rx.recv().await {
-        match c {
-            Chunk::Data(d) => {
-                total += d.len();
-                if total > MAX_CACHED_BODY {
-                    return None;
-                }
-                if total > held.bytes() && !held.grow(total - held.bytes()) {
-                    return over_budget(total);
-                }
-                match (buf.as_mut(), exact) {
-                    (Some(b), _) => b.extend_from_slice(&d),
-                    // A body in several chunks of a known size: one
-                    // allocation, no join at the end.
-                    (None, Some(n)) if chunks.is_empty() && d.len() < n => {
-                        let mut b = BytesMut::with_capacity(n);
-                        b.extend_from_slice(&d);
-                        buf = Some(b);
-                    }
-                    _ => chunks.push(d),
-                }
-            }
-            Chunk::End => {
-                if let Some(b) = buf {
-                    return Some((b.freeze(), held));
-                }
-                if chunks.len() == 1 {
-                    return chunks.pop().map(|b| (b, held));
-                }
-                let mut b = BytesMut::with_capacity(total);
-                for c in chunks.drain(..) {
-                    b.extend_from_slice(&c);
-                }
-                return Some((b.freeze(), held));
-            }
-        }
-    }
-    tracing::debug!("response copy incomplete; not cached");
-    None
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -954,47 +916,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn a_copy_over_the_memory_budget_is_skipped_and_counted() {
-        let budget = CopyBudget::new(100);
-        let mut other = budget.reservation();
-        assert!(other.grow(50));
-        // Chunks of an unknown size: refused when the total crosses.
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(Chunk::Data(Bytes::from(vec![0u8; 30])))
-            .await
-            .unwrap();
-        tx.send(Chunk::Data(Bytes::from(vec![0u8; 30])))
-            .await
-            .unwrap();
-        tx.send(Chunk::End).await.unwrap();
-        assert!(collect(rx, &budget, None).await.is_none());
-        assert_eq!(budget.skipped(), 1);
-        assert_eq!(budget.in_use(), 50, "the skipped copy holds nothing");
-        // A known size is refused up front, and the tee is told at once.
-        let (tx, rx) = mpsc::channel(8);
-        assert!(collect(rx, &budget, Some(60)).await.is_none());
-        assert!(tx.is_closed());
-        assert_eq!(budget.skipped(), 2);
-        drop(other);
-        // It fits now; the reservation lasts until the write is done.
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(Chunk::Data(Bytes::from(vec![1u8; 30])))
-            .await
-            .unwrap();
-        tx.send(Chunk::Data(Bytes::from(vec![2u8; 30])))
-            .await
-            .unwrap();
-        tx.send(Chunk::End).await.unwrap();
-        let (body, held) = collect(rx, &budget, Some(60)).await.expect("copy");
-        assert_eq!(body.len(), 60);
-        assert_eq!((body[0], body[59]), (1, 2));
-        assert_eq!(budget.in_use(), 60);
-        drop(held);
-        assert_eq!(budget.in_use(), 0);
-        assert_eq!(budget.skipped(), 2);
-    }
 
     #[test]
     fn documents_worth_keeping() {

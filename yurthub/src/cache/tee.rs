@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::mpsc;
 
@@ -129,6 +129,171 @@ impl Drop for Reservation {
             .inner
             .in_use
             .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Why a whole copy was given up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GatherError {
+    /// Past the largest body the cache keeps.
+    TooLarge,
+    /// It would cross the copy budget (counted as a skip).
+    OverBudget,
+}
+
+/// A response copy gathered whole, held against the budget as it grows.
+/// One chunk (the usual small object) is kept without a copy; a body of a
+/// known size in several chunks takes one allocation.
+#[derive(Debug)]
+pub struct Gather {
+    held: Reservation,
+    max: usize,
+    exact: Option<usize>,
+    buf: Option<BytesMut>,
+    chunks: Vec<Bytes>,
+    total: usize,
+}
+
+impl Gather {
+    /// Starts a copy of a body of `size_hint` bytes, if known, reserving it
+    /// at once.
+    pub fn new(
+        budget: &CopyBudget,
+        size_hint: Option<u64>,
+        max: usize,
+    ) -> Result<Gather, GatherError> {
+        let exact = size_hint
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0 && *n <= max);
+        let mut held = budget.reservation();
+        if let Some(n) = exact
+            && !held.grow(n)
+        {
+            return Err(over_budget(budget, n));
+        }
+        Ok(Gather {
+            held,
+            max,
+            exact,
+            buf: None,
+            chunks: Vec::new(),
+            total: 0,
+        })
+    }
+
+    pub fn push(&mut self, d: Bytes) -> Result<(), GatherError> {
+        self.total += d.len();
+        if self.total > self.max {
+            return Err(GatherError::TooLarge);
+        }
+        let more = self.total.saturating_sub(self.held.bytes());
+        if more > 0 && !self.held.grow(more) {
+            return Err(over_budget(&self.held.budget, self.total));
+        }
+        match (self.buf.as_mut(), self.exact) {
+            (Some(b), _) => b.extend_from_slice(&d),
+            (None, Some(n)) if self.chunks.is_empty() && d.len() < n => {
+                let mut b = BytesMut::with_capacity(n);
+                b.extend_from_slice(&d);
+                self.buf = Some(b);
+            }
+            _ => self.chunks.push(d),
+        }
+        Ok(())
+    }
+
+    /// The whole body and what it holds of the budget.
+    pub fn finish(mut self) -> (Bytes, Reservation) {
+        let body = match (self.buf.take(), self.chunks.len()) {
+            (Some(b), _) => b.freeze(),
+            (None, 1) => self.chunks.pop().unwrap_or_default(),
+            (None, _) => {
+                let mut b = BytesMut::with_capacity(self.total);
+                for c in self.chunks.drain(..) {
+                    b.extend_from_slice(&c);
+                }
+                b.freeze()
+            }
+        };
+        (body, self.held)
+    }
+}
+
+fn over_budget(budget: &CopyBudget, bytes: usize) -> GatherError {
+    budget.count_skip();
+    tracing::debug!(bytes, "response copy over the memory budget; not cached");
+    GatherError::OverBudget
+}
+
+pin_project_lite::pin_project! {
+    /// The tee for a response kept whole (an object, a page, a document):
+    /// the copy is gathered in the client's own poll, and `done` gets it
+    /// when the body ends complete. No task and no channel per response;
+    /// `done` decides whether anything needs the store.
+    pub struct Gathered<B, F> {
+        #[pin]
+        inner: B,
+        copy: Option<(Gather, F)>,
+    }
+}
+
+impl<B, F> Gathered<B, F> {
+    pub fn new(inner: B, copy: Gather, done: F) -> Gathered<B, F> {
+        Gathered {
+            inner,
+            copy: Some((copy, done)),
+        }
+    }
+}
+
+impl<B, F> HttpBody for Gathered<B, F>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    F: FnOnce(Bytes, Reservation),
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some((copy, _))) = (frame.data_ref(), this.copy.as_mut())
+                    && copy.push(data.clone()).is_err()
+                {
+                    *this.copy = None;
+                }
+                // A sized body is not polled again once it reports its end.
+                if this.inner.is_end_stream()
+                    && let Some((copy, done)) = this.copy.take()
+                {
+                    let (body, held) = copy.finish();
+                    done(body, held);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => *this.copy = None,
+            Poll::Ready(None) => {
+                if let Some((copy, done)) = this.copy.take() {
+                    let (body, held) = copy.finish();
+                    done(body, held);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -288,5 +453,93 @@ mod tests {
         }
         assert_eq!(count, CHANNEL_CHUNKS);
         assert!(!ended, "an incomplete copy must not look complete");
+    }
+
+    fn gathered<B>(
+        body: B,
+        budget: &CopyBudget,
+        hint: Option<u64>,
+    ) -> (
+        impl HttpBody<Data = Bytes, Error = BoxError> + use<B>,
+        std::sync::mpsc::Receiver<Bytes>,
+    )
+    where
+        B: HttpBody<Data = Bytes, Error = BoxError>,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let copy = Gather::new(budget, hint, 1 << 20).expect("fits");
+        let body = Gathered::new(body, copy, move |b: Bytes, _held: Reservation| {
+            tx.send(b).unwrap()
+        });
+        (body, rx)
+    }
+
+    #[tokio::test]
+    async fn a_gathered_copy_is_the_whole_body_once_it_ends() {
+        let budget = CopyBudget::new(100);
+        let (body, rx) = gathered(chunks(3), &budget, None);
+        let out = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"0;1;2;");
+        assert_eq!(&rx.try_recv().expect("copy handed over")[..], b"0;1;2;");
+        assert_eq!(budget.in_use(), 0, "released with the reservation");
+    }
+
+    #[tokio::test]
+    async fn a_sized_body_hands_its_copy_over_without_a_final_poll() {
+        let budget = CopyBudget::new(100);
+        let (mut body, rx) = gathered(
+            http_body_util::Full::new(Bytes::from_static(b"abc")).map_err(|e| match e {}),
+            &budget,
+            Some(3),
+        );
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "abc");
+        assert_eq!(&rx.try_recv().expect("copy handed over")[..], b"abc");
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_or_over_the_budget_hands_over_nothing() {
+        let budget = CopyBudget::new(4);
+        let mut other = budget.reservation();
+        assert!(other.grow(1), "another copy is held");
+        let broken = StreamBody::new(futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Err::<Frame<Bytes>, BoxError>("reset".into()),
+        ]));
+        let (body, rx) = gathered(broken, &budget, None);
+        assert!(body.collect().await.is_err());
+        assert!(rx.try_recv().is_err(), "an incomplete copy is dropped");
+        let (body, rx) = gathered(chunks(5), &budget, None);
+        let out = body.collect().await.unwrap().to_bytes();
+        assert_eq!(out.len(), 10, "the client still gets every byte");
+        assert!(rx.try_recv().is_err(), "over the budget: not cached");
+        assert_eq!(budget.skipped(), 1);
+        assert_eq!(budget.in_use(), 1, "the skipped copy holds nothing");
+        assert_eq!(
+            Gather::new(&budget, Some(5), 1 << 20).err(),
+            Some(GatherError::OverBudget),
+            "a known size is refused up front"
+        );
+        let mut big = Gather::new(&budget, None, 3).unwrap();
+        assert_eq!(
+            big.push(Bytes::from_static(b"abcd")),
+            Err(GatherError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn a_copy_of_a_known_size_is_reserved_once_and_held_until_dropped() {
+        let budget = CopyBudget::new(100);
+        let mut copy = Gather::new(&budget, Some(60), 1 << 20).unwrap();
+        assert_eq!(budget.in_use(), 60, "reserved up front");
+        copy.push(Bytes::from(vec![1u8; 30])).unwrap();
+        copy.push(Bytes::from(vec![2u8; 30])).unwrap();
+        let (body, held) = copy.finish();
+        assert_eq!(body.len(), 60);
+        assert_eq!((body[0], body[59]), (1, 2));
+        assert_eq!(budget.in_use(), 60, "held while the store takes it");
+        drop(held);
+        assert_eq!(budget.in_use(), 0);
+        assert_eq!(budget.skipped(), 0);
     }
 }

@@ -347,6 +347,11 @@ impl Authenticator {
         }
     }
 
+    /// Whether any 403 is remembered at all.
+    pub fn has_denials(&self) -> bool {
+        !lock(&self.inner.book).denied.is_empty()
+    }
+
     pub fn is_denied(&self, key: &str) -> bool {
         lock(&self.inner.book).denied.contains(key)
     }

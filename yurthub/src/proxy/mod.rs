@@ -502,8 +502,11 @@ impl Proxy {
             if code.is_success() {
                 a.vouched(id, token);
             }
-            if info.is_resource && (code.is_success() || code == StatusCode::FORBIDDEN) {
-                a.set_denied(denial_key(info), code == StatusCode::FORBIDDEN);
+            // A 2xx clears a remembered 403; with none remembered (the
+            // usual case) there is nothing to key.
+            let denied = code == StatusCode::FORBIDDEN;
+            if info.is_resource && (denied || (code.is_success() && a.has_denials())) {
+                a.set_denied(denial_key(info), denied);
             }
         }
         if code.is_success()
