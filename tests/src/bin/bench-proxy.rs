@@ -94,7 +94,7 @@ struct Args {
     hub_binary: Option<PathBuf>,
     /// Record the hub with `perf record` (linux-perf) during its first
     /// measured window of the plain GET and of the kubelet GET, on each of
-    /// its listeners, into DIR/get-{plain,kubelet}-{http,tls}.perf.data
+    /// its listeners, into DIR/{get-plain,get-kubelet,list}-{http,tls}.perf.data
     /// (read them with `perf report -i`).
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
@@ -272,9 +272,13 @@ async fn run(args: Args) -> Result<()> {
         ));
     }
     if only("list") {
+        let list = Load {
+            profile: profile("list"),
+            ..load.clone()
+        };
         rows.push((
             "LIST 500",
-            load.rounds(args.rounds, &paths, &list_path).await?,
+            list.rounds(args.rounds, &paths, &list_path).await?,
         ));
     }
     // Context, not a target: the same GET from one client, where latency is

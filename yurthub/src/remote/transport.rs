@@ -40,6 +40,10 @@ pub enum Identity {
 
 pub type HttpClient = Client<Connector, Body>;
 
+/// The largest HTTP/2 frame the hub accepts from an apiserver (16 KiB by
+/// default); a frame is buffered whole before it is read.
+const H2_MAX_FRAME: u32 = 256 << 10;
+
 /// The four upstream clients: {hub identity, none} × {HTTP/2-capable, HTTP/1.1
 /// only for upgrades (exec/attach/port-forward cannot ride HTTP/2)}.
 ///
@@ -85,6 +89,9 @@ impl Transports {
                 .pool_max_idle_per_host(25)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .http2_keep_alive_timeout(Duration::from_secs(15))
+                // A 1 MB list is 4 DATA frames instead of 55: each frame is
+                // a trip through the body chain and a write to the client.
+                .http2_max_frame_size(H2_MAX_FRAME)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .build(connector)
         };
