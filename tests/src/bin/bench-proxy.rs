@@ -93,8 +93,8 @@ struct Args {
     #[arg(long)]
     hub_binary: Option<PathBuf>,
     /// Record the hub with `perf record` (linux-perf) during its first
-    /// measured window of the plain GET and of the kubelet GET, on each of
-    /// its listeners, into DIR/{get-plain,get-kubelet,list}-{http,tls}.perf.data
+    /// measured window of the plain GET, the kubelet GET and the LIST, on
+    /// each of its listeners, into DIR/{get-plain,get-kubelet,list}-{http,tls}.perf.data
     /// (read them with `perf report -i`).
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
@@ -786,14 +786,24 @@ impl Drop for HubRun {
     }
 }
 
-/// `perf record` of `pid` for `window` (a flat profile by symbol: release
-/// builds keep no frame pointers for call graphs).
+/// `perf record` of `pid` for `window`, with call graphs unwound from
+/// `.eh_frame` (release builds keep no frame pointers): `perf report
+/// --no-children` for the flat profile, `--children` for what each phase
+/// costs with its callees.
 fn perf_record(pid: u32, out: &std::path::Path, window: Duration) -> Result<Child> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     Command::new("perf")
-        .args(["record", "-q", "-F", "1999", "-p"])
+        .args([
+            "record",
+            "-q",
+            "-F",
+            "999",
+            "--call-graph",
+            "dwarf,16384",
+            "-p",
+        ])
         .arg(pid.to_string())
         .arg("-o")
         .arg(out)

@@ -21,6 +21,8 @@ const PAGE_BYTES: usize = 1 << 20;
 /// built, the one the store is writing, the item being read, and chunks
 /// waiting in the tee's channel meanwhile.
 pub(super) const STREAM_RESERVE: usize = 4 << 20;
+/// What a list copy reads at a time until it knows it is the one to write.
+const HEAD_SLICE: usize = 16 << 10;
 /// The largest single item a list copy holds while it arrives.
 const ITEM_MAX: usize = 16 << 20;
 
@@ -78,57 +80,74 @@ impl CacheManager {
                 }
             };
             streamed_bytes += data.len();
-            if let Some(h) = head.as_mut() {
-                if h.len() + data.len() > held.bytes() && !held.grow(data.len()) {
-                    self.inner.budget.count_skip();
-                    tracing::debug!(%scope, "list copy over the memory budget; not cached");
-                    return;
-                }
-                h.extend_from_slice(&data);
-            }
-            if whole {
-                continue;
-            }
-            split.push(&data);
-            loop {
-                let raw = match split.next_piece() {
-                    Ok(Some(ListPiece::Item(raw))) => raw,
-                    Ok(Some(ListPiece::Verbatim(_))) => continue,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(%scope, error = %e, "list unreadable; not cached");
-                        return;
-                    }
+            // Until this copy is known to be the one to write, a chunk is
+            // read a slice at a time: a relist of what the store holds
+            // stops after the list's head and first item, instead of
+            // copying a whole 256 KiB frame twice first.
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let n = if claim.is_none() && !whole {
+                    rest.len().min(HEAD_SLICE)
+                } else {
+                    rest.len()
                 };
-                if claim.is_none() {
-                    if !split.type_known() {
-                        whole = true;
-                        break;
-                    }
-                    head = None;
-                    match self.claim_list(&scope, &split) {
-                        Some(c) => claim = Some(c),
-                        None => return,
-                    }
-                    if held.bytes() < STREAM_RESERVE && !held.grow(STREAM_RESERVE - held.bytes()) {
+                let (slice, tail) = rest.split_at(n);
+                rest = tail;
+                if let Some(h) = head.as_mut() {
+                    if h.len() + slice.len() > held.bytes() && !held.grow(slice.len()) {
                         self.inner.budget.count_skip();
                         tracing::debug!(%scope, "list copy over the memory budget; not cached");
                         return;
                     }
+                    h.extend_from_slice(slice);
                 }
-                let Ok(item) = self.list_item(format, raw, split.api_version(), split.item_kind())
-                else {
-                    return;
-                };
-                if let Some(o) = item {
-                    page.push(o);
+                if whole {
+                    continue;
                 }
-                if page.full() {
-                    let staging =
-                        staged.get_or_insert_with(|| self.inner.store.begin_staged(&scope));
-                    if let Err(e) = staging.stage_page(page.take()).await {
-                        self.record_write(key, Err(e.to_string()));
+                split.push(slice);
+                loop {
+                    let raw = match split.next_piece() {
+                        Ok(Some(ListPiece::Item(raw))) => raw,
+                        Ok(Some(ListPiece::Verbatim(_))) => continue,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(%scope, error = %e, "list unreadable; not cached");
+                            return;
+                        }
+                    };
+                    if claim.is_none() {
+                        if !split.type_known() {
+                            whole = true;
+                            break;
+                        }
+                        head = None;
+                        match self.claim_list(&scope, &split) {
+                            Some(c) => claim = Some(c),
+                            None => return,
+                        }
+                        if held.bytes() < STREAM_RESERVE
+                            && !held.grow(STREAM_RESERVE - held.bytes())
+                        {
+                            self.inner.budget.count_skip();
+                            tracing::debug!(%scope, "list copy over the memory budget; not cached");
+                            return;
+                        }
+                    }
+                    let Ok(item) =
+                        self.list_item(format, raw, split.api_version(), split.item_kind())
+                    else {
                         return;
+                    };
+                    if let Some(o) = item {
+                        page.push(o);
+                    }
+                    if page.full() {
+                        let staging =
+                            staged.get_or_insert_with(|| self.inner.store.begin_staged(&scope));
+                        if let Err(e) = staging.stage_page(page.take()).await {
+                            self.record_write(key, Err(e.to_string()));
+                            return;
+                        }
                     }
                 }
             }
@@ -399,5 +418,43 @@ mod tests {
         assert!(m.store().keys(&pods()).expect("keys").is_empty());
         let scope = Selectors::default().scope(&pods(), Some("a"));
         assert!(m.store().list_marker(&scope).expect("read").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_list_in_frames_larger_than_the_head_slice_is_cached_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let m = manager(dir.path());
+        let scope = Selectors::default().scope(&pods(), Some("a"));
+        // One chunk of the whole list, then chunks that each span slices.
+        for (rv, size) in [("20", usize::MAX), ("21", HEAD_SLICE * 3 + 5)] {
+            let body = ordered_list(PAGE_ITEMS * 2 + 7, rv);
+            assert!(body.len() > HEAD_SLICE * 4);
+            consume(&m, &body, size.min(body.len())).await;
+            assert_eq!(
+                m.store().keys(&pods()).expect("keys").len(),
+                PAGE_ITEMS * 2 + 7
+            );
+            let marker = m
+                .store()
+                .list_marker(&scope)
+                .expect("read")
+                .expect("marker");
+            assert_eq!(marker.resource_version.as_str(), rv);
+        }
+        // Kept whole (kind after the items), in one chunk.
+        let body = serde_json::to_vec(&json!({
+            "kind": "PodList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": "22"}, "items": pod_items(600),
+        }))
+        .unwrap();
+        assert!(body.len() > HEAD_SLICE * 2);
+        consume(&m, &body, body.len()).await;
+        assert_eq!(m.store().keys(&pods()).expect("keys").len(), 600);
+        let marker = m
+            .store()
+            .list_marker(&scope)
+            .expect("read")
+            .expect("marker");
+        assert_eq!(marker.resource_version.as_str(), "22");
     }
 }
