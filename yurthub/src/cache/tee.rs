@@ -1,9 +1,15 @@
-//! The response tee: the client's body passes through untouched and at
-//! proxy speed, while a copy of each chunk is offered to the cache through a
-//! bounded channel. The offer never waits: when the cache falls behind (or
-//! its consumer is gone) the tee stops copying and the consumer, seeing the
-//! channel end without [`Chunk::End`], gives up on that response. The client
-//! stream is never blocked or broken by caching (upstream #2792).
+//! The response tees: the client's body passes through untouched and at
+//! proxy speed while the cache gets a copy. The client stream is never
+//! blocked or broken by caching (upstream #2792).
+//!
+//! - [`Tee`], for streams (watches, whole lists): a copy of each chunk is
+//!   offered through a bounded channel to a consuming task. The offer never
+//!   waits: when the cache falls behind (or its consumer is gone) the tee
+//!   stops copying and the consumer, seeing the channel end without
+//!   [`Chunk::End`], gives up on that response.
+//! - [`Gathered`], for a response kept whole (an object, a page, a
+//!   document): the copy is gathered in the client's own poll and handed
+//!   over when the body ends complete; no task, no channel.
 //!
 //! What the copies hold in memory at once, across all responses, is bounded
 //! by a [`CopyBudget`]: a copy that would cross it is dropped (the response
