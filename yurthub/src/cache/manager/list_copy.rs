@@ -228,14 +228,19 @@ impl CacheManager {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 None
             };
+            // Both checks under the lock: a copy that writes gives its
+            // claim up only once its commit is readable, so a copy that
+            // misses the claim sees the marker. (Reading the marker first
+            // let a copy slip between the commit and the claim's release
+            // and write the same list again.)
+            let mut listing = lock(&self.inner.listing);
+            if listing.get(scope) == Some(&rv) {
+                return unchanged();
+            }
             if let Ok(Some(marker)) = self.inner.store.list_marker(scope)
                 && !marker.imported
                 && marker.resource_version.as_str() == rv
             {
-                return unchanged();
-            }
-            let mut listing = lock(&self.inner.listing);
-            if listing.get(scope) == Some(&rv) {
                 return unchanged();
             }
             listing.insert(scope.clone(), rv.clone());
