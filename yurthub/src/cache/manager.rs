@@ -336,54 +336,49 @@ impl CacheManager {
         let plan = with_space(plan, space);
         // Streams (watches, whole lists) are consumed by a task of their
         // own; anything else is gathered whole in the client's poll.
-        let streamed = matches!(
-            plan,
-            Plan::Watch { .. }
-                | Plan::List {
-                    limit: None,
-                    continue_token: None,
-                    ..
-                }
-        );
-        if !streamed {
-            let me = self.clone();
-            return self.gather(body, move |bytes, held| {
-                // A GET of what is cached already writes nothing, and
-                // needs no task to know it.
-                if let Plan::Object { resource } = &plan
-                    && me.holds_already(resource, format, &bytes)
-                {
-                    me.count_unchanged();
-                    return;
-                }
-                tokio::spawn(async move { me.write_response(plan, format, bytes, held).await });
-            });
-        }
+        let stream = match plan {
+            Plan::Watch {
+                resource,
+                namespace,
+                selectors,
+            } => Stream::Watch(selectors.scope(&resource, namespace.as_deref())),
+            Plan::List {
+                resource,
+                namespace,
+                selectors,
+                limit: None,
+                continue_token: None,
+            } => Stream::List(resource, namespace, selectors),
+            whole => return self.tee_whole(whole, format, body),
+        };
         let (tee, rx) = Tee::new(body);
         let me = self.clone();
         tokio::spawn(async move {
-            match plan {
-                Plan::Watch {
-                    resource,
-                    namespace,
-                    selectors,
-                } => {
-                    let scope = selectors.scope(&resource, namespace.as_deref());
-                    me.consume_watch(scope, format, rx).await
-                }
-                Plan::List {
-                    resource,
-                    namespace,
-                    selectors,
-                    ..
-                } => {
+            match stream {
+                Stream::Watch(scope) => me.consume_watch(scope, format, rx).await,
+                Stream::List(resource, namespace, selectors) => {
                     me.consume_list(resource, namespace, selectors, format, rx)
                         .await
                 }
-                _ => unreachable!("only streams are consumed by a task"),
             }
         });
         tee.boxed_unsync()
+    }
+
+    /// Tees a response cached whole (an object, a list page).
+    fn tee_whole(&self, plan: Plan, format: codec::Format, body: Body) -> Body {
+        let me = self.clone();
+        self.gather(body, move |bytes, held| {
+            // A GET of what is cached already writes nothing, and needs no
+            // task to know it.
+            if let Plan::Object { resource } = &plan
+                && me.holds_already(resource, format, &bytes)
+            {
+                me.count_unchanged();
+                return;
+            }
+            tokio::spawn(async move { me.write_response(plan, format, bytes, held).await });
+        })
     }
 
     /// Tees a response kept whole under `key` (discovery, a Table).
@@ -907,6 +902,12 @@ fn error_key(resource: &ResourceKey, o: &Object) -> String {
         Some(ns) => format!("{resource} {ns}/{}", o.meta.name),
         None => format!("{resource} {}", o.meta.name),
     }
+}
+
+/// A teed response consumed as it streams.
+enum Stream {
+    Watch(ScopeKey),
+    List(ResourceKey, Option<String>, Selectors),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

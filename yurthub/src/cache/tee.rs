@@ -252,6 +252,14 @@ impl<B, F> Gathered<B, F> {
     }
 }
 
+/// The body ended complete: `done` gets the whole copy (once).
+fn hand_over<F: FnOnce(Bytes, Reservation)>(copy: &mut Option<(Gather, F)>) {
+    if let Some((copy, done)) = copy.take() {
+        let (body, held) = copy.finish();
+        done(body, held);
+    }
+}
+
 impl<B, F> HttpBody for Gathered<B, F>
 where
     B: HttpBody<Data = Bytes>,
@@ -275,20 +283,12 @@ where
                     *this.copy = None;
                 }
                 // A sized body is not polled again once it reports its end.
-                if this.inner.is_end_stream()
-                    && let Some((copy, done)) = this.copy.take()
-                {
-                    let (body, held) = copy.finish();
-                    done(body, held);
+                if this.inner.is_end_stream() {
+                    hand_over(this.copy);
                 }
             }
             Poll::Ready(Some(Err(_))) => *this.copy = None,
-            Poll::Ready(None) => {
-                if let Some((copy, done)) = this.copy.take() {
-                    let (body, held) = copy.finish();
-                    done(body, held);
-                }
-            }
+            Poll::Ready(None) => hand_over(this.copy),
             Poll::Pending => {}
         }
         polled.map_err(Into::into)

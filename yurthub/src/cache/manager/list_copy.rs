@@ -346,6 +346,12 @@ mod tests {
     }
     const CHANNEL: usize = 1 << 16;
 
+    /// The resourceVersion of the scope's list marker (which must exist).
+    fn marker_rv(m: &CacheManager, scope: &ScopeKey) -> String {
+        let marker = m.store().list_marker(scope).expect("read").expect("marker");
+        marker.resource_version.as_str().to_owned()
+    }
+
     fn pod_items(n: usize) -> Vec<serde_json::Value> {
         (0..n)
             .map(|i| {
@@ -373,12 +379,7 @@ mod tests {
             m.store().keys(&pods()).expect("keys").len(),
             PAGE_ITEMS * 2 + 7
         );
-        let marker = m
-            .store()
-            .list_marker(&scope)
-            .expect("read")
-            .expect("marker");
-        assert_eq!(marker.resource_version.as_str(), "10");
+        assert_eq!(marker_rv(&m, &scope), "10");
         // A smaller list at a new version replaces it exactly.
         consume(&m, &ordered_list(3, "11"), 50).await;
         assert_eq!(m.store().keys(&pods()).expect("keys").len(), 3);
@@ -402,12 +403,7 @@ mod tests {
         consume(&m, &body, 100).await;
         assert_eq!(m.store().keys(&pods()).expect("keys").len(), 40);
         let scope = Selectors::default().scope(&pods(), Some("a"));
-        let marker = m
-            .store()
-            .list_marker(&scope)
-            .expect("read")
-            .expect("marker");
-        assert_eq!(marker.resource_version.as_str(), "12");
+        assert_eq!(marker_rv(&m, &scope), "12");
     }
 
     #[tokio::test]
@@ -439,12 +435,7 @@ mod tests {
                 m.store().keys(&pods()).expect("keys").len(),
                 PAGE_ITEMS * 2 + 7
             );
-            let marker = m
-                .store()
-                .list_marker(&scope)
-                .expect("read")
-                .expect("marker");
-            assert_eq!(marker.resource_version.as_str(), rv);
+            assert_eq!(marker_rv(&m, &scope), rv);
         }
         // Kept whole (kind after the items), in one chunk.
         let body = serde_json::to_vec(&json!({
@@ -455,11 +446,6 @@ mod tests {
         assert!(body.len() > HEAD_SLICE * 2);
         consume(&m, &body, body.len()).await;
         assert_eq!(m.store().keys(&pods()).expect("keys").len(), 600);
-        let marker = m
-            .store()
-            .list_marker(&scope)
-            .expect("read")
-            .expect("marker");
-        assert_eq!(marker.resource_version.as_str(), "22");
+        assert_eq!(marker_rv(&m, &scope), "22");
     }
 }
