@@ -533,6 +533,65 @@ async fn offline_answers_from_the_cache_and_after_an_offline_restart() {
     hub2.stop().await;
 }
 
+/// An offline list larger than the hub's 64 KiB frames is sent frame by
+/// frame (never joined whole in memory): it must still arrive whole, in
+/// both formats, with a Content-Length that is its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_offline_list_goes_out_in_frames_and_arrives_whole() {
+    const PODS: usize = 400;
+    let pki = Arc::new(TestPki::new().expect("pki"));
+    let api = double(&pki).await;
+    let files = HubFiles::new(&pki);
+    let hub = Hub::start(&files.args(&[api.url()], &[])).await;
+    let c = plain_client();
+    api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bulk"}}))
+        .expect("ns");
+    let note = "x".repeat(600);
+    for i in 0..PODS {
+        let mut p = pod("bulk", &format!("p-{i:03}"), NODE, "a");
+        p["metadata"]["annotations"] = json!({ "note": note });
+        api.create(p).expect("pod");
+    }
+    let url = format!(
+        "{}/api/v1/namespaces/bulk/pods?fieldSelector=spec.nodeName%3D{NODE}",
+        hub.proxy_url()
+    );
+    let online = get(&c, &url, KUBELET).await;
+    assert_eq!(online.status, StatusCode::OK, "{}", online.text());
+    let online = online.json();
+    wait_objects(&c, &hub.hub_url(), PODS as u64).await;
+    api.shutdown().await;
+    wait_offline(&c, &hub.hub_url(), &api.url()).await;
+
+    for accept in ["application/json", PROTOBUF_ACCEPT] {
+        let r = get_as(&c, &url, KUBELET, accept).await;
+        assert_eq!(r.status, StatusCode::OK, "{accept}: {}", r.text());
+        assert!(
+            r.body.len() > 4 * (64 << 10),
+            "{accept}: {} bytes is not several frames",
+            r.body.len()
+        );
+        assert_eq!(
+            r.headers["content-length"],
+            r.body.len().to_string(),
+            "{accept}"
+        );
+        let list = decode(&r);
+        assert_eq!(list["kind"], "PodList", "{accept}");
+        assert_eq!(names(&list), names(&online), "{accept}");
+        for (offline, online) in list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(online["items"].as_array().unwrap())
+        {
+            assert_eq!(offline["metadata"], online["metadata"], "{accept}");
+            assert_eq!(offline["spec"]["nodeName"], NODE, "{accept}");
+        }
+    }
+    hub.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_events_are_cached_and_an_offline_watch_ends_when_the_cloud_returns() {
     let o = online(&["--min-request-timeout=60s"]).await;

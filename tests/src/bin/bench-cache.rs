@@ -15,7 +15,8 @@
 //!    online; and 16 concurrent LISTs of all of them, by a non-caching
 //!    client and by kubelet (the caching path): peak RSS, RSS 30 s after,
 //!    and the copies the hub skipped for its memory budget;
-//! 5. cold start offline to the first answered request.
+//! 5. cold start offline to the first answered request, and the RSS of the
+//!    offline hub while and after it answers a LIST of all 10,000.
 //!
 //! The hub processes are the `yurthub-under-test` binary next to this one,
 //! or the one `YURTHUB_UNDER_TEST` names (`cargo xtask bench` builds it with
@@ -461,6 +462,29 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Samples a process's RSS every 20 ms until the flag is cleared; the
+/// thread returns the peak in KiB.
+fn sample_peak_rss(
+    pid: u32,
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+) {
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    (running, sampler)
+}
+
 /// `clients` concurrent LISTs of `url` (JSON) with `user_agent` against a
 /// hub process: its peak RSS from the start until 5 s after they ended
 /// (sampled every 20 ms; the teed copies are written after the responses
@@ -474,18 +498,7 @@ async fn burst(
     clients: usize,
     settle_mib: f64,
 ) -> (f64, f64, Option<Duration>) {
-    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let sampler = {
-        let running = running.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while running.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        })
-    };
+    let (running, sampler) = sample_peak_rss(pid);
     let lists: Vec<_> = (0..clients)
         .map(|_| {
             let (c, url) = (c.clone(), url.to_owned());
@@ -616,6 +629,7 @@ async fn rss_and_cold_start() {
         "hub process RSS offline with {RSS_OBJECTS} cached objects, idle: {:.1} MiB",
         rss_kib(hub.0.id()) as f64 / 1024.0
     );
+    let (running, sampler) = sample_peak_rss(hub.0.id());
     let r = send(
         &c,
         http::Method::GET,
@@ -624,10 +638,15 @@ async fn rss_and_cold_start() {
         Bytes::new(),
     )
     .await;
+    let after = rss_kib(hub.0.id());
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler").max(after);
     assert_eq!(r.status, http::StatusCode::OK, "{}", r.text());
     println!(
-        "hub process RSS offline after serving a LIST of all {RSS_OBJECTS}: {:.1} MiB (target < 64 MiB)",
-        rss_kib(hub.0.id()) as f64 / 1024.0
+        "hub process RSS offline after serving a LIST of all {RSS_OBJECTS} (protobuf, {:.1} MB): {:.1} MiB (target < 64 MiB), peak while serving {:.1} MiB",
+        r.body.len() as f64 / 1e6,
+        after as f64 / 1024.0,
+        peak as f64 / 1024.0
     );
     drop(hub);
 }

@@ -319,7 +319,7 @@ impl Local {
             &info.component,
             listing.items,
         );
-        answer_list(req.headers, &api_version, &kind, &rv, &items)
+        answer_list(req.headers, &api_version, &kind, &rv, items)
     }
 
     /// The Table the cloud answered to this scope's same first-page request
@@ -350,7 +350,9 @@ impl Local {
 
     fn empty_list(&self, req: &LocalRequest<'_>, resource: &ResourceKey) -> Response<Body> {
         match keys::kind_of(self.cache.store(), &resource.gvr) {
-            Some((api_version, kind)) => answer_list(req.headers, &api_version, &kind, "", &[]),
+            Some((api_version, kind)) => {
+                answer_list(req.headers, &api_version, &kind, "", Vec::new())
+            }
             None => not_found(req.info),
         }
     }
@@ -611,12 +613,16 @@ fn negotiate_repr(
 }
 
 /// One stored object in the requested representation.
-fn render(stored: &StoredObject, format: Format, meta_av: Option<&str>) -> Result<Vec<u8>, String> {
+fn render(stored: &StoredObject, format: Format, meta_av: Option<&str>) -> Result<Bytes, String> {
     let from = keys::from_store_format(stored.object.format)
         .ok_or_else(|| "stored in an unsupported format".to_string())?;
     let body = &stored.object.body;
     let converted;
     let body: &[u8] = if from == format {
+        if meta_av.is_none() || stored.object.meta.kind == "PartialObjectMetadata" {
+            // As stored: shared, not copied.
+            return Ok(body.clone());
+        }
         body
     } else {
         converted = codec::convert_body(from, format, body).map_err(|e| e.to_string())?;
@@ -624,9 +630,11 @@ fn render(stored: &StoredObject, format: Format, meta_av: Option<&str>) -> Resul
     };
     match meta_av {
         Some(av) if stored.object.meta.kind != "PartialObjectMetadata" => {
-            codec::partial_object_metadata(format, body, av).map_err(|e| e.to_string())
+            codec::partial_object_metadata(format, body, av)
+                .map(Bytes::from)
+                .map_err(|e| e.to_string())
         }
-        _ => Ok(body.to_vec()),
+        _ => Ok(Bytes::copy_from_slice(body)),
     }
 }
 
@@ -656,12 +664,17 @@ fn real_type(m: &crate::storage::ObjectMeta) -> (String, String) {
     }
 }
 
+/// Frames of an offline list body: large enough that a frame is one pass
+/// through the connection's write path, small enough that a list of
+/// thousands of objects never sits in memory twice.
+const LIST_FRAME: usize = 64 << 10;
+
 fn answer_list(
     headers: &HeaderMap,
     api_version: &str,
     kind: &str,
     rv: &str,
-    items: &[StoredObject],
+    items: Vec<StoredObject>,
 ) -> Response<Body> {
     let (av, k) = if kind == "PartialObjectMetadata" {
         ("v1".to_owned(), "Pod".to_owned())
@@ -673,7 +686,9 @@ fn answer_list(
     };
     let mut rendered = Vec::with_capacity(items.len());
     for s in items {
-        match render(s, format, meta_av.as_deref()) {
+        // Each stored object goes as soon as it is rendered (as stored, its
+        // body is shared rather than copied).
+        match render(&s, format, meta_av.as_deref()) {
             Ok(b) => rendered.push(b),
             Err(e) => return internal(format!("converting cached {}: {e}", s.key)),
         }
@@ -686,18 +701,44 @@ fn answer_list(
         ),
         (None, k) => (api_version.to_owned(), format!("{k}List")),
     };
-    let refs: Vec<&[u8]> = rendered.iter().map(Vec::as_slice).collect();
     let meta = ListMeta {
         resource_version: rv.into(),
         ..ListMeta::default()
     };
-    match codec::build_list(format, &list_av, &list_kind, &meta, &refs) {
-        Ok(bytes) => typed(
-            StatusCode::OK,
-            &content_type(format, meta_av.as_deref(), "PartialObjectMetadataList"),
-            bytes,
-        ),
-        Err(e) => internal(format!("building the list: {e}")),
+    let large = rendered.iter().map(Bytes::len).sum::<usize>() >= LARGE_LIST;
+    let frames = match codec::list_frames(format, &list_av, &list_kind, &meta, rendered, LIST_FRAME)
+    {
+        Ok(frames) => frames,
+        Err(e) => return internal(format!("building the list: {e}")),
+    };
+    let len = frames.encoded_len();
+    // After a large list the freed objects are many small allocations: give
+    // them back to the OS once the body is gone (sent, or dropped by a
+    // client that left).
+    let release = large.then_some(ReleaseOnDrop);
+    let stream = futures_util::stream::iter(frames.map(move |b| {
+        let _held_until_the_body_is_dropped = &release;
+        Ok::<_, crate::BoxError>(http_body::Frame::data(b))
+    }));
+    let mut r = Response::new(http_body_util::StreamBody::new(stream).boxed_unsync());
+    let ct = content_type(format, meta_av.as_deref(), "PartialObjectMetadataList");
+    if let Ok(v) = HeaderValue::from_str(&ct) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
+/// Lists at least this large release free memory once sent.
+const LARGE_LIST: usize = 1 << 20;
+
+/// Returns free heap memory to the OS when dropped.
+struct ReleaseOnDrop;
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        crate::alloc::release_free_memory();
     }
 }
 

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use super::json_scan::Scanner;
-use super::wire::{self, Fields, begin_len, end_len, put_len_field, put_varint_field};
+use super::wire::{self, Fields, put_len_field};
 use super::{CodecError, Format};
 
 /// Protobuf field numbers of the parts of ObjectMeta and ListMeta read here
@@ -374,116 +374,6 @@ fn split_json_list(body: &[u8]) -> Result<ListParts<'_>, CodecError> {
     })?;
     s.end()?;
     Ok(parts)
-}
-
-/// Builds a list body. Items are object bodies in `format`: JSON objects (copied
-/// verbatim), or protobuf messages with or without envelope (the envelope is dropped,
-/// as list items carry none).
-pub fn build_list(
-    format: Format,
-    api_version: &str,
-    list_kind: &str,
-    meta: &ListMeta<'_>,
-    items: &[&[u8]],
-) -> Result<Vec<u8>, CodecError> {
-    match format {
-        Format::Json => build_json_list(api_version, list_kind, meta, items),
-        Format::Protobuf => build_pb_list(api_version, list_kind, meta, items),
-    }
-}
-
-fn build_json_list(
-    api_version: &str,
-    list_kind: &str,
-    meta: &ListMeta<'_>,
-    items: &[&[u8]],
-) -> Result<Vec<u8>, CodecError> {
-    let size: usize = items.iter().map(|i| i.len() + 1).sum::<usize>() + 128;
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(b"{\"kind\":");
-    serde_json::to_writer(&mut out, list_kind)?;
-    out.extend_from_slice(b",\"apiVersion\":");
-    serde_json::to_writer(&mut out, api_version)?;
-    out.extend_from_slice(b",\"metadata\":{");
-    let mut first = true;
-    let mut key = |out: &mut Vec<u8>, k: &str| {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.extend_from_slice(k.as_bytes());
-    };
-    if !meta.resource_version.is_empty() {
-        key(&mut out, "\"resourceVersion\":");
-        serde_json::to_writer(&mut out, meta.resource_version.as_ref())?;
-    }
-    if !meta.continue_token.is_empty() {
-        key(&mut out, "\"continue\":");
-        serde_json::to_writer(&mut out, meta.continue_token.as_ref())?;
-    }
-    if let Some(n) = meta.remaining_item_count {
-        key(&mut out, "\"remainingItemCount\":");
-        out.extend_from_slice(n.to_string().as_bytes());
-    }
-    out.extend_from_slice(b"},\"items\":[");
-    for (i, item) in items.iter().enumerate() {
-        let trimmed = item.trim_ascii();
-        if !trimmed.starts_with(b"{") {
-            return Err(CodecError::json(0, "list item is not a json object"));
-        }
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(trimmed);
-    }
-    out.extend_from_slice(b"]}");
-    Ok(out)
-}
-
-fn build_pb_list(
-    api_version: &str,
-    list_kind: &str,
-    meta: &ListMeta<'_>,
-    items: &[&[u8]],
-) -> Result<Vec<u8>, CodecError> {
-    let raws: Vec<&[u8]> = items
-        .iter()
-        .map(|item| {
-            if wire::is_enveloped(item) {
-                wire::parse_envelope(item).map(|e| e.raw)
-            } else {
-                Ok(*item)
-            }
-        })
-        .collect::<Result<_, _>>()?;
-    let size: usize = raws
-        .iter()
-        .map(|r| wire::len_field_size(tags::LIST_ITEMS, r.len()))
-        .sum::<usize>()
-        + 64;
-    let mut out = Vec::with_capacity(size + api_version.len() + list_kind.len());
-    wire::write_envelope(&mut out, api_version, list_kind, |out| {
-        let start = begin_len(out, tags::LIST_META);
-        if !meta.resource_version.is_empty() {
-            put_len_field(
-                out,
-                tags::LIST_RESOURCE_VERSION,
-                meta.resource_version.as_bytes(),
-            );
-        }
-        if !meta.continue_token.is_empty() {
-            put_len_field(out, tags::LIST_CONTINUE, meta.continue_token.as_bytes());
-        }
-        if let Some(n) = meta.remaining_item_count {
-            put_varint_field(out, tags::LIST_REMAINING, n as u64);
-        }
-        end_len(out, start);
-        for raw in &raws {
-            put_len_field(out, tags::LIST_ITEMS, raw);
-        }
-        Ok(())
-    })?;
-    Ok(out)
 }
 
 /// The `PartialObjectMetadata` form of an object (what `Accept: ...;as=PartialObjectMetadata`

@@ -8,8 +8,8 @@
 //!   [`to_protobuf`]: full conversion through a schema table generated from the k8s-pb
 //!   and k8s-openapi crates (`cargo xtask gen-proto-schema`), for answering offline in
 //!   the format a client accepts;
-//! * [`build_list`], [`encode_watch_event`], [`partial_object_metadata`]: building
-//!   responses from cached objects;
+//! * [`build_list`] / [`list_frames`], [`encode_watch_event`], [`partial_object_metadata`]:
+//!   building responses from cached objects;
 //! * [`negotiate`]: the apiserver's Accept-header rules;
 //! * [`decode_as`] / [`encode_as`] / [`decode_prost`]: typed access for response filters.
 //!
@@ -22,6 +22,7 @@ mod error;
 mod gotime;
 mod info;
 mod json_scan;
+mod list_encode;
 mod list_stream;
 mod media;
 mod schema;
@@ -37,9 +38,10 @@ use serde_json::Value;
 
 pub use error::CodecError;
 pub use info::{
-    ListMeta, ListParts, ObjectInfo, build_list, item_info, json_with_type_meta, object_head,
-    object_info, partial_object_metadata, split_list,
+    ListMeta, ListParts, ObjectInfo, item_info, json_with_type_meta, object_head, object_info,
+    partial_object_metadata, split_list,
 };
+pub use list_encode::{ListFrames, build_list, list_frames};
 pub use list_stream::{ListPiece, ListStream};
 pub use media::{
     AcceptClause, ApiserverRestrictions, DefaultRestrictions, EndpointRestrictions,

@@ -309,32 +309,43 @@ pub(crate) fn write_envelope(
     kind: &str,
     write_raw: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
 ) -> Result<(), CodecError> {
+    put_envelope_type(out, api_version, kind);
+    let start = begin_len(out, 2);
+    write_raw(out)?;
+    end_len(out, start);
+    put_envelope_tail(out);
+    Ok(())
+}
+
+/// The envelope up to its raw message, whose length must be known: what
+/// precedes `raw_len` bytes of message that the caller writes itself.
+pub(crate) fn put_envelope_head(out: &mut Vec<u8>, api_version: &str, kind: &str, raw_len: usize) {
+    put_envelope_type(out, api_version, kind);
+    put_key(out, 2, WT_LEN);
+    put_varint(out, raw_len as u64);
+}
+
+/// What follows the raw message: the empty `contentEncoding` and `contentType`.
+pub(crate) fn put_envelope_tail(out: &mut Vec<u8>) {
+    put_len_field(out, 3, b"");
+    put_len_field(out, 4, b"");
+}
+
+fn put_envelope_type(out: &mut Vec<u8>, api_version: &str, kind: &str) {
     out.extend_from_slice(&MAGIC);
     let type_meta_len = len_field_size(1, api_version.len()) + len_field_size(2, kind.len());
     put_key(out, 1, WT_LEN);
     put_varint(out, type_meta_len as u64);
     put_len_field(out, 1, api_version.as_bytes());
     put_len_field(out, 2, kind.as_bytes());
-    let start = begin_len(out, 2);
-    write_raw(out)?;
-    end_len(out, start);
-    put_len_field(out, 3, b"");
-    put_len_field(out, 4, b"");
-    Ok(())
 }
 
 /// Wraps an object's own protobuf message in the envelope.
 pub fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + api_version.len() + kind.len() + 16);
-    out.extend_from_slice(&MAGIC);
-    let type_meta_len = len_field_size(1, api_version.len()) + len_field_size(2, kind.len());
-    put_key(&mut out, 1, WT_LEN);
-    put_varint(&mut out, type_meta_len as u64);
-    put_len_field(&mut out, 1, api_version.as_bytes());
-    put_len_field(&mut out, 2, kind.as_bytes());
-    put_len_field(&mut out, 2, raw);
-    put_len_field(&mut out, 3, b"");
-    put_len_field(&mut out, 4, b"");
+    put_envelope_head(&mut out, api_version, kind, raw.len());
+    out.extend_from_slice(raw);
+    put_envelope_tail(&mut out);
     out
 }
 

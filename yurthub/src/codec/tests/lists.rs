@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use super::fixtures;
 use crate::codec::{
     CodecError, Format, ListMeta, build_list, envelope, item_info, json_with_type_meta,
-    object_head, object_info, partial_object_metadata, split_list, to_json, to_protobuf,
+    list_frames, object_head, object_info, partial_object_metadata, split_list, to_json,
+    to_protobuf,
 };
 
 fn pod_json() -> Value {
@@ -200,6 +201,118 @@ fn lists_split_and_rebuild_in_both_formats() {
             build_list(format, "v1", "PodList", &parts.meta, &again).expect("rebuilds"),
             list
         );
+    }
+}
+
+#[test]
+fn list_frames_are_the_built_list_in_pieces_for_any_frame_size() {
+    let pods = [
+        pod_named("a", "10"),
+        pod_named("b", "12"),
+        pod_named("c", "11"),
+    ];
+    let meta = ListMeta {
+        resource_version: Cow::Borrowed("12"),
+        continue_token: Cow::Borrowed("next"),
+        remaining_item_count: Some(3),
+    };
+    for format in [Format::Json, Format::Protobuf] {
+        let mut items: Vec<Vec<u8>> = pods.iter().map(|p| body(format, p)).collect();
+        match format {
+            // whitespace around an object is not part of the list
+            Format::Json => items[1] = [b"\n ", items[1].as_slice(), b" \n"].concat(),
+            // bare messages and enveloped ones, mixed
+            Format::Protobuf => {
+                items[2] = crate::codec::parse_envelope(&items[2])
+                    .expect("env")
+                    .raw
+                    .to_vec();
+            }
+        }
+        let refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
+        let whole = build_list(format, "v1", "PodList", &meta, &refs).expect("builds");
+        let largest = items.iter().map(Vec::len).max().unwrap_or(0) + 8;
+        for frame in [1, 7, 100, largest, 4096, 1 << 20] {
+            let frames =
+                list_frames(format, "v1", "PodList", &meta, items.clone(), frame).expect("frames");
+            assert_eq!(frames.encoded_len(), whole.len(), "{format:?} {frame}");
+            let sent: Vec<bytes::Bytes> = frames.collect();
+            assert_eq!(sent.concat(), whole, "{format:?} in frames of {frame}");
+            assert!(sent.iter().all(|f| !f.is_empty()), "{format:?} {frame}");
+            // a frame is over its size only when it holds a single item
+            // (with the head or tail that shares it)
+            let bound = frame.max(largest + 128);
+            assert!(sent.iter().all(|f| f.len() <= bound), "{format:?} {frame}");
+            if frame < whole.len() {
+                assert!(sent.len() > 1, "{format:?} {frame}: one frame");
+            }
+        }
+        let empty = list_frames::<Vec<u8>>(format, "v1", "PodList", &meta, vec![], 7)
+            .expect("empty")
+            .collect::<Vec<_>>()
+            .concat();
+        assert_eq!(
+            empty,
+            build_list(format, "v1", "PodList", &meta, &[]).expect("empty")
+        );
+    }
+    // a bad item is refused before a byte is sent
+    assert!(
+        list_frames(
+            Format::Json,
+            "v1",
+            "PodList",
+            &meta_rv("1"),
+            vec![b"[1]".to_vec()],
+            64
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn list_frames_let_go_of_the_items_already_sent() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    struct Counted(Vec<u8>, Rc<Cell<usize>>);
+    impl AsRef<[u8]> for Counted {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.1.set(self.1.get() + 1);
+        }
+    }
+    let dropped = Rc::new(Cell::new(0));
+    let item = body(Format::Json, &pod_named("a", "1"));
+    let items: Vec<Counted> = (0..10)
+        .map(|_| Counted(item.clone(), dropped.clone()))
+        .collect();
+    let mut frames = list_frames(
+        Format::Json,
+        "v1",
+        "PodList",
+        &meta_rv("1"),
+        items,
+        item.len() * 2,
+    )
+    .expect("frames");
+    frames.next().expect("first frame");
+    let after_one = dropped.get();
+    assert!(
+        (1..10).contains(&after_one),
+        "{after_one} of 10 items dropped after the first frame"
+    );
+    assert!(frames.count() > 0, "more frames after the first");
+    assert_eq!(dropped.get(), 10, "every item is dropped once sent");
+}
+
+fn meta_rv(rv: &str) -> ListMeta<'_> {
+    ListMeta {
+        resource_version: Cow::Borrowed(rv),
+        ..Default::default()
     }
 }
 
