@@ -2638,3 +2638,105 @@ async fn an_older_list_of_a_scope_does_not_replace_a_newer_one() {
     .expect("newest");
     assert_eq!(names(&store, &scope), vec!["c"]);
 }
+
+/// `holds` answers from a memo while the file is unchanged: after every
+/// kind of write it must answer what that write left, never what it read
+/// before (each step asks first, so the memo holds the old answer).
+#[tokio::test]
+async fn holds_answers_what_every_write_path_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let r = pods("kubelet");
+    let holds = |rv: &str| {
+        store
+            .holds(&r, Some("d"), "a", Format::Json, rv)
+            .expect("holds")
+    };
+    let put = |rv| store.put_if_not_older(&r, obj(Some("d"), "a", rv));
+    assert!(!holds("1"), "nothing stored");
+    within("put", put(1)).await.expect("put");
+    assert!(holds("1") && holds("1"), "a put");
+    assert!(!holds("2"));
+    within("newer", put(2)).await.expect("newer");
+    assert!(holds("2") && !holds("1"), "a newer put");
+    assert!(
+        !store
+            .holds(&r, Some("d"), "a", Format::Protobuf, "2")
+            .expect("holds"),
+        "another format is not held"
+    );
+
+    within("delete", store.delete(&r.object(Some("d"), "a")))
+        .await
+        .expect("delete");
+    assert!(!holds("2"), "a delete");
+    within("put", put(3)).await.expect("put");
+    assert!(holds("3"));
+    within("many", store.delete_many(vec![r.object(Some("d"), "a")]))
+        .await
+        .expect("delete many");
+    assert!(!holds("3"), "a delete of many");
+
+    within("put", put(4)).await.expect("put");
+    assert!(holds("4"));
+    let scope = r.scope(None, "");
+    within(
+        "replace",
+        store.replace_scope(&scope, |_| true, vec![obj(Some("d"), "b", 5)], 5),
+    )
+    .await
+    .expect("replace");
+    assert!(!holds("4"), "a replaced scope");
+
+    let mut staged = store.begin_staged(&scope);
+    within("page", staged.stage_page(vec![obj(Some("d"), "a", 6)]))
+        .await
+        .expect("page");
+    assert!(!holds("6"), "staged is not stored yet");
+    within("commit", staged.commit(|_| true, 6))
+        .await
+        .expect("commit");
+    assert!(holds("6"), "a staged commit");
+
+    within(
+        "event",
+        store.apply_watch_event(&scope, WatchEvent::Modified(obj(Some("d"), "a", 7))),
+    )
+    .await
+    .expect("event");
+    assert!(holds("7") && !holds("6"), "a watch event");
+    within(
+        "deleted",
+        store.apply_watch_event(&scope, WatchEvent::Deleted(obj(Some("d"), "a", 8))),
+    )
+    .await
+    .expect("deleted");
+    assert!(!holds("7"), "a deletion event");
+
+    within("put", put(9)).await.expect("put");
+    assert!(holds("9"));
+    within("component", store.delete_component("kubelet"))
+        .await
+        .expect("component");
+    assert!(!holds("9"), "a component's objects deleted");
+    within("put", put(10)).await.expect("put");
+    assert!(holds("10"));
+    within("gvr", store.forget_gvr(&Gvr::new("", "v1", "pods")))
+        .await
+        .expect("forget");
+    assert_eq!(
+        holds("10"),
+        store.get(&r.object(Some("d"), "a")).expect("get").is_some(),
+        "what forgetting a resource left"
+    );
+    drop(store);
+
+    // Reopened: a new store, whatever the old one remembered.
+    let store = open(dir.path());
+    assert_eq!(
+        store
+            .holds(&r, Some("d"), "a", Format::Json, "10")
+            .expect("holds"),
+        store.get(&r.object(Some("d"), "a")).expect("get").is_some()
+    );
+}

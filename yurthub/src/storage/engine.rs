@@ -138,6 +138,9 @@ pub(crate) struct Engine {
     generation: Mutex<u64>,
     /// When the last reopen failed: attempts are spaced by `REOPEN_BACKOFF`.
     failed_reopen: Mutex<Option<Instant>>,
+    /// Bumped after every commit and every reopen: what was read while it
+    /// stayed the same still holds (see `Store::holds`).
+    changes: AtomicU64,
     pub counters: Counters,
 }
 
@@ -170,6 +173,7 @@ impl Engine {
                 options,
                 db: RwLock::new(Some(db)),
                 generation: Mutex::new(0),
+                changes: AtomicU64::new(0),
                 failed_reopen: Mutex::new(None),
                 counters,
             },
@@ -239,6 +243,18 @@ impl Engine {
         }
     }
 
+    /// How many times the file's content may have changed: read before a
+    /// read transaction begins, an unchanged count means its answer is still
+    /// the file's.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Called after a commit (and by a reopen).
+    pub(crate) fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
     /// Incremented by every reopen, under the write lock of the handle.
     pub fn generation(&self) -> u64 {
         *self
@@ -301,6 +317,7 @@ impl Engine {
             .generation
             .lock()
             .unwrap_or_else(PoisonError::into_inner) += 1;
+        self.changed();
         drop(failed);
         drop(guard);
         outcome

@@ -74,6 +74,7 @@
 mod codec;
 mod engine;
 mod error;
+mod held;
 mod import;
 mod model;
 mod staging;
@@ -168,6 +169,7 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
     next_staging: AtomicU64,
     max_bytes: Option<u64>,
+    held: held::Held,
 }
 
 impl Drop for Inner {
@@ -256,6 +258,7 @@ impl Store {
                     writer: Some(writer),
                     next_staging: AtomicU64::new(1),
                     max_bytes: options.max_bytes,
+                    held: held::Held::default(),
                 }),
             },
             recovery,
@@ -385,14 +388,24 @@ impl Store {
             return Ok(false);
         }
         let k = codec::object_key_parts(resource, namespace, name)?;
-        self.inner.engine.read(|txn| {
+        // Read before the transaction begins: see `held`.
+        let at = self.inner.engine.changes();
+        if let Some(answer) = self.inner.held.lookup(at, &k, format, rv) {
+            return Ok(answer);
+        }
+        let (answer, stored) = self.inner.engine.read(|txn| {
             let objects = txn.open_table(engine::OBJECTS)?;
             let Some(v) = objects.get(k.as_slice())? else {
-                return Ok(false);
+                return Ok((false, None));
             };
-            Ok(codec::peek_format_rv(v.value())
-                .is_some_and(|(held, cached)| held == format && cached == rv))
-        })
+            let stored = codec::peek_format_rv(v.value());
+            let answer = stored.is_some_and(|(held, cached)| held == format && cached == rv);
+            Ok((answer, stored.map(|(f, v)| (f, v.to_owned()))))
+        })?;
+        self.inner
+            .held
+            .remember(at, k, stored.as_ref().map(|(f, v)| (*f, v.as_str())));
+        Ok(answer)
     }
 
     /// Keys of every object cached for one component's resource (for GC).

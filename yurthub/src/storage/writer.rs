@@ -533,6 +533,7 @@ impl Writer {
                 return Ok((results, false, state.stale));
             }
             txn.commit().map_err(|e| BatchError::Engine(e.into()))?;
+            engine.changed();
             engine.counters.payload.store(state.payload, Ordering::Relaxed);
             if state.evicted > 0 {
                 engine
