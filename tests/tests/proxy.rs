@@ -928,3 +928,81 @@ async fn a_list_still_flowing_is_not_cut_when_its_backend_turns_unhealthy() {
     api.clear_faults();
     hub.stop().await;
 }
+
+/// Clients that ask for large lists and then stop reading hold what the
+/// apiserver already sent them (up to a stream's flow-control window each).
+/// A few of them must neither stall the other streams of the shared
+/// connection nor fail the heartbeat; past the connection's window (16
+/// streams' worth) the proxied streams do stall, but the heartbeat runs on
+/// the hub's control connection and the backend stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_of_large_lists_neither_fail_the_heartbeat_nor_stall_others() {
+    let (_pki, api, _files, hub) = setup(&[]).await;
+    let note = "n".repeat(4096);
+    for i in 0..1500 {
+        let mut p = pod("default", &format!("big-{i:04}"));
+        p["metadata"]["annotations"] = json!({ "note": note });
+        api.create(p).unwrap();
+    }
+    let addr: std::net::SocketAddr = hub.proxy_url()["http://".len()..].parse().unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..6 {
+        silent.push(silent_list(addr).await);
+    }
+    let c = plain_client();
+    let started = std::time::Instant::now();
+    let mut worst = Duration::ZERO;
+    while started.elapsed() < Duration::from_secs(8) {
+        assert_eq!(
+            server_health(&hub, &api).await,
+            Some(1.0),
+            "the backend turned unhealthy {:?} after the clients went silent",
+            started.elapsed()
+        );
+        let t = std::time::Instant::now();
+        let r = get(
+            &c,
+            &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
+            "other/1.0",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        worst < Duration::from_secs(2),
+        "another client waited {worst:?}"
+    );
+    // Enough silent streams to take the whole connection's credit.
+    for _ in 0..18 {
+        silent.push(silent_list(addr).await);
+    }
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        assert_eq!(
+            server_health(&hub, &api).await,
+            Some(1.0),
+            "the backend turned unhealthy {:?} after 24 clients went silent",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(silent);
+    hub.stop().await;
+}
+
+/// A connection that asks for the big list and never reads the answer.
+async fn silent_list(hub: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(hub).await.expect("connects");
+    s.write_all(
+        b"GET /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: hub\r\n\
+          User-Agent: silent/1.0\r\nAccept: application/json\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    s
+}

@@ -304,7 +304,8 @@ pub struct ApiCall<'a> {
     pub accept: &'static str,
 }
 
-/// Sends `call` with the hub's identity, bounded by `timeout`. The answer
+/// Sends `call` with the hub's identity on its control connections
+/// ([`transport::Transports::control`]), bounded by `timeout`. The answer
 /// comes back as JSON whatever was negotiated: a protobuf answer (the
 /// compact one, where the apiserver offers it) is decoded here.
 pub async fn call_api(
@@ -333,7 +334,7 @@ pub async fn call_api(
             server: server(),
             reason: e.to_string(),
         })?;
-    let client = transports.client(transport::Identity::Hub, false);
+    let client = transports.control();
     let fut = async {
         let resp = client
             .request(req)

@@ -44,8 +44,20 @@ pub type HttpClient = Client<Connector, Body>;
 /// default); a frame is buffered whole before it is read.
 const H2_MAX_FRAME: u32 = 256 << 10;
 
-/// The four upstream clients: {hub identity, none} × {HTTP/2-capable, HTTP/1.1
-/// only for upgrades (exec/attach/port-forward cannot ride HTTP/2)}.
+/// What one stream may have in flight from the apiserver before its client
+/// reads it: 1 MiB per round trip is 20 MB/s over a 50 ms edge link.
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+
+/// What all streams of one connection may have in flight together. Sixteen
+/// streams' worth, so that a few clients that stop reading large responses
+/// cannot take the whole connection's credit and stall every other stream
+/// on it (hyper's default, 5 MiB, is two and a half streams' worth). It is
+/// also what a connection's unread data can cost in memory.
+const H2_CONN_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
+
+/// The upstream clients: {hub identity, none} × {HTTP/2-capable, HTTP/1.1
+/// only for upgrades (exec/attach/port-forward cannot ride HTTP/2)}, and
+/// the hub's own control client ([`Transports::control`]).
 ///
 /// When the hub's client certificate is replaced (rotation, re-bootstrap,
 /// a re-read kubelet file), the hub-identity clients are rebuilt on the next
@@ -57,7 +69,7 @@ pub struct Transports {
     anonymous: HttpClient,
     anonymous_upgrade: HttpClient,
     hub: Arc<std::sync::RwLock<HubClients>>,
-    rebuild: Arc<dyn Fn() -> (HttpClient, HttpClient) + Send + Sync>,
+    rebuild: Arc<dyn Fn() -> (HttpClient, HttpClient, HttpClient) + Send + Sync>,
     slot: certificates::Slot,
 }
 
@@ -65,6 +77,7 @@ struct HubClients {
     generation: u64,
     pooled: HttpClient,
     upgrade: HttpClient,
+    control: HttpClient,
 }
 
 impl Transports {
@@ -92,6 +105,8 @@ impl Transports {
                 // A 1 MB list is 4 DATA frames instead of 55: each frame is
                 // a trip through the body chain and a write to the client.
                 .http2_max_frame_size(H2_MAX_FRAME)
+                .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+                .http2_initial_connection_window_size(H2_CONN_WINDOW)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .build(connector)
         };
@@ -100,17 +115,20 @@ impl Transports {
         let make = Arc::new(make);
         let rebuild = {
             let make = make.clone();
-            Arc::new(move || (make(Identity::Hub, true), make(Identity::Hub, false)))
+            // Each client has its own pool, hence its own connections.
+            Arc::new(move || {
+                (
+                    make(Identity::Hub, true),
+                    make(Identity::Hub, false),
+                    make(Identity::Hub, true),
+                )
+            })
         };
-        let (pooled, upgrade) = rebuild();
+        let hub = HubClients::new(generation, rebuild());
         Transports {
             anonymous: make(Identity::None, true),
             anonymous_upgrade: make(Identity::None, false),
-            hub: Arc::new(std::sync::RwLock::new(HubClients {
-                generation,
-                pooled,
-                upgrade,
-            })),
+            hub: Arc::new(std::sync::RwLock::new(hub)),
             rebuild,
             slot,
         }
@@ -120,34 +138,47 @@ impl Transports {
         match (identity, upgrade) {
             (Identity::None, false) => self.anonymous.clone(),
             (Identity::None, true) => self.anonymous_upgrade.clone(),
-            (Identity::Hub, upgrade) => {
-                let current = self.slot.generation();
-                {
-                    let hub = self.hub.read().unwrap_or_else(|p| p.into_inner());
-                    if hub.generation == current {
-                        return if upgrade {
-                            hub.upgrade.clone()
-                        } else {
-                            hub.pooled.clone()
-                        };
-                    }
-                }
-                let mut hub = self.hub.write().unwrap_or_else(|p| p.into_inner());
-                if hub.generation != current {
-                    let (pooled, up) = (self.rebuild)();
-                    *hub = HubClients {
-                        generation: current,
-                        pooled,
-                        upgrade: up,
-                    };
-                    tracing::info!("client certificate changed; new upstream connections use it");
-                }
-                if upgrade {
-                    hub.upgrade.clone()
-                } else {
-                    hub.pooled.clone()
-                }
+            (Identity::Hub, false) => self.hub(|h| &h.pooled),
+            (Identity::Hub, true) => self.hub(|h| &h.upgrade),
+        }
+    }
+
+    /// The hub's own calls (the heartbeat's lease renewals, lookups) with
+    /// its identity, on connections of their own as OpenYurt's probes have:
+    /// never queued behind the proxied streams, which a client that stops
+    /// reading can hold up, so a busy node is not judged cut off.
+    pub fn control(&self) -> HttpClient {
+        self.hub(|h| &h.control)
+    }
+
+    /// One of the hub-identity clients for the current client certificate.
+    fn hub(&self, pick: impl Fn(&HubClients) -> &HttpClient) -> HttpClient {
+        let current = self.slot.generation();
+        {
+            let hub = self.hub.read().unwrap_or_else(|p| p.into_inner());
+            if hub.generation == current {
+                return pick(&hub).clone();
             }
+        }
+        let mut hub = self.hub.write().unwrap_or_else(|p| p.into_inner());
+        if hub.generation != current {
+            *hub = HubClients::new(current, (self.rebuild)());
+            tracing::info!("client certificate changed; new upstream connections use it");
+        }
+        pick(&hub).clone()
+    }
+}
+
+impl HubClients {
+    fn new(
+        generation: u64,
+        (pooled, upgrade, control): (HttpClient, HttpClient, HttpClient),
+    ) -> Self {
+        HubClients {
+            generation,
+            pooled,
+            upgrade,
+            control,
         }
     }
 }
