@@ -433,10 +433,16 @@ pub fn offline(
     component: &str,
     items: Vec<StoredObject>,
 ) -> Vec<StoredObject> {
-    if !follows(group, resource) || component.starts_with("multiplexer-proxy") {
+    if !changes_offline(group, resource, component) {
         return items;
     }
     follow(cache.store(), cache.node(), items)
+}
+
+/// Whether [`offline`] may change what this component gets of this
+/// resource (otherwise its objects are answered as stored).
+pub fn changes_offline(group: &str, resource: &str, component: &str) -> bool {
+    follows(group, resource) && !component.starts_with("multiplexer-proxy")
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! * `/version` and discovery documents from the cache; other non-resource
 //!   paths, and components that are not cache agents, get 400.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -248,12 +249,31 @@ impl Local {
         } else {
             &[Space::Full]
         };
+        // Each object is rendered as it is read, so a list of thousands
+        // never holds all its stored objects at once; unless endpoints that
+        // follow the node's pods may still change them (rendered after).
+        let follows = endpoints::changes_offline(&info.group, &info.resource, &info.component);
+        let first: OnceCell<FirstItem> = OnceCell::new();
+        let each = |s: StoredObject| {
+            if follows {
+                return Listed::Stored(Box::new(s));
+            }
+            Listed::Rendered(
+                first
+                    .get_or_init(|| FirstItem::of(req.headers, &s))
+                    .render(&s),
+            )
+        };
         let mut found = None;
         for space in spaces {
             let resource = keys::resource_key(info, *space);
             let scope = selectors.scope(&resource, ns);
             let sel = selectors.clone();
-            match self.cache.store().list(&scope, move |m| sel.matches(m)) {
+            match self
+                .cache
+                .store()
+                .list_with(&scope, move |m| sel.matches(m), each)
+            {
                 Ok(Some(listing)) => {
                     found = Some((resource, listing));
                     break;
@@ -289,16 +309,18 @@ impl Local {
             // Kubelet would otherwise conclude every pod is gone and kill them.
             return not_found(info);
         }
-        let Some((api_version, kind)) = listing
-            .items
-            .first()
-            .map(|o| {
-                (
-                    o.object.meta.api_version.clone(),
-                    o.object.meta.kind.clone(),
-                )
-            })
-            .or_else(|| keys::kind_of(self.cache.store(), &resource.gvr))
+        let first_type = match listing.items.first() {
+            Some(Listed::Stored(o)) => Some((
+                o.object.meta.api_version.clone(),
+                o.object.meta.kind.clone(),
+            )),
+            Some(Listed::Rendered(_)) => {
+                first.get().map(|f| (f.api_version.clone(), f.kind.clone()))
+            }
+            None => None,
+        };
+        let Some((api_version, kind)) =
+            first_type.or_else(|| keys::kind_of(self.cache.store(), &resource.gvr))
         else {
             return not_found(info);
         };
@@ -312,14 +334,40 @@ impl Local {
                     .map(|m| m.resource_version.to_string())
             })
             .unwrap_or_default();
-        let items = endpoints::offline(
-            &self.cache,
-            &info.group,
-            &info.resource,
-            &info.component,
-            listing.items,
-        );
-        answer_list(req.headers, &api_version, &kind, &rv, items)
+        let Some(first) = first.into_inner() else {
+            // Nothing rendered yet: empty, or kept for the endpoints.
+            let stored = listing
+                .items
+                .into_iter()
+                .filter_map(|l| match l {
+                    Listed::Stored(o) => Some(*o),
+                    Listed::Rendered(_) => None,
+                })
+                .collect();
+            let items = endpoints::offline(
+                &self.cache,
+                &info.group,
+                &info.resource,
+                &info.component,
+                stored,
+            );
+            return answer_list(req.headers, &api_version, &kind, &rv, items);
+        };
+        let Some((format, meta_av)) = first.repr else {
+            return not_acceptable();
+        };
+        let rendered = listing
+            .items
+            .into_iter()
+            .map(|l| match l {
+                Listed::Rendered(r) => r,
+                Listed::Stored(_) => Err("an object was not rendered".to_owned()),
+            })
+            .collect::<Result<Vec<_>, _>>();
+        match rendered {
+            Ok(items) => list_response(format, meta_av, &api_version, &kind, &rv, items),
+            Err(e) => internal(e),
+        }
     }
 
     /// The Table the cloud answered to this scope's same first-page request
@@ -676,12 +724,7 @@ fn answer_list(
     rv: &str,
     items: Vec<StoredObject>,
 ) -> Response<Body> {
-    let (av, k) = if kind == "PartialObjectMetadata" {
-        ("v1".to_owned(), "Pod".to_owned())
-    } else {
-        (api_version.to_owned(), kind.to_owned())
-    };
-    let Some((format, meta_av)) = negotiate_repr(headers, &av, &k) else {
+    let Some((format, meta_av)) = list_repr(headers, api_version, kind) else {
         return not_acceptable();
     };
     let mut rendered = Vec::with_capacity(items.len());
@@ -693,6 +736,66 @@ fn answer_list(
             Err(e) => return internal(format!("converting cached {}: {e}", s.key)),
         }
     }
+    list_response(format, meta_av, api_version, kind, rv, rendered)
+}
+
+/// An object of an offline list: rendered as it was read, or kept whole for
+/// the endpoints that follow the node's pods.
+enum Listed {
+    Stored(Box<StoredObject>),
+    Rendered(Result<Bytes, String>),
+}
+
+/// The type of a list's first object, which decides how all are rendered.
+struct FirstItem {
+    api_version: String,
+    kind: String,
+    /// None: the client accepts nothing the list can be rendered in.
+    repr: Option<(Format, Option<String>)>,
+}
+
+impl FirstItem {
+    fn of(headers: &HeaderMap, s: &StoredObject) -> FirstItem {
+        let m = &s.object.meta;
+        FirstItem {
+            api_version: m.api_version.clone(),
+            kind: m.kind.clone(),
+            repr: list_repr(headers, &m.api_version, &m.kind),
+        }
+    }
+
+    fn render(&self, s: &StoredObject) -> Result<Bytes, String> {
+        let Some((format, meta_av)) = &self.repr else {
+            return Ok(Bytes::new()); // not answered: see `repr`
+        };
+        render(s, *format, meta_av.as_deref())
+            .map_err(|e| format!("converting cached {}: {e}", s.key))
+    }
+}
+
+/// The format (and PartialObjectMetadata version) a list of `kind` is
+/// answered in.
+fn list_repr(
+    headers: &HeaderMap,
+    api_version: &str,
+    kind: &str,
+) -> Option<(Format, Option<String>)> {
+    if kind == "PartialObjectMetadata" {
+        negotiate_repr(headers, "v1", "Pod")
+    } else {
+        negotiate_repr(headers, api_version, kind)
+    }
+}
+
+/// The list response of `rendered` objects, sent in frames.
+fn list_response(
+    format: Format,
+    meta_av: Option<String>,
+    api_version: &str,
+    kind: &str,
+    rv: &str,
+    rendered: Vec<Bytes>,
+) -> Response<Body> {
     let (list_av, list_kind) = match (&meta_av, kind) {
         (Some(av), _) => (av.clone(), "PartialObjectMetadataList".to_owned()),
         (None, "PartialObjectMetadata") => (

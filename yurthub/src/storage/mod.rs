@@ -299,6 +299,18 @@ impl Store {
         scope: &ScopeKey,
         filter: impl Fn(&ObjectMeta) -> bool,
     ) -> Result<Option<Listing>, Error> {
+        self.list_with(scope, filter, |s| s)
+    }
+
+    /// [`Store::list`], with each object that passes `filter` turned into
+    /// what `each` makes of it while the list is read: a list of thousands
+    /// never holds all its stored objects at once.
+    pub fn list_with<T>(
+        &self,
+        scope: &ScopeKey,
+        filter: impl Fn(&ObjectMeta) -> bool,
+        each: impl Fn(StoredObject) -> T,
+    ) -> Result<Option<Listing<T>>, Error> {
         let prefix = codec::scope_object_prefix(scope)?;
         let end = codec::prefix_end(&prefix);
         let candidates = covering_scopes(scope)
@@ -348,7 +360,7 @@ impl Store {
                 if let Some(rv) = d.meta.resource_version.parsed() {
                     max_rv = Some(max_rv.map_or(rv, |m: u64| m.max(rv)));
                 }
-                items.push(stored(key, d));
+                items.push(each(stored(key, d)));
             }
             if marker.is_none() && items.is_empty() {
                 return Ok(None);

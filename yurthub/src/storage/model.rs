@@ -268,10 +268,11 @@ pub struct ListMarker {
     pub imported: bool,
 }
 
-/// The answer to an offline list.
+/// The answer to an offline list: the stored objects, or what
+/// [`super::Store::list_with`] made of each.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listing {
-    pub items: Vec<StoredObject>,
+pub struct Listing<T = StoredObject> {
+    pub items: Vec<T>,
     /// The marker that covers the scope, if any.
     pub marker: Option<ListMarker>,
     /// The largest u64 RV among the returned items.
