@@ -664,25 +664,21 @@ fn negotiate_repr(
 fn render(stored: &StoredObject, format: Format, meta_av: Option<&str>) -> Result<Bytes, String> {
     let from = keys::from_store_format(stored.object.format)
         .ok_or_else(|| "stored in an unsupported format".to_string())?;
-    let body = &stored.object.body;
-    let converted;
-    let body: &[u8] = if from == format {
-        if meta_av.is_none() || stored.object.meta.kind == "PartialObjectMetadata" {
-            // As stored: shared, not copied.
-            return Ok(body.clone());
-        }
-        body
+    // As stored, the body is shared rather than copied.
+    let body = if from == format {
+        stored.object.body.clone()
     } else {
-        converted = codec::convert_body(from, format, body).map_err(|e| e.to_string())?;
-        &converted
+        codec::convert_body(from, format, &stored.object.body)
+            .map(Bytes::from)
+            .map_err(|e| e.to_string())?
     };
     match meta_av {
         Some(av) if stored.object.meta.kind != "PartialObjectMetadata" => {
-            codec::partial_object_metadata(format, body, av)
+            codec::partial_object_metadata(format, &body, av)
                 .map(Bytes::from)
                 .map_err(|e| e.to_string())
         }
-        _ => Ok(Bytes::copy_from_slice(body)),
+        _ => Ok(body),
     }
 }
 

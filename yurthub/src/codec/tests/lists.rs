@@ -139,8 +139,8 @@ fn object_info_handles_escapes_nulls_statuses_and_cluster_objects() {
     assert_eq!(info, Default::default());
 }
 
-#[test]
-fn lists_split_and_rebuild_in_both_formats() {
+/// Pods a, b, c (RVs 10, 12, 11) and list metadata with every field set.
+fn three_pods_and_full_meta() -> ([Value; 3], ListMeta<'static>) {
     let pods = [
         pod_named("a", "10"),
         pod_named("b", "12"),
@@ -151,6 +151,12 @@ fn lists_split_and_rebuild_in_both_formats() {
         continue_token: Cow::Borrowed("eyJ2IjoibWV0YS5rOHMuaW8vdjEifQ"),
         remaining_item_count: Some(7),
     };
+    (pods, meta)
+}
+
+#[test]
+fn lists_split_and_rebuild_in_both_formats() {
+    let (pods, meta) = three_pods_and_full_meta();
     for format in [Format::Json, Format::Protobuf] {
         let items: Vec<Vec<u8>> = pods.iter().map(|p| body(format, p)).collect();
         let refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
@@ -206,16 +212,7 @@ fn lists_split_and_rebuild_in_both_formats() {
 
 #[test]
 fn list_frames_are_the_built_list_in_pieces_for_any_frame_size() {
-    let pods = [
-        pod_named("a", "10"),
-        pod_named("b", "12"),
-        pod_named("c", "11"),
-    ];
-    let meta = ListMeta {
-        resource_version: Cow::Borrowed("12"),
-        continue_token: Cow::Borrowed("next"),
-        remaining_item_count: Some(3),
-    };
+    let (pods, meta) = three_pods_and_full_meta();
     for format in [Format::Json, Format::Protobuf] {
         let mut items: Vec<Vec<u8>> = pods.iter().map(|p| body(format, p)).collect();
         match format {
