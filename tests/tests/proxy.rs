@@ -932,18 +932,35 @@ async fn a_list_still_flowing_is_not_cut_when_its_backend_turns_unhealthy() {
 /// Clients that ask for large lists and then stop reading hold what the
 /// apiserver already sent them (up to a stream's flow-control window each).
 /// A few of them must neither stall the other streams of the shared
-/// connection nor fail the heartbeat; past the connection's window (16
-/// streams' worth) the proxied streams do stall, but the heartbeat runs on
-/// the hub's control connection and the backend stays healthy.
+/// connection nor fail the heartbeat. Past the connection's window (16
+/// streams' worth) the proxied streams stall, but the heartbeat runs on the
+/// hub's control connection and the backend stays healthy; and once the
+/// silent clients have taken nothing for the stall limit (10 s) their
+/// upstream streams are cut, so the others are answered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_of_large_lists_neither_fail_the_heartbeat_nor_stall_others() {
     let (_pki, api, _files, hub) = setup(&[]).await;
     let note = "n".repeat(4096);
+    let mut rv = String::new();
     for i in 0..1500 {
         let mut p = pod("default", &format!("big-{i:04}"));
         p["metadata"]["annotations"] = json!({ "note": note });
-        api.create(p).unwrap();
+        rv = api.create(p).unwrap()["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     }
+    // A watch that stays quiet through all of it waits on the upstream,
+    // not on its client: it is never cut.
+    let (status, mut quiet) = open_watch(
+        &format!(
+            "{}/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}",
+            hub.proxy_url()
+        ),
+        "quiet/1.0",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let addr: std::net::SocketAddr = hub.proxy_url()["http://".len()..].parse().unwrap();
     let mut silent = Vec::new();
     for _ in 0..6 {
@@ -974,10 +991,57 @@ async fn silent_clients_of_large_lists_neither_fail_the_heartbeat_nor_stall_othe
         silent.push(silent_list(addr).await);
     }
     let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
+    let other = tokio::spawn({
+        let url = format!("{}/api/v1/nodes/{NODE}", hub.proxy_url());
+        async move { get(&plain_client(), &url, "other/1.0").await }
+    });
+    while !other.is_finished() {
         assert_healthy(&hub, &api, started, "24 clients went silent").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "another client still waits {:?} after 24 clients went silent",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let r = other.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Every silent stream is cut in its turn (the last went silent last).
+    let mut cut = 0.0;
+    while cut < 24.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{cut} of the 24 silent streams were cut after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
+            .await
+            .text();
+        cut = metric_value(&m, "node_yurthub_proxy_stalled_clients_cut_total").unwrap_or(0.0);
+    }
+    assert_eq!(cut, 24.0, "only the silent streams are cut");
+    // With their streams cut, the others are prompt again.
+    let t = std::time::Instant::now();
+    let r = get(
+        &c,
+        &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
+        "other/1.0",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    api.create(pod("default", "after-the-quiet")).unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), quiet.recv())
+        .await
+        .expect("the quiet watch delivers the next event")
+        .flatten()
+        .expect("the quiet watch is still open");
+    assert!(
+        String::from_utf8_lossy(&event).contains("after-the-quiet"),
+        "{}",
+        String::from_utf8_lossy(&event)
+    );
     drop(silent);
     hub.stop().await;
 }

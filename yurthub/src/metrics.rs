@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -100,6 +101,8 @@ pub struct Metrics {
     pub aggregated_in_flight_requests_total: Gauge,
     /// The multiplexer's own upstream requests, by the server they went to.
     pub target_for_multiplexer_requests: Family<TargetLabels, UntypedCounter>,
+    /// Upstream streams cut because their client stopped reading.
+    pub stalled_clients_cut: Counter,
 }
 
 impl Metrics {
@@ -117,7 +120,15 @@ impl Metrics {
             aggregated_in_flight_requests: Family::default(),
             aggregated_in_flight_requests_total: Gauge::default(),
             target_for_multiplexer_requests: Family::default(),
+            stalled_clients_cut: Counter::default(),
         };
+        // A series of its own (upstream has none): a typed counter, exposed
+        // with the `_total` suffix.
+        registry.register(
+            "node_yurthub_proxy_stalled_clients_cut",
+            "upstream streams cut because their client took nothing of the response for 10s",
+            m.stalled_clients_cut.clone(),
+        );
         registry.register(
             "node_yurthub_aggregated_in_flight_requests_collector",
             "collector of in flight requests handled by multiplexer manager",

@@ -31,6 +31,7 @@
 
 mod body;
 pub mod server;
+mod stall;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +85,8 @@ struct Inner {
     /// (owner, resource) → when the cloud last answered that identity's
     /// list or watch of a pool-scoped resource 2xx.
     shared_grants: Mutex<HashMap<(String, String), Instant>>,
+    /// Responses whose clients may stop reading (`stall`).
+    stalls: Arc<stall::Stalls>,
 }
 
 pub struct ProxyParts {
@@ -139,6 +142,7 @@ struct Admitted {
 
 impl Proxy {
     pub fn new(p: ProxyParts) -> Proxy {
+        let stalls = stall::Stalls::new(stall::STALL_LIMIT, p.metrics.stalled_clients_cut.clone());
         Proxy {
             inner: Arc::new(Inner {
                 mode: p.mode,
@@ -157,6 +161,7 @@ impl Proxy {
                 node_refresh: std::sync::atomic::AtomicBool::new(false),
                 shared_grants: Mutex::default(),
                 watch_idle_timeout: p.watch_idle_timeout,
+                stalls,
             }),
         }
     }
@@ -562,15 +567,39 @@ impl Proxy {
         let idle =
             body::IdleBounds::for_response(info, &parts.headers, self.inner.watch_idle_timeout);
         let reprobe = (self.inner.health.clone(), backend);
-        let mut body = body::Proxied::new(body, stops, traffic, in_flight)
+        // A client that stops reading a large body must not hold the
+        // upstream connection's credit (`stall`).
+        let (body, guard) = if stall::worth_guarding(&parts.headers) {
+            let (up, guard) = self.inner.stalls.guard(body, &info.path);
+            (Either::Right(up), Some(guard))
+        } else {
+            (Either::Left(body), None)
+        };
+        let body = body::Proxied::new(body, stops, traffic, in_flight)
             .with_idle(idle, move || {
                 if let Some(h) = &reprobe.0 {
                     h.report_transport_error(&reprobe.1);
                 }
             })
             .boxed_unsync();
+        let body = self.transform(info, &mut parts, body, plan);
+        let body = match guard {
+            Some(guard) => guard.watch(body).boxed_unsync(),
+            None => body,
+        };
+        Response::from_parts(parts, body)
+    }
+
+    /// Filters, then the cache's copy, of a 2xx body (others as they are).
+    fn transform(
+        &self,
+        info: &RequestInfo,
+        parts: &mut http::response::Parts,
+        mut body: Body,
+        plan: Option<crate::cache::Plan>,
+    ) -> Body {
         if !parts.status.is_success() {
-            return Response::from_parts(parts, body);
+            return body;
         }
         // Filters and the cache need plain bytes: gzip from the cloud is
         // decoded here (the hop to the client is node-local).
@@ -582,7 +611,7 @@ impl Proxy {
         }
         if parts.headers.contains_key(header::CONTENT_ENCODING) {
             // An encoding we cannot read: pass it through, untouched and uncached.
-            return Response::from_parts(parts, body);
+            return body;
         }
         let format = parts
             .headers
@@ -607,7 +636,7 @@ impl Proxy {
         if let (Some(plan), Some(local)) = (plan, &self.inner.local) {
             body = local.cache().tee(plan, &parts.headers, body);
         }
-        Response::from_parts(parts, body)
+        body
     }
 
     /// The filters that apply to this response, if any (only whole objects

@@ -1,0 +1,253 @@
+//! Clients that stop reading: a proxied response whose client has taken
+//! nothing for [`STALL_LIMIT`] while the hub held data for it is cut at the
+//! upstream side.
+//!
+//! Why: the streams of one upstream HTTP/2 connection share its
+//! flow-control credit (16 MiB, 1 MiB per stream: `remote::transport`).
+//! Data received for a stream that its client has not taken holds that
+//! credit, so sixteen silent clients of large lists stall every other
+//! stream of the connection, and pods share one anonymous-identity
+//! connection: one pod could stall the others. Dropping the upstream body
+//! resets its stream (RST_STREAM) and gives the credit back.
+//!
+//! The two halves of one response share a [`Slot`]:
+//! - [`Watched`] is the outermost body, the one hyper polls. hyper polls it
+//!   only when it can write (its buffer has room, or the client's HTTP/2
+//!   stream has window), so "handed data, not polled since" means the
+//!   client is not reading. A last poll that was `Pending` waits on the
+//!   upstream, which is `body::IdleBounds`' concern, never cut here;
+//! - [`Upstream`] is the innermost body, over hyper's `Incoming`; the cut
+//!   takes the `Incoming` out of the slot, and a later poll is an error, so
+//!   the client never takes the truncated body for a whole one.
+//!
+//! One sweeper task checks every [`SWEEP`] while guarded bodies exist; it
+//! exits when none is left and the next guarded body starts it again.
+//! Only bodies that can hold much credit are guarded (no Content-Length, or
+//! one of [`GUARDED_FROM`] bytes or more): an object GET costs nothing.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::BoxError;
+use prometheus_client::metrics::counter::Counter;
+
+/// How long a client may leave handed data untaken. The apiserver closes a
+/// watcher that cannot keep up within seconds; a node-local client that
+/// reads nothing for this long is stuck or hostile.
+pub const STALL_LIMIT: Duration = Duration::from_secs(10);
+/// How often the sweeper looks.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Bodies smaller than this leave the upstream connection at once (they fit
+/// hyper's write buffer), so they cannot hold its credit.
+pub const GUARDED_FROM: u64 = 64 << 10;
+
+/// `handed` value: the last poll waited on the upstream, or the body ended.
+const NOT_HANDED: u64 = u64::MAX;
+
+/// Whether a response with these headers is worth guarding.
+pub fn worth_guarding(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_none_or(|len| len >= GUARDED_FROM)
+}
+
+/// The guarded bodies of one proxy, and the sweeper's state.
+pub struct Stalls {
+    state: Mutex<State>,
+    limit: Duration,
+    cut: Counter,
+}
+
+#[derive(Default)]
+struct State {
+    slots: Vec<Weak<Slot>>,
+    sweeping: bool,
+}
+
+/// What the two halves of one response share.
+struct Slot {
+    body: Mutex<Option<Incoming>>,
+    born: Instant,
+    /// Milliseconds after `born` when the client was last handed data, or
+    /// [`NOT_HANDED`].
+    handed: AtomicU64,
+    path: String,
+}
+
+impl Slot {
+    fn stalled(&self, now: Instant, limit: Duration) -> bool {
+        let handed = self.handed.load(Ordering::Acquire);
+        handed != NOT_HANDED
+            && now.saturating_duration_since(self.born) > Duration::from_millis(handed) + limit
+    }
+
+    fn mark(&self, handed: u64) {
+        self.handed.store(handed, Ordering::Release);
+    }
+}
+
+impl Stalls {
+    /// `cut` counts the streams cut (`node_yurthub_proxy_stalled_clients_cut_total`).
+    pub fn new(limit: Duration, cut: Counter) -> Arc<Stalls> {
+        Arc::new(Stalls {
+            state: Mutex::default(),
+            limit,
+            cut,
+        })
+    }
+
+    /// Splits `body` into its upstream half (to wrap first) and a handle
+    /// that wraps the outermost body. Must run inside the runtime.
+    pub fn guard(self: &Arc<Self>, body: Incoming, path: &str) -> (Upstream, Guard) {
+        let slot = Arc::new(Slot {
+            body: Mutex::new(Some(body)),
+            born: Instant::now(),
+            handed: AtomicU64::new(0),
+            path: path.to_owned(),
+        });
+        let start = {
+            let mut st = lock(&self.state);
+            st.slots.push(Arc::downgrade(&slot));
+            !std::mem::replace(&mut st.sweeping, true)
+        };
+        if start {
+            tokio::spawn(self.clone().sweep());
+        }
+        (Upstream(slot.clone()), Guard(slot))
+    }
+
+    async fn sweep(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(SWEEP).await;
+            let now = Instant::now();
+            let mut stalled = Vec::new();
+            {
+                let mut st = lock(&self.state);
+                st.slots.retain(|w| match w.upgrade() {
+                    Some(s) if s.stalled(now, self.limit) => {
+                        stalled.push(s);
+                        false
+                    }
+                    Some(_) => true,
+                    None => false,
+                });
+                if st.slots.is_empty() && stalled.is_empty() {
+                    st.sweeping = false;
+                    return;
+                }
+            }
+            for slot in stalled {
+                // A body that already ended holds no credit: left alone.
+                // Dropped outside the slot's lock: dropping resets the stream.
+                let body = {
+                    let mut b = lock(&slot.body);
+                    if b.as_ref().is_some_and(|b| !b.is_end_stream()) {
+                        b.take()
+                    } else {
+                        None
+                    }
+                };
+                if body.is_some() {
+                    self.cut.inc();
+                    tracing::warn!(
+                        path = %slot.path,
+                        limit = ?self.limit,
+                        "the client took nothing of its response for too long; cutting its upstream stream"
+                    );
+                }
+                drop(body);
+            }
+        }
+    }
+}
+
+/// The upstream half: hyper's body until it is cut.
+pub struct Upstream(Arc<Slot>);
+
+impl HttpBody for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut body = lock(&self.0.body);
+        match body.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            None => Poll::Ready(Some(Err(
+                "the client stopped reading; its upstream stream was cut".into(),
+            ))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        lock(&self.0.body)
+            .as_ref()
+            .is_some_and(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        lock(&self.0.body)
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+/// Wraps the outermost body of a guarded response.
+pub struct Guard(Arc<Slot>);
+
+impl Guard {
+    pub fn watch(self, body: crate::Body) -> Watched {
+        Watched {
+            inner: body,
+            slot: self.0,
+        }
+    }
+}
+
+/// The client's half: records when the client was handed data.
+pub struct Watched {
+    inner: crate::Body,
+    slot: Arc<Slot>,
+}
+
+impl HttpBody for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let handed = match &polled {
+            Poll::Ready(Some(Ok(_))) => self.slot.born.elapsed().as_millis() as u64,
+            _ => NOT_HANDED,
+        };
+        self.slot.mark(handed);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
