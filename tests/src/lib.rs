@@ -2,6 +2,7 @@
 //! process runners shared by the end-to-end tests in `tests/tests/`.
 
 pub mod apiserver;
+pub mod cpu;
 pub mod hub;
 pub mod pki;
 pub mod pool;

@@ -191,16 +191,8 @@ async fn wait_hub(c: &PlainClient, hub_url: &str, path: &str) {
     }
 }
 
-/// User + system CPU time of a process (/proc/<pid>/stat).
 fn cpu_time(pid: u32) -> Duration {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros((field(11) + field(12)) * 1_000_000 / hz)
+    yurthub_e2e::cpu::process_cpu(pid).expect("the hub's CPU time")
 }
 
 async fn list_online_vs_offline() {

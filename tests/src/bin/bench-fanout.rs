@@ -54,20 +54,8 @@ struct Outcome {
     delivered: usize,
 }
 
-/// User + system CPU time of another process (/proc/<pid>/stat).
 fn process_cpu(pid: u32) -> Result<Duration> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("hub stat")?;
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed stat")?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let ticks: u64 = f.get(11).context("short stat")?.parse::<u64>()?
-        + f.get(12).context("short stat")?.parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_micros(ticks * 1_000_000 / hz))
+    yurthub_e2e::cpu::process_cpu(pid).context("the hub's CPU time")
 }
 
 /// The hub as a separate process, so its CPU is its own; killed on drop.

@@ -252,21 +252,14 @@ async fn tls_tap(
     bail!("the {tap:?} tap was never served")
 }
 
-/// CPU time (user + system) of a process so far.
+/// CPU time (user + system) of a process so far ("self": this one).
 fn cpu_time(pid: &str) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
+    let pid = if pid == "self" {
+        std::process::id()
+    } else {
+        pid.parse().unwrap_or(0)
     };
-    // Fields after the command name, which may hold spaces: state is 3rd.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| f.get(*i)?.parse::<u64>().ok())
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Duration::from_secs_f64(ticks as f64 / hz)
+    yurthub_e2e::cpu::process_cpu(pid).unwrap_or_default()
 }
 
 /// Busy and total CPU time of the whole machine so far (all cores).

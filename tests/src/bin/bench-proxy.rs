@@ -14,7 +14,7 @@
 //!   at once;
 //! - the hub's VmRSS idle (after start, before load) and its peak under load;
 //! - CPU time per request of the hub process and of this process (the
-//!   double and the load), from /proc/<pid>/stat.
+//!   double and the load), from each process's CPU-time clock (ns).
 //!
 //! The same clients also go through a bare TCP relay process (no TLS
 //! termination, no HTTP: `copy_bidirectional`): the floor for any proxy
@@ -816,31 +816,8 @@ fn perf_record(pid: u32, out: &std::path::Path, window: Duration) -> Result<Chil
         .context("starting perf record (linux-perf; cargo xtask bench installs it)")
 }
 
-/// User + system CPU time of a process so far (/proc/<pid>/stat, in clock
-/// ticks of 1/100 s on Linux).
 fn cpu_time(pid: u32) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // Fields after the parenthesised command name, which may hold spaces.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i - 3)
-            .context("short stat")?
-            .parse()
-            .context("stat field")
-    };
-    let ticks = ticks(14)? + ticks(15)?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as u64;
-    Ok(Duration::from_micros(ticks * 1_000_000 / hz))
+    yurthub_e2e::cpu::process_cpu(pid).with_context(|| format!("the CPU time of pid {pid}"))
 }
 
 fn status_kib(pid: u32, field: &str) -> Result<u64> {
