@@ -30,7 +30,8 @@ pub fn server_config(
     key_pem: &str,
     ca_pem: &str,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // The apiserver's Go TLS stack picks the cipher suite by its own order.
+    let provider = Arc::new(crate::pki::go_tls_provider());
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("serving certificate: {e}"))?;
@@ -52,6 +53,7 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| format!("serving certificate: {e}"))?;
+    config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

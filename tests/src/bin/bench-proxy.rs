@@ -897,8 +897,10 @@ impl Target {
         for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
             roots.add(c?)?;
         }
+        // The load offers suites as client-go does (AES-128-GCM first), as
+        // the pods a hub serves do.
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            yurthub_e2e::pki::go_tls_provider(),
         ))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
