@@ -26,8 +26,10 @@
 //!    when the body must be read, the response filters (`crate::filters`)
 //!    rewrite it, and a copy of cacheable 2xx responses is teed into the
 //!    cache without ever slowing the client (`cache::tee`) — so the filtered
-//!    form is what is cached; or splice the two connections for
-//!    exec/attach/port-forward upgrades.
+//!    form is what is cached; a client that takes nothing of a large
+//!    response for 10 s has its upstream stream cut (`stall`), so it cannot
+//!    hold the shared upstream connection's credit; or splice the two
+//!    connections for exec/attach/port-forward upgrades.
 
 mod body;
 pub mod server;

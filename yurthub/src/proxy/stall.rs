@@ -251,3 +251,49 @@ impl HttpBody for Watched {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(len: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(len) = len {
+            h.insert(http::header::CONTENT_LENGTH, len.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_bodies_that_can_hold_credit_are_guarded() {
+        assert!(worth_guarding(&headers(None)), "chunked: a list or a watch");
+        assert!(worth_guarding(&headers(Some("65536"))));
+        assert!(!worth_guarding(&headers(Some("1812"))), "an object GET");
+        assert!(
+            worth_guarding(&headers(Some("many"))),
+            "unreadable: guarded"
+        );
+    }
+
+    #[test]
+    fn a_body_is_stalled_only_when_handed_data_and_left_past_the_limit() {
+        let limit = Duration::from_secs(10);
+        let slot = Slot {
+            body: Mutex::new(None),
+            born: Instant::now(),
+            handed: AtomicU64::new(0),
+            path: String::new(),
+        };
+        let at = |s: u64| slot.born + Duration::from_secs(s);
+        assert!(!slot.stalled(at(9), limit));
+        assert!(slot.stalled(at(11), limit), "never polled since its birth");
+        slot.mark(5_000);
+        assert!(!slot.stalled(at(11), limit), "handed data 6 s ago");
+        assert!(slot.stalled(at(16), limit));
+        slot.mark(NOT_HANDED);
+        assert!(
+            !slot.stalled(at(3600), limit),
+            "waiting on the upstream (a quiet watch), or ended"
+        );
+    }
+}
