@@ -20,8 +20,10 @@
 //!   takes the `Incoming` out of the slot, and a later poll is an error, so
 //!   the client never takes the truncated body for a whole one.
 //!
-//! One sweeper task checks every [`SWEEP`] while guarded bodies exist; it
-//! exits when none is left and the next guarded body starts it again.
+//! One sweeper task wakes at the earliest deadline (at most once per
+//! [`SWEEP`], once per limit when every guarded body waits on its upstream)
+//! while guarded bodies exist; it exits when none is left and the next
+//! guarded body starts it again.
 //! Only bodies that can hold much credit are guarded (no Content-Length, or
 //! one of [`GUARDED_FROM`] bytes or more): an object GET costs nothing.
 
@@ -42,7 +44,7 @@ use prometheus_client::metrics::counter::Counter;
 /// watcher that cannot keep up within seconds; a node-local client that
 /// reads nothing for this long is stuck or hostile.
 pub const STALL_LIMIT: Duration = Duration::from_secs(10);
-/// How often the sweeper looks.
+/// The sweeper looks at most this often.
 const SWEEP: Duration = Duration::from_secs(1);
 /// Bodies smaller than this leave the upstream connection at once (they fit
 /// hyper's write buffer), so they cannot hold its credit.
@@ -84,10 +86,16 @@ struct Slot {
 }
 
 impl Slot {
-    fn stalled(&self, now: Instant, limit: Duration) -> bool {
+    /// When the slot counts as stalled if its client takes nothing more;
+    /// None while it waits on the upstream (or has ended).
+    fn deadline(&self, limit: Duration) -> Option<Instant> {
         let handed = self.handed.load(Ordering::Acquire);
-        handed != NOT_HANDED
-            && now.saturating_duration_since(self.born) > Duration::from_millis(handed) + limit
+        (handed != NOT_HANDED).then(|| self.born + Duration::from_millis(handed) + limit)
+    }
+
+    #[cfg(test)]
+    fn stalled(&self, now: Instant, limit: Duration) -> bool {
+        self.deadline(limit).is_some_and(|d| now > d)
     }
 
     fn mark(&self, handed: u64) {
@@ -125,26 +133,40 @@ impl Stalls {
         (Upstream(slot.clone()), Guard(slot))
     }
 
+    /// Wakes at the earliest deadline, at most once per [`SWEEP`]: a slot
+    /// not handed data now cannot stall before `now + limit`, so a node
+    /// whose guarded bodies are all quiet watches wakes once per limit.
     async fn sweep(self: Arc<Self>) {
+        let mut wake = Instant::now() + self.limit;
         loop {
-            tokio::time::sleep(SWEEP).await;
+            tokio::time::sleep_until(wake.into()).await;
             let now = Instant::now();
+            let mut next = now + self.limit;
             let mut stalled = Vec::new();
             {
                 let mut st = lock(&self.state);
-                st.slots.retain(|w| match w.upgrade() {
-                    Some(s) if s.stalled(now, self.limit) => {
-                        stalled.push(s);
-                        false
+                st.slots.retain(|w| {
+                    let Some(s) = w.upgrade() else {
+                        return false;
+                    };
+                    match s.deadline(self.limit) {
+                        Some(d) if now > d => {
+                            stalled.push(s);
+                            false
+                        }
+                        Some(d) => {
+                            next = next.min(d);
+                            true
+                        }
+                        None => true,
                     }
-                    Some(_) => true,
-                    None => false,
                 });
                 if st.slots.is_empty() && stalled.is_empty() {
                     st.sweeping = false;
                     return;
                 }
             }
+            wake = next.max(now + SWEEP);
             for slot in stalled {
                 // A body that already ended holds no credit: left alone.
                 // Dropped outside the slot's lock: dropping resets the stream.
