@@ -268,6 +268,27 @@ fn write_file(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, PkiErro
     Ok(path)
 }
 
+/// The cipher-suite preference of Go's crypto/tls on AES hardware, which
+/// both ends of the real traffic run: client-go offers, and the apiserver
+/// picks (by its own order, whatever the client prefers), AES-128-GCM
+/// first. rustls's default puts AES-256-GCM first.
+pub fn go_tls_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::CipherSuite as S;
+    let rank = |s: S| match s {
+        S::TLS13_AES_128_GCM_SHA256 => 0,
+        S::TLS13_AES_256_GCM_SHA384 => 1,
+        S::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => 3,
+        S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 4,
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => 5,
+        S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 6,
+        _ => 7,
+    };
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| rank(s.suite()));
+    provider
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,25 +349,4 @@ mod tests {
         assert_eq!(orgs, ["openyurt:yurthub", "system:nodes"]);
         assert!(!parsed.is_ca(), "leaf certificates are not CAs");
     }
-}
-
-/// The cipher-suite preference of Go's crypto/tls on AES hardware, which
-/// both ends of the real traffic run: client-go offers, and the apiserver
-/// picks (by its own order, whatever the client prefers), AES-128-GCM
-/// first. rustls's default puts AES-256-GCM first.
-pub fn go_tls_provider() -> rustls::crypto::CryptoProvider {
-    use rustls::CipherSuite as S;
-    let rank = |s: S| match s {
-        S::TLS13_AES_128_GCM_SHA256 => 0,
-        S::TLS13_AES_256_GCM_SHA384 => 1,
-        S::TLS13_CHACHA20_POLY1305_SHA256 => 2,
-        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => 3,
-        S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 4,
-        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => 5,
-        S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 6,
-        _ => 7,
-    };
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider.cipher_suites.sort_by_key(|s| rank(s.suite()));
-    provider
 }
