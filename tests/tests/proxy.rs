@@ -1046,6 +1046,76 @@ async fn silent_clients_of_large_lists_neither_fail_the_heartbeat_nor_stall_othe
     hub.stop().await;
 }
 
+/// The same bound over HTTP/2, as client-go speaks it: a stream whose
+/// client stops taking data (its window is full) is cut upstream once the
+/// limit passes, while the client's other streams on the same connection
+/// go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_http2_stream_is_cut_and_its_connection_goes_on() {
+    let (_pki, api, _files, hub) = setup(&[]).await;
+    let note = "n".repeat(4096);
+    for i in 0..1500 {
+        let mut p = pod("default", &format!("big-{i:04}"));
+        p["metadata"]["annotations"] = json!({ "note": note });
+        api.create(p).unwrap();
+    }
+    let addr: std::net::SocketAddr = hub.proxy_url()["http://".len()..].parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("an HTTP/2 connection (prior knowledge)");
+    tokio::spawn(conn);
+    let request = |path: &str| {
+        http::Request::get(format!("http://hub{path}"))
+            .header(http::header::USER_AGENT, "silent-h2/1.0")
+            .header(http::header::ACCEPT, "application/json")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let silent = send
+        .send_request(request("/api/v1/namespaces/default/pods"))
+        .await
+        .expect("the list's headers");
+    assert_eq!(silent.status(), StatusCode::OK);
+    // Its body is never read: the stream's window fills, the hub stops.
+    let started = std::time::Instant::now();
+    let c = plain_client();
+    loop {
+        let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
+            .await
+            .text();
+        if metric_value(&m, "node_yurthub_proxy_stalled_clients_cut_total") == Some(1.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the silent HTTP/2 stream was not cut within {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "cut after {:?}, before the limit",
+        started.elapsed()
+    );
+    let other = tokio::time::timeout(
+        Duration::from_secs(5),
+        send.send_request(request(&format!("/api/v1/nodes/{NODE}"))),
+    )
+    .await
+    .expect("the connection's other stream is answered")
+    .expect("the node");
+    assert_eq!(other.status(), StatusCode::OK);
+    let node = other.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&node).contains(NODE));
+    drop(silent);
+    hub.stop().await;
+}
+
 async fn assert_healthy(hub: &Hub, api: &ApiServer, since: std::time::Instant, what: &str) {
     assert_eq!(
         server_health(hub, api).await,
