@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::BoxError;
-use prometheus_client::metrics::counter::Counter;
 
 /// How long a client may leave handed data untaken. The apiserver closes a
 /// watcher that cannot keep up within seconds; a node-local client that
