@@ -257,7 +257,11 @@ fn cpu_time(pid: &str) -> Duration {
     let pid = if pid == "self" {
         std::process::id()
     } else {
-        pid.parse().unwrap_or(0)
+        // Never 0: the clock of pid 0 is this process's own.
+        match pid.parse() {
+            Ok(p) if p > 0 => p,
+            _ => return Duration::ZERO,
+        }
     };
     yurthub_e2e::cpu::process_cpu(pid).unwrap_or_default()
 }
