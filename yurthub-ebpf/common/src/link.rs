@@ -167,6 +167,25 @@ pub fn update_program(link: BorrowedFd<'_>, new_program: BorrowedFd<'_>) -> io::
     sys_bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
+const BPF_LINK_DETACH: c_long = 34;
+
+/// `union bpf_attr`'s `link_detach` member.
+#[repr(C)]
+struct LinkDetachAttr {
+    link_fd: u32,
+}
+
+/// Detaches `link` from its hook now (`BPF_LINK_DETACH`, Linux 5.9+),
+/// whoever else still references it. Closing the last fd is not enough to
+/// know it is gone: a pin's reference is dropped when bpffs frees its
+/// inode, after an RCU grace period.
+pub fn detach_link(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkDetachAttr {
+        link_fd: fd_u32(link),
+    };
+    sys_bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
 // === attaching in order, pinning, and reading the chain ===
 
 use std::{vec, vec::Vec};

@@ -11,7 +11,8 @@
 //! - pins on cgroups no longer wanted (the pods' cgroup was recreated, the
 //!   configuration changed) are removed after the new links exist, so moving
 //!   never leaves a gap. The kernel detaches a link when nothing references
-//!   it any more.
+//!   it any more; a clean shutdown detaches its links at once
+//!   (`BPF_LINK_DETACH`), so none is left attached when it returns.
 
 use std::{
     fs,
@@ -50,9 +51,13 @@ pub(crate) struct Attachment {
 }
 
 impl Attachment {
-    /// Unpins the link and closes our fd: the kernel detaches it unless some
-    /// other process still holds it open.
+    /// Detaches the link now, then unpins it and closes our fd. Without the
+    /// explicit detach (a kernel before 5.9) the kernel detaches it once
+    /// nothing references it, which for a pin is after an RCU grace period.
     pub(crate) fn detach(self) -> Result<(), Error> {
+        if let Err(e) = sys::detach_link(self.fd.as_fd()) {
+            tracing::debug!(pin = %self.pin.display(), error = %e, "BPF_LINK_DETACH failed; the link goes when its last reference does");
+        }
         remove_pin(&self.pin)?;
         drop(self.fd);
         Ok(())
