@@ -972,12 +972,7 @@ async fn silent_clients_of_large_lists_neither_fail_the_heartbeat_nor_stall_othe
     while started.elapsed() < Duration::from_secs(8) {
         assert_healthy(&hub, &api, started, "6 clients went silent").await;
         let t = std::time::Instant::now();
-        let r = get(
-            &c,
-            &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
-            "other/1.0",
-        )
-        .await;
+        let r = node_as_other(&c, &hub.proxy_url()).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         worst = worst.max(t.elapsed());
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -992,8 +987,8 @@ async fn silent_clients_of_large_lists_neither_fail_the_heartbeat_nor_stall_othe
     }
     let started = std::time::Instant::now();
     let other = tokio::spawn({
-        let url = format!("{}/api/v1/nodes/{NODE}", hub.proxy_url());
-        async move { get(&plain_client(), &url, "other/1.0").await }
+        let proxy = hub.proxy_url();
+        async move { node_as_other(&plain_client(), &proxy).await }
     });
     while !other.is_finished() {
         assert_healthy(&hub, &api, started, "24 clients went silent").await;
@@ -1023,12 +1018,7 @@ async fn silent_clients_of_large_lists_neither_fail_the_heartbeat_nor_stall_othe
     assert_eq!(cut, 24.0, "only the silent streams are cut");
     // With their streams cut, the others are prompt again.
     let t = std::time::Instant::now();
-    let r = get(
-        &c,
-        &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
-        "other/1.0",
-    )
-    .await;
+    let r = node_as_other(&c, &hub.proxy_url()).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     api.create(pod("default", "after-the-quiet")).unwrap();
@@ -1114,6 +1104,12 @@ async fn a_silent_http2_stream_is_cut_and_its_connection_goes_on() {
     assert!(String::from_utf8_lossy(&node).contains(NODE));
     drop(silent);
     hub.stop().await;
+}
+
+/// The node, asked through the hub by a client that is neither silent nor
+/// a cache agent.
+async fn node_as_other(c: &hub::PlainClient, proxy_url: &str) -> hub::Reply {
+    get(c, &format!("{proxy_url}/api/v1/nodes/{NODE}"), "other/1.0").await
 }
 
 async fn assert_healthy(hub: &Hub, api: &ApiServer, since: std::time::Instant, what: &str) {
