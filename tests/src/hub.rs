@@ -216,6 +216,32 @@ impl HubProcess {
         HubProcess { child, log }
     }
 
+    /// The same, with the open-file limit (`RLIMIT_NOFILE`) set to `soft`
+    /// and `hard` between fork and exec, as a service manager would.
+    pub fn spawn_with_open_files(args: &[String], soft: u64, hard: u64) -> HubProcess {
+        use std::os::unix::process::CommandExt as _;
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let (out, err) = (log.reopen().expect("log"), log.reopen().expect("log"));
+        let mut cmd = Command::new(hub_binary());
+        cmd.args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft,
+                    hard,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("spawn yurthub");
+        HubProcess { child, log }
+    }
+
     /// The same, in the network namespace at `netns` (entered between fork
     /// and exec), e.g. a sandbox's node namespace.
     pub fn spawn_in_netns(args: &[String], netns: &std::path::Path) -> HubProcess {
@@ -408,6 +434,25 @@ async fn open_tls(
     client_identity: Option<(&str, &str)>,
     req: Request<Full<Bytes>>,
 ) -> Result<Response<hyper::body::Incoming>, String> {
+    let tls = tls_connect(None, addr, server_name, ca_pem, client_identity).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
+
+/// A TLS connection to `addr` with its handshake done, verifying the
+/// server against `ca_pem` for `server_name`, from the loopback address
+/// `source` if given (a pod of its own, as the hub sees source addresses).
+pub async fn tls_connect(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    client_identity: Option<(&str, &str)>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     use std::sync::Arc;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
@@ -436,23 +481,25 @@ async fn open_tls(
         None => builder.with_no_client_auth(),
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("binding {ip}: {e}"))?;
+    }
+    let tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
     // A watch's small frames must not wait for delayed ACKs (Nagle).
     let _ = tcp.set_nodelay(true);
     let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
         .map_err(|e| e.to_string())?;
-    let tls = connector
+    connector
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    sender.send_request(req).await.map_err(|e| e.to_string())
+        .map_err(|e| format!("TLS: {e}"))
 }
 
 /// Reads a newline-delimited watch stream until it ends, calling `f` with

@@ -1135,3 +1135,170 @@ async fn silent_list(hub: std::net::SocketAddr) -> tokio::net::TcpStream {
     .unwrap();
     s
 }
+
+/// A GET over a connection made with [`hub::tls_connect`]: its status, and
+/// the sender that keeps the connection open.
+async fn status_over(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    path: &str,
+) -> (
+    StatusCode,
+    hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+) {
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/1.1 over the admitted connection");
+    tokio::spawn(conn);
+    let req = hub::get_request(
+        &format!("https://kubernetes.default.svc{path}"),
+        "other-pod/1.0",
+        &[],
+    );
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("answered within 10 s")
+        .expect("an answer");
+    (resp.status(), sender)
+}
+
+/// One pod that opens connections without end gets only its share of the
+/// pod-facing listener, and the listener only its bound in all: past them a
+/// connection is reset as it is accepted. Other pods, and kubelet on the
+/// loopback listener, are still served, and a closed connection frees its
+/// place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_facing_connections_are_bounded_per_address_and_in_all() {
+    let (pki, _api, _files, hub) =
+        setup(&["--pod-connections-per-address=4", "--max-pod-connections=6"]).await;
+    const NAME: &str = "kubernetes.default.svc";
+    let from = |ip: &'static str| {
+        let pki = pki.clone();
+        let secure = hub.secure;
+        async move {
+            hub::tls_connect(Some(ip.parse().unwrap()), secure, NAME, pki.ca_pem(), None).await
+        }
+    };
+    let mut greedy = Vec::new();
+    for i in 0..4 {
+        greedy.push(
+            from("127.0.0.2")
+                .await
+                .unwrap_or_else(|e| panic!("connection {i} within its share: {e}")),
+        );
+    }
+    let past_share = from("127.0.0.2").await;
+    assert!(
+        past_share.is_err(),
+        "a fifth connection from one address is refused"
+    );
+
+    // Another pod is served while the greedy one holds its share.
+    let other = from("127.0.0.3").await.expect("another pod connects");
+    let (status, _open) = status_over(other, "/version").await;
+    assert!(
+        !status.is_server_error(),
+        "another pod is answered: {status}"
+    );
+    let _other = from("127.0.0.3").await.expect("another pod connects");
+    // 4 + 2 held: the listener's bound, whoever asks next.
+    let past_total = from("127.0.0.4").await;
+    assert!(
+        past_total.is_err(),
+        "a seventh connection in all is refused"
+    );
+
+    // kubelet's listener is not counted.
+    let c = plain_client();
+    let r = get(
+        &c,
+        &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
+        .await
+        .text();
+    for reason in ["address", "total"] {
+        let series = format!("node_yurthub_proxy_refused_connections_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric_value(&m, &series), Some(1.0), "{series} in\n{m}");
+    }
+
+    // A closed connection gives its place back.
+    drop(greedy.pop());
+    eventually(
+        Duration::from_secs(5),
+        "a freed place is taken again",
+        || {
+            let f = from("127.0.0.2");
+            async move { f.await.is_ok() }
+        },
+    )
+    .await;
+    hub.stop().await;
+}
+
+/// Started with a low soft limit on open files (a service manager's 1024,
+/// scaled down), the hub raises it to the hard limit as Go programs do, and
+/// by default keeps half of it from the pods: past that the pod-facing
+/// listener refuses, and kubelet's listener still has descriptors to serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_raises_its_open_file_limit_and_keeps_half_of_it_from_the_pods() {
+    let pki = Arc::new(TestPki::new().unwrap());
+    let api = double(&pki).await;
+    let files = HubFiles::new(&pki);
+    let (port, secure_port) = (hub::free_port(), hub::free_port());
+    let mut args = files.args(&[api.url()], &[]);
+    args.retain(|a| !a.starts_with("--proxy-port") && !a.starts_with("--proxy-secure-port"));
+    args.push(format!("--proxy-port={port}"));
+    args.push(format!("--proxy-secure-port={secure_port}"));
+    const SOFT: u64 = 64;
+    const HARD: u64 = 96;
+    let p = hub::HubProcess::spawn_with_open_files(&args, SOFT, HARD);
+    let c = plain_client();
+    let node = format!("http://127.0.0.1:{port}/api/v1/nodes/{NODE}");
+    eventually(Duration::from_secs(15), "the hub process serves", || async {
+        let req = hub::get_request(&node, KUBELET, &[]);
+        matches!(tokio::time::timeout(Duration::from_secs(2), c.request(req)).await, Ok(Ok(r)) if r.status() == StatusCode::OK)
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", p.child.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a limit on open files")
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(open_files, [HARD.to_string(), HARD.to_string()], "{limits}");
+
+    // Half of 96 for the pods, all from one address (its own share, 128,
+    // is not what binds here).
+    let secure: std::net::SocketAddr = format!("127.0.0.1:{secure_port}").parse().unwrap();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..60 {
+        match hub::tls_connect(
+            Some("127.0.0.2".parse().unwrap()),
+            secure,
+            "kubernetes.default.svc",
+            pki.ca_pem(),
+            None,
+        )
+        .await
+        {
+            Ok(s) => held.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(
+        (held.len(), refused),
+        ((HARD / 2) as usize, 60 - (HARD / 2) as usize)
+    );
+    let r = get(&c, &node, KUBELET).await;
+    assert_eq!(r.status, StatusCode::OK, "kubelet is served: {}", r.text());
+    drop(held);
+    drop(p);
+}

@@ -312,6 +312,12 @@ impl App {
             }
             _ => None,
         };
+        let pod_bounds = crate::proxy::conns::ConnectionBounds::new(
+            cfg.pod_connections_per_address,
+            cfg.max_pod_connections
+                .unwrap_or_else(crate::proxy::conns::half_the_open_file_limit),
+            metrics.refused_connections.clone(),
+        );
         let proxy = Proxy::new(ProxyParts {
             mode: cfg.working_mode,
             lb: lb.clone(),
@@ -414,6 +420,7 @@ impl App {
                 server::serve(
                     l,
                     None,
+                    None,
                     move |req, _| {
                         let hub = hub.clone();
                         async move { hub.handle(req).await }
@@ -500,8 +507,11 @@ impl App {
             }
         }
         let p = proxy.clone();
+        // Host processes only (it is bound on loopback): kubelet's share
+        // is never capped.
         server::serve(
             plain,
+            None,
             None,
             move |req, _| {
                 let p = p.clone();
@@ -530,6 +540,7 @@ impl App {
         server::serve(
             secure,
             Some(acceptor),
+            Some(pod_bounds),
             move |req, _| {
                 let p = p.clone();
                 async move { p.handle(req, Listener::PodFacing).await }

@@ -311,6 +311,18 @@ pub struct RunArgs {
     /// Largest accepted request body; larger ones get 413.
     #[arg(long, default_value_t = 3 * 1024 * 1024 + 64 * 1024)]
     pub max_request_body_bytes: u64,
+    /// Connections the pod-facing listener keeps open from one source
+    /// address; more are refused (reset at once) and counted in
+    /// node_yurthub_proxy_refused_connections_total. hostNetwork pods share
+    /// the node's address, so this is the share of all of them together.
+    #[arg(long, default_value_t = 128)]
+    pub pod_connections_per_address: usize,
+    /// Connections the pod-facing listener keeps open in all; 0 means half
+    /// the hub's open-file limit, so that pods can never take the
+    /// descriptors kubelet's listener, the upstream connections and the
+    /// cache need.
+    #[arg(long, default_value_t = 0)]
+    pub max_pod_connections: usize,
 
     // --- process ---
     /// Threads that run the proxy's event loop. One (the default) serves a

@@ -118,6 +118,10 @@ pub struct Config {
     pub enabled_resource_filters: Vec<String>,
     pub disabled_resource_filters: Vec<String>,
     pub max_request_body_bytes: u64,
+    /// `--pod-connections-per-address`: see `proxy::conns`.
+    pub pod_connections_per_address: usize,
+    /// `--max-pod-connections`; None = half the open-file limit.
+    pub max_pod_connections: Option<usize>,
     pub profiling: bool,
     /// `--pool-scope-resources`: served by the multiplexer (empty: off).
     pub pool_scope_resources: Vec<crate::storage::Gvr>,
@@ -418,6 +422,11 @@ impl Config {
                 .cloned()
                 .collect(),
             max_request_body_bytes: a.max_request_body_bytes,
+            pod_connections_per_address: match a.pod_connections_per_address {
+                0 => return Err(err("--pod-connections-per-address", "must be at least 1")),
+                n => n,
+            },
+            max_pod_connections: (a.max_pod_connections > 0).then_some(a.max_pod_connections),
             profiling: a.profiling,
             pool_scope_resources: crate::multiplexer::parse_resources(&a.pool_scope_resources)
                 .map_err(|e| err("--pool-scope-resources", e))?,

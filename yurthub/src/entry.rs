@@ -42,6 +42,7 @@ pub fn main() -> ExitCode {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
+    raise_open_file_limit();
     let runtime = match crate::runtime::build(cfg.worker_threads) {
         Ok(r) => r,
         Err(e) => {
@@ -267,4 +268,20 @@ fn approve_csrs(args: &crate::cli::ApproveCsrsArgs) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Raises the soft limit on open files to the hard one, as the Go runtime
+/// does for OpenYurt's hub: systemd and container runtimes often leave the
+/// soft limit at 1024, which a busy node's connections can reach.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
+    }
 }

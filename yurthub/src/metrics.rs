@@ -46,6 +46,13 @@ pub struct DurationLabels {
     pub code: String,
 }
 
+/// Why the pod-facing listener refused a connection: "address" (its
+/// source address holds its share already) or "total".
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     component_name: String,
@@ -103,6 +110,8 @@ pub struct Metrics {
     pub target_for_multiplexer_requests: Family<TargetLabels, UntypedCounter>,
     /// Upstream streams cut because their client stopped reading.
     pub stalled_clients_cut: Counter,
+    /// Pod-facing connections refused past their bounds, by reason.
+    pub refused_connections: Family<RefusedLabels, Counter>,
 }
 
 impl Metrics {
@@ -121,6 +130,7 @@ impl Metrics {
             aggregated_in_flight_requests_total: Gauge::default(),
             target_for_multiplexer_requests: Family::default(),
             stalled_clients_cut: Counter::default(),
+            refused_connections: Family::default(),
         };
         // A series of its own (upstream has none): a typed counter, exposed
         // with the `_total` suffix.
@@ -128,6 +138,11 @@ impl Metrics {
             "node_yurthub_proxy_stalled_clients_cut",
             "upstream streams cut because their client took nothing of the response for 10s",
             m.stalled_clients_cut.clone(),
+        );
+        registry.register(
+            "node_yurthub_proxy_refused_connections",
+            "pod-facing connections refused because their source address or the listener held its bound of connections",
+            m.refused_connections.clone(),
         );
         registry.register(
             "node_yurthub_aggregated_in_flight_requests_collector",

@@ -32,6 +32,7 @@
 //!    connections for exec/attach/port-forward upgrades.
 
 mod body;
+pub mod conns;
 pub mod server;
 mod stall;
 

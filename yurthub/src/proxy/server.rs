@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::conns::ConnectionBounds;
 use crate::Body;
 use crate::certificates::{self, ServerCertResolver, Slot};
 
@@ -55,9 +56,11 @@ pub fn tls_acceptor(serving: Slot) -> tokio_rustls::TlsAcceptor {
 
 /// Serves connections until `shutdown`; then asks each connection to finish
 /// its in-flight requests. The tracker lets the caller wait for the drain.
+/// With `bounds`, a connection past them is refused as it is accepted.
 pub fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    bounds: Option<ConnectionBounds>,
     handler: F,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -81,11 +84,21 @@ pub fn serve<F, Fut>(
                     }
                 },
             };
+            let permit = match bounds.as_ref().map(|b| b.admit(peer.ip())) {
+                Some(Err(_)) => {
+                    refuse(stream);
+                    continue;
+                }
+                Some(Ok(p)) => Some(p),
+                None => None,
+            };
             let _ = stream.set_nodelay(true);
             let handler = handler.clone();
             let tls = tls.clone();
             let shutdown = shutdown.clone();
             t.spawn(async move {
+                // Held while the connection lives.
+                let _permit = permit;
                 let service = hyper::service::service_fn(move |req| {
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req, peer).await) }
@@ -107,6 +120,12 @@ pub fn serve<F, Fut>(
             });
         }
     });
+}
+
+/// Closes a refused connection with a reset: the client learns at once,
+/// and the hub keeps no TIME_WAIT state for it.
+fn refuse(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
 }
 
 async fn serve_connection<I, S>(io: I, service: S, shutdown: CancellationToken)
