@@ -1016,6 +1016,18 @@ async fn silent_clients_of_large_lists_neither_fail_the_heartbeat_nor_stall_othe
         cut = metric_value(&m, "node_yurthub_proxy_stalled_clients_cut_total").unwrap_or(0.0);
     }
     assert_eq!(cut, 24.0, "only the silent streams are cut");
+    // Their HTTP/1.1 connections are reset with the cut: none is left
+    // established, holding its buffers in the hub.
+    let locals: Vec<_> = silent.iter().map(|s| s.local_addr().unwrap()).collect();
+    eventually(
+        Duration::from_secs(2),
+        "no silent connection established after the cut",
+        || {
+            let held = locals.iter().filter(|l| established(**l, addr)).count();
+            async move { held == 0 }
+        },
+    )
+    .await;
     // With their streams cut, the others are prompt again.
     let t = std::time::Instant::now();
     let r = node_as_other(&c, &hub.proxy_url()).await;
@@ -1122,6 +1134,28 @@ async fn assert_healthy(hub: &Hub, api: &ApiServer, since: std::time::Instant, w
 }
 
 /// A connection that asks for the big list and never reads the answer.
+/// Whether the kernel lists the IPv4 connection `local` → `peer` as
+/// established (`/proc/net/tcp`: a reset one is gone from it).
+fn established(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> bool {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        std::net::SocketAddr::V6(_) => unreachable!("the test connects over IPv4"),
+    };
+    let (local, peer) = (hex(local), hex(peer));
+    std::fs::read_to_string("/proc/net/tcp")
+        .expect("/proc/net/tcp")
+        .lines()
+        .skip(1)
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == local && f[2] == peer && f[3] == "01"
+        })
+}
+
 async fn silent_list(hub: std::net::SocketAddr) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt as _;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

@@ -513,9 +513,9 @@ impl App {
             plain,
             None,
             None,
-            move |req, _| {
+            move |req, via: server::Via| {
                 let p = p.clone();
-                async move { p.handle(req, Listener::Loopback).await }
+                async move { p.handle(req, Listener::Loopback, via.close).await }
             },
             shutdown.clone(),
             tracker.clone(),
@@ -541,9 +541,9 @@ impl App {
             secure,
             Some(acceptor),
             Some(pod_bounds),
-            move |req, _| {
+            move |req, via: server::Via| {
                 let p = p.clone();
-                async move { p.handle(req, Listener::PodFacing).await }
+                async move { p.handle(req, Listener::PodFacing, via.close).await }
             },
             shutdown.clone(),
             tracker.clone(),

@@ -141,6 +141,8 @@ struct Admitted {
     /// The bearer token as sent (kept only for the life of the request).
     bearer: Option<String>,
     labels: RequestLabels,
+    /// Ends the client's connection (HTTP/1.x only; `server`).
+    close: Option<server::CloseConnection>,
 }
 
 impl Proxy {
@@ -169,7 +171,13 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, listener: Listener) -> Response<Body> {
+    /// `close` ends the client's connection (HTTP/1.x; `server::Via`).
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        listener: Listener,
+        close: Option<server::CloseConnection>,
+    ) -> Response<Body> {
         let start = Instant::now();
         // Phase 1: resolve.
         let info = match RequestInfo::resolve(req.method(), req.uri(), req.headers()) {
@@ -177,7 +185,7 @@ impl Proxy {
             Err(e) => return status::bad_request(e.to_string()),
         };
         // Phase 2: admit.
-        let adm = match self.admit(&req, info, listener) {
+        let adm = match self.admit(&req, info, listener, close) {
             Ok(a) => a,
             Err(refused) => return refused.into_response(),
         };
@@ -221,6 +229,7 @@ impl Proxy {
         req: &Request<Incoming>,
         mut info: RequestInfo,
         listener: Listener,
+        close: Option<server::CloseConnection>,
     ) -> Result<Admitted, Refused> {
         if let Some(len) = content_length(req.headers())
             && len > self.inner.max_body
@@ -248,6 +257,7 @@ impl Proxy {
             info,
             bearer,
             labels,
+            close,
         })
     }
 
@@ -573,7 +583,7 @@ impl Proxy {
         // A client that stops reading a large body must not hold the
         // upstream connection's credit (`stall`).
         let (body, guard) = if stall::worth_guarding(&parts.headers) {
-            let (up, guard) = self.inner.stalls.guard(body, &info.path);
+            let (up, guard) = self.inner.stalls.guard(body, &info.path, adm.close.clone());
             (Either::Right(up), Some(guard))
         } else {
             (Either::Left(body), None)

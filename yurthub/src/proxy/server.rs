@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,7 +66,7 @@ pub fn serve<F, Fut>(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Via) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let local = listener.local_addr().ok();
@@ -99,17 +100,34 @@ pub fn serve<F, Fut>(
             t.spawn(async move {
                 // Held while the connection lives.
                 let _permit = permit;
-                let service = hyper::service::service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req, peer).await) }
-                });
+                let socket = stream.as_raw_fd();
+                let close = CancellationToken::new();
+                let service = {
+                    let close = close.clone();
+                    hyper::service::service_fn(move |req: Request<Incoming>| {
+                        // One request at a time: ending the connection ends
+                        // only this request (over HTTP/2 it would end all).
+                        let via = Via {
+                            peer,
+                            close: (req.version() <= http::Version::HTTP_11)
+                                .then(|| CloseConnection(close.clone())),
+                        };
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(req, via).await) }
+                    })
+                };
+                let ends = Ends {
+                    shutdown,
+                    close,
+                    socket,
+                };
                 match tls {
-                    None => serve_connection(TokioIo::new(stream), service, shutdown).await,
+                    None => serve_connection(TokioIo::new(stream), service, ends).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await
                         {
-                            Ok(Ok(s)) => serve_connection(TokioIo::new(s), service, shutdown).await,
+                            Ok(Ok(s)) => serve_connection(TokioIo::new(s), service, ends).await,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
                             }
@@ -128,7 +146,38 @@ fn refuse(stream: tokio::net::TcpStream) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
 }
 
-async fn serve_connection<I, S>(io: I, service: S, shutdown: CancellationToken)
+/// What a handler knows of the connection its request came on.
+pub struct Via {
+    pub peer: SocketAddr,
+    /// HTTP/1.x only.
+    pub close: Option<CloseConnection>,
+}
+
+/// Ends one HTTP/1.x connection from inside the request it serves: a
+/// response cut half-way (its client stopped reading, `stall`) would
+/// otherwise leave the connection, and hyper's write buffer for it, open
+/// until the client goes.
+#[derive(Clone)]
+pub struct CloseConnection(CancellationToken);
+
+impl CloseConnection {
+    /// Resets the connection at once.
+    pub fn close(&self) {
+        self.0.cancel();
+    }
+}
+
+/// How a served connection may end early.
+struct Ends {
+    /// The hub stops: in-flight requests finish first.
+    shutdown: CancellationToken,
+    /// [`CloseConnection`]: at once, with a reset.
+    close: CancellationToken,
+    /// The connection's socket, for the reset.
+    socket: RawFd,
+}
+
+async fn serve_connection<I, S>(io: I, service: S, ends: Ends)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
@@ -155,9 +204,22 @@ where
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         }
-        _ = shutdown.cancelled() => {
+        _ = ends.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+        _ = ends.close.cancelled() => {}
+    }
+    // Closed because its response was cut (hyper may also have ended the
+    // connection on the cut body's error meanwhile): a reset, not a FIN
+    // queued behind data the client will not read, so the kernel frees the
+    // socket's buffers too.
+    if ends.close.is_cancelled() {
+        // SAFETY: `conn`, which owns the socket, lives until the end of
+        // this function, so the descriptor is open and still this
+        // connection's.
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(ends.socket) };
+        let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+        tracing::debug!("connection reset: its response was cut");
     }
 }

@@ -18,7 +18,9 @@
 //!   upstream, which is `body::IdleBounds`' concern, never cut here;
 //! - [`Upstream`] is the innermost body, over hyper's `Incoming`; the cut
 //!   takes the `Incoming` out of the slot, and a later poll is an error, so
-//!   the client never takes the truncated body for a whole one.
+//!   the client never takes the truncated body for a whole one. An
+//!   HTTP/1.x client's connection is reset with it (`server::CloseConnection`):
+//!   hyper, waiting to write to it, would keep it and its buffer open.
 //!
 //! One sweeper task wakes at the earliest deadline (at most once per
 //! [`SWEEP`], once per limit when every guarded body waits on its upstream)
@@ -38,6 +40,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
+use super::server::CloseConnection;
 use crate::BoxError;
 
 /// How long a client may leave handed data untaken. The apiserver closes a
@@ -83,6 +86,8 @@ struct Slot {
     /// [`NOT_HANDED`].
     handed: AtomicU64,
     path: String,
+    /// The client's connection, closed with the cut (HTTP/1.x).
+    close: Option<CloseConnection>,
 }
 
 impl Slot {
@@ -114,13 +119,20 @@ impl Stalls {
     }
 
     /// Splits `body` into its upstream half (to wrap first) and a handle
-    /// that wraps the outermost body. Must run inside the runtime.
-    pub fn guard(self: &Arc<Self>, body: Incoming, path: &str) -> (Upstream, Guard) {
+    /// that wraps the outermost body; a cut also closes `close`'s
+    /// connection. Must run inside the runtime.
+    pub fn guard(
+        self: &Arc<Self>,
+        body: Incoming,
+        path: &str,
+        close: Option<CloseConnection>,
+    ) -> (Upstream, Guard) {
         let slot = Arc::new(Slot {
             body: Mutex::new(Some(body)),
             born: Instant::now(),
             handed: AtomicU64::new(0),
             path: path.to_owned(),
+            close,
         });
         let start = {
             let mut st = lock(&self.state);
@@ -173,6 +185,13 @@ impl Stalls {
                 let body = {
                     let mut b = lock(&slot.body);
                     if b.as_ref().is_some_and(|b| !b.is_end_stream()) {
+                        // The client's connection goes too: hyper would
+                        // never write to it again. Closed before the body
+                        // is taken, so that the connection, seeing the cut
+                        // body's error, knows it was cut.
+                        if let Some(close) = &slot.close {
+                            close.close();
+                        }
                         b.take()
                     } else {
                         None
@@ -305,6 +324,7 @@ mod tests {
             born: Instant::now(),
             handed: AtomicU64::new(0),
             path: String::new(),
+            close: None,
         };
         let at = |s: u64| slot.born + Duration::from_secs(s);
         assert!(!slot.stalled(at(9), limit));
