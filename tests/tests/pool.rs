@@ -461,3 +461,61 @@ async fn offline_gets_of_pool_scoped_objects_are_answered_from_the_multiplexer()
     assert_eq!(names(&r.json()), ["web"]);
     hub.stop().await;
 }
+
+/// Pods reach the multiplexer's listener on the node IP too: it shares the
+/// pod-facing listener's bounds, so one address gets only its share, and
+/// the pool's hubs are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multiplexer_listener_bounds_the_connections_of_one_address() {
+    let (pki, api) = double().await;
+    let port = free_port();
+    let lead = NodeFiles::new(&pki, "lead", ip("127.0.2.1"));
+    let member = NodeFiles::new(&pki, "member", ip("127.0.2.2"));
+    create_node(&api, "lead", lead.ip, "shanghai");
+    create_node(&api, "member", member.ip, "shanghai");
+    api.create(leader_configmap("shanghai", &[("lead", lead.ip)], true))
+        .expect("configmap");
+    api.create(service("web")).expect("service");
+    let leader =
+        Hub::start(&lead.args(&[api.url()], port, &["--pod-connections-per-address=3"])).await;
+    let addr = std::net::SocketAddr::new(lead.ip, port);
+    let ca = pki.ca_pem().to_owned();
+    let connect = |source: &str| {
+        let (ca, source) = (ca.clone(), ip(source));
+        async move { hub::tls_connect(Some(source), addr, "127.0.2.1", &ca, None).await }
+    };
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(
+            connect("127.0.3.9")
+                .await
+                .unwrap_or_else(|e| panic!("connection {i} within its share: {e}")),
+        );
+    }
+    assert!(
+        connect("127.0.3.9").await.is_err(),
+        "a fourth connection from one address is refused"
+    );
+    // The pool's member, from its own address, is served.
+    let path = format!("https://{addr}/api/v1/services");
+    let mut served = false;
+    for _ in 0..50 {
+        let r = tls_send(
+            addr,
+            "127.0.2.1",
+            &ca,
+            Some((&member.client_cert, &member.client_key)),
+            hub::get_request(&path, "multiplexer-proxy-member", &[]),
+        )
+        .await
+        .expect("TLS with the pool member's certificate");
+        if r.status == StatusCode::OK {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(served, "the pool member is served");
+    drop(held);
+    leader.stop().await;
+}

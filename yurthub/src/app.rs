@@ -312,10 +312,10 @@ impl App {
             }
             _ => None,
         };
-        let pod_bounds = crate::proxy::conns::ConnectionBounds::new(
+        let pod_bounds = crate::conns::ConnectionBounds::new(
             cfg.pod_connections_per_address,
             cfg.max_pod_connections
-                .unwrap_or_else(crate::proxy::conns::half_the_open_file_limit),
+                .unwrap_or_else(crate::conns::half_the_open_file_limit),
             metrics.refused_connections.clone(),
         );
         let proxy = Proxy::new(ProxyParts {
@@ -496,6 +496,7 @@ impl App {
                             router: router.clone(),
                             certs: certs.clone(),
                             listener,
+                            bounds: pod_bounds.clone(),
                             shutdown: shutdown.clone(),
                             tracker: tracker.clone(),
                         },

@@ -311,8 +311,9 @@ pub struct RunArgs {
     /// Largest accepted request body; larger ones get 413.
     #[arg(long, default_value_t = 3 * 1024 * 1024 + 64 * 1024)]
     pub max_request_body_bytes: u64,
-    /// Connections the pod-facing listener keeps open from one source
-    /// address; more are refused (reset at once) and counted in
+    /// Connections the pod-facing listener (and the multiplexer's, which
+    /// pods reach on the node IP) keeps open from one source address; more
+    /// are refused (reset at once) and counted in
     /// node_yurthub_proxy_refused_connections_total. hostNetwork pods share
     /// the node's address, so this is the share of all of them together.
     #[arg(long, default_value_t = 128)]

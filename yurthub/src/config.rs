@@ -118,7 +118,7 @@ pub struct Config {
     pub enabled_resource_filters: Vec<String>,
     pub disabled_resource_filters: Vec<String>,
     pub max_request_body_bytes: u64,
-    /// `--pod-connections-per-address`: see `proxy::conns`.
+    /// `--pod-connections-per-address`: see `conns`.
     pub pod_connections_per_address: usize,
     /// `--max-pod-connections`; None = half the open-file limit.
     pub max_pod_connections: Option<usize>,

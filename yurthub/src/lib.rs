@@ -18,6 +18,7 @@ pub mod cli;
 pub mod cloudsync;
 pub mod codec;
 pub mod config;
+pub mod conns;
 pub mod dump;
 pub mod entry;
 pub mod filters;

@@ -141,7 +141,7 @@ impl Metrics {
         );
         registry.register(
             "node_yurthub_proxy_refused_connections",
-            "pod-facing connections refused because their source address or the listener held its bound of connections",
+            "connections refused on the listeners pods reach (pod-facing, multiplexer) because their source address or the listeners held their bound",
             m.refused_connections.clone(),
         );
         registry.register(

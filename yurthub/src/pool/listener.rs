@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::certificates::{self, Certificates, ServerCertResolver, csr::CertInfo};
+use crate::conns::{self, ConnectionBounds};
 use crate::multiplexer::{Caller, LEADER_HEADER, Multiplexer};
 use crate::request::{RequestInfo, status};
 use crate::{Body, full_body};
@@ -156,6 +157,7 @@ impl PoolListener {
         self: Arc<Self>,
         listener: TcpListener,
         certs: Certificates,
+        bounds: ConnectionBounds,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) {
@@ -185,9 +187,15 @@ impl PoolListener {
                         }
                     },
                 };
+                let Ok(permit) = bounds.admit(peer.ip()) else {
+                    conns::refuse(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (me, acceptor, shutdown) = (self.clone(), acceptor.clone(), shutdown.clone());
                 t.spawn(async move {
+                    // Held while the connection lives.
+                    let _permit = permit;
                     let tls = match tokio::time::timeout(
                         Duration::from_secs(10),
                         acceptor.accept(stream),

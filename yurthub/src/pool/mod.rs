@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::certificates::Certificates;
+use crate::conns::ConnectionBounds;
 use crate::multiplexer::Multiplexer;
 
 pub use router::{PoolMetrics, Router};
@@ -114,6 +115,8 @@ pub struct PoolParts {
     pub router: Arc<Router>,
     pub certs: Certificates,
     pub listener: Option<TcpListener>,
+    /// Pods reach the listener on the node IP too (`conns`).
+    pub bounds: ConnectionBounds,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -227,6 +230,7 @@ async fn run(p: PoolParts, proxy: SocketAddr, facts: Arc<Facts>) {
         listener::PoolListener::new(p.node.clone(), pool.clone(), p.mux.clone(), proxy).serve(
             l,
             p.certs.clone(),
+            p.bounds.clone(),
             p.shutdown.clone(),
             p.tracker.clone(),
         );

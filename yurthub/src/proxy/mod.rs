@@ -32,7 +32,6 @@
 //!    connections for exec/attach/port-forward upgrades.
 
 mod body;
-pub mod conns;
 pub mod server;
 mod stall;
 

@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::conns::ConnectionBounds;
 use crate::Body;
 use crate::certificates::{self, ServerCertResolver, Slot};
+use crate::conns::{self, ConnectionBounds};
 
 /// Binds a listening socket. `freebind` lets the pod-facing listener bind the
 /// hub address before (or while) rtnetlink (re-)adds it.
@@ -87,7 +87,7 @@ pub fn serve<F, Fut>(
             };
             let permit = match bounds.as_ref().map(|b| b.admit(peer.ip())) {
                 Some(Err(_)) => {
-                    refuse(stream);
+                    conns::refuse(stream);
                     continue;
                 }
                 Some(Ok(p)) => Some(p),
@@ -138,12 +138,6 @@ pub fn serve<F, Fut>(
             });
         }
     });
-}
-
-/// Closes a refused connection with a reset: the client learns at once,
-/// and the hub keeps no TIME_WAIT state for it.
-fn refuse(stream: tokio::net::TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
 }
 
 /// What a handler knows of the connection its request came on.

@@ -1,5 +1,6 @@
-//! Bounds on the connections of the pod-facing listener. Every pod reaches
-//! it, so without a bound one pod could open connections until the hub runs
+//! Bounds on the connections of the listeners pods can reach: the
+//! pod-facing one, and the multiplexer's on the node IP (one instance for
+//! both, so its total bounds them together). Every pod reaches them, so without a bound one pod could open connections until the hub runs
 //! out of file descriptors, and then nothing on the node (kubelet on the
 //! loopback listener, the hub's own upstream connections, its store) could
 //! open another. Connections past a bound are refused right after accept:
@@ -106,7 +107,7 @@ impl ConnectionBounds {
                 tracing::warn!(
                     %address, reason = why.label(), open = s.open, from_address,
                     per_address = self.inner.per_address, total = self.inner.total,
-                    "refusing pod-facing connections past their bound (logged every 10s at most)"
+                    "refusing connections past their bound on the listeners pods reach (logged every 10s at most)"
                 );
             }
             drop(s);
@@ -144,6 +145,12 @@ impl Drop for Permit {
             }
         }
     }
+}
+
+/// Closes a refused connection with a reset: the client learns at once,
+/// and the hub keeps no TIME_WAIT state for it.
+pub fn refuse(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
 }
 
 /// The default bound on all pod-facing connections: half the soft limit
