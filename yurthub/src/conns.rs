@@ -1,7 +1,8 @@
 //! Bounds on the connections of the listeners pods can reach: the
 //! pod-facing one, and the multiplexer's on the node IP (one instance for
-//! both, so its total bounds them together). Every pod reaches them, so without a bound one pod could open connections until the hub runs
-//! out of file descriptors, and then nothing on the node (kubelet on the
+//! both, so its total bounds them together). Every pod reaches them, so
+//! without a bound one pod could open connections until the hub runs out
+//! of file descriptors, and then nothing on the node (kubelet on the
 //! loopback listener, the hub's own upstream connections, its store) could
 //! open another. Connections past a bound are refused right after accept:
 //! closed with a reset (no TLS handshake is spent on them, and no TIME_WAIT
@@ -150,7 +151,7 @@ impl Drop for Permit {
 /// Closes a refused connection with a reset: the client learns at once,
 /// and the hub keeps no TIME_WAIT state for it.
 pub fn refuse(stream: tokio::net::TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
 }
 
 /// The default bound on all pod-facing connections: half the soft limit
