@@ -318,7 +318,8 @@ pub struct RunArgs {
     /// the node's address, so this is the share of all of them together.
     #[arg(long, default_value_t = 128)]
     pub pod_connections_per_address: usize,
-    /// Connections the pod-facing listener keeps open in all; 0 means half
+    /// Connections the pod-facing and multiplexer listeners keep open
+    /// together; 0 means half
     /// the hub's open-file limit, so that pods can never take the
     /// descriptors kubelet's listener, the upstream connections and the
     /// cache need.
