@@ -204,42 +204,26 @@ impl HubProcess {
     /// Starts the binary; its output goes to a log file (a pipe nobody
     /// reads would block a busy hub), see [`HubProcess::log`].
     pub fn spawn(args: &[String]) -> HubProcess {
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let (out, err) = (log.reopen().expect("log"), log.reopen().expect("log"));
-        let child = Command::new(hub_binary())
-            .args(&args[1..])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn yurthub");
-        HubProcess { child, log }
+        Self::spawn_with(args, |_| {})
     }
 
     /// The same, with the open-file limit (`RLIMIT_NOFILE`) set to `soft`
     /// and `hard` between fork and exec, as a service manager would.
     pub fn spawn_with_open_files(args: &[String], soft: u64, hard: u64) -> HubProcess {
         use std::os::unix::process::CommandExt as _;
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let (out, err) = (log.reopen().expect("log"), log.reopen().expect("log"));
-        let mut cmd = Command::new(hub_binary());
-        cmd.args(&args[1..])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::resource::setrlimit(
-                    nix::sys::resource::Resource::RLIMIT_NOFILE,
-                    soft,
-                    hard,
-                )
-                .map_err(std::io::Error::from)
-            });
-        }
-        let child = cmd.spawn().expect("spawn yurthub");
-        HubProcess { child, log }
+        Self::spawn_with(args, |cmd| {
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft,
+                        hard,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        })
     }
 
     /// The same, in the network namespace at `netns` (entered between fork
@@ -248,6 +232,20 @@ impl HubProcess {
         use std::os::unix::process::CommandExt as _;
         let ns =
             std::fs::File::open(netns).unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
+        Self::spawn_with(args, |cmd| {
+            // SAFETY: only setns, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        })
+    }
+
+    /// The binary with `args`, its output in the log, after `setup` has
+    /// had its say on the command.
+    fn spawn_with(args: &[String], setup: impl FnOnce(&mut Command)) -> HubProcess {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let (out, err) = (log.reopen().expect("log"), log.reopen().expect("log"));
         let mut cmd = Command::new(hub_binary());
@@ -255,13 +253,7 @@ impl HubProcess {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // SAFETY: only setns, async-signal-safe, between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        setup(&mut cmd);
         let child = cmd.spawn().expect("spawn yurthub");
         HubProcess { child, log }
     }

@@ -101,7 +101,7 @@ pub fn serve<F, Fut>(
                 // Held while the connection lives.
                 let _permit = permit;
                 let socket = stream.as_raw_fd();
-                let close = CancellationToken::new();
+                let close = CloseConnection(Arc::new(CancellationToken::new()));
                 let service = {
                     let close = close.clone();
                     hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -109,8 +109,7 @@ pub fn serve<F, Fut>(
                         // only this request (over HTTP/2 it would end all).
                         let via = Via {
                             peer,
-                            close: (req.version() <= http::Version::HTTP_11)
-                                .then(|| CloseConnection(close.clone())),
+                            close: (req.version() <= http::Version::HTTP_11).then(|| close.clone()),
                         };
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(req, via).await) }
@@ -151,8 +150,11 @@ pub struct Via {
 /// response cut half-way (its client stopped reading, `stall`) would
 /// otherwise leave the connection, and hyper's write buffer for it, open
 /// until the client goes.
+///
+/// One per connection, shared: a clone for each request is an atomic
+/// increment, where cloning the token itself would take its lock.
 #[derive(Clone)]
-pub struct CloseConnection(CancellationToken);
+pub struct CloseConnection(Arc<CancellationToken>);
 
 impl CloseConnection {
     /// Resets the connection at once.
@@ -165,8 +167,8 @@ impl CloseConnection {
 struct Ends {
     /// The hub stops: in-flight requests finish first.
     shutdown: CancellationToken,
-    /// [`CloseConnection`]: at once, with a reset.
-    close: CancellationToken,
+    /// At once, with a reset.
+    close: CloseConnection,
     /// The connection's socket, for the reset.
     socket: RawFd,
 }
@@ -202,13 +204,13 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
-        _ = ends.close.cancelled() => {}
+        _ = ends.close.0.cancelled() => {}
     }
     // Closed because its response was cut (hyper may also have ended the
     // connection on the cut body's error meanwhile): a reset, not a FIN
     // queued behind data the client will not read, so the kernel frees the
     // socket's buffers too.
-    if ends.close.is_cancelled() {
+    if ends.close.0.is_cancelled() {
         // SAFETY: `conn`, which owns the socket, lives until the end of
         // this function, so the descriptor is open and still this
         // connection's.
