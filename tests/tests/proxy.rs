@@ -1336,3 +1336,238 @@ async fn the_hub_raises_its_open_file_limit_and_keeps_half_of_it_from_the_pods()
     drop(held);
     drop(p);
 }
+
+/// hyper's HTTP/2 client queues a stream past the server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS, and every later request of the
+/// connection behind it. The streams of the node's pods share the hub's
+/// upstream connection, so one pod's watches must not fill it: past 100
+/// streams (RFC 9113's floor for that setting, here the double's own
+/// limit) new streams go over another connection, which is dialed only
+/// then, and a stream's place is given back when its response ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_upstream_connection_sends_new_streams_over_another() {
+    let pki = Arc::new(TestPki::new().expect("pki"));
+    let api = ApiServer::builder()
+        .pki(pki.clone())
+        .bookmark_interval(Duration::from_secs(1))
+        .http2_max_streams_per_connection(100)
+        .start()
+        .await
+        .expect("double starts");
+    api.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}))
+        .expect("node");
+    let sa = |name: &str| {
+        User::new(
+            &format!("system:serviceaccount:default:{name}"),
+            &["system:serviceaccounts"],
+        )
+    };
+    api.add_token("watcher-token", sa("watcher"));
+    api.add_token("other-token", sa("other"));
+    let files = HubFiles::new(&pki);
+    let hub = Hub::start(&files.args(&[api.url()], &[])).await;
+    let c = plain_client();
+    let as_other = || async {
+        send(
+            &c,
+            Method::GET,
+            &format!("{}/api/v1/namespaces/default/pods", hub.proxy_url()),
+            &[
+                ("authorization", "Bearer other-token"),
+                ("user-agent", "other/1.0"),
+            ],
+            Bytes::new(),
+        )
+        .await
+    };
+    let r = as_other().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let conns_series = format!(
+        "node_yurthub_closable_conns_collector{{server=\"{}\"}}",
+        api.addr()
+    );
+    let upstream_conns = || async {
+        let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
+            .await
+            .text();
+        metric_value(&m, &conns_series).unwrap_or_else(|| panic!("{conns_series} in {m}"))
+    };
+    let before = upstream_conns().await;
+
+    // One client connection (HTTP/2, prior knowledge) carries the watches.
+    let addr: std::net::SocketAddr = hub.proxy_url()["http://".len()..].parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send_req, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("an HTTP/2 connection");
+    tokio::spawn(conn);
+    let rv = api.resource_version();
+    let open = |n: usize| {
+        let send_req = send_req.clone();
+        async move {
+            let mut watches = Vec::new();
+            for i in 0..n {
+                let req = http::Request::get(format!(
+                    "http://hub/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}"
+                ))
+                .header(http::header::AUTHORIZATION, "Bearer watcher-token")
+                .header(http::header::USER_AGENT, "watcher/1.0")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+                let resp = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    send_req.clone().send_request(req),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("watch {} waited behind the full connection", i + 1))
+                .expect("watch");
+                assert_eq!(resp.status(), StatusCode::OK, "watch {}", i + 1);
+                watches.push(resp);
+            }
+            watches
+        }
+    };
+    let watches = open(110).await;
+    assert!(
+        api.wait_for_open_watches("pods", 110, Duration::from_secs(10))
+            .await,
+        "110 watches open in the double: {}",
+        api.open_watches("pods")
+    );
+    let other = tokio::time::timeout(Duration::from_secs(5), as_other())
+        .await
+        .expect("another pod's request does not wait behind the watches");
+    assert_eq!(other.status, StatusCode::OK, "{}", other.text());
+    assert_eq!(
+        upstream_conns().await,
+        before + 1.0,
+        "110 streams take one more upstream connection, not one each"
+    );
+
+    // Ended watches give their places back: 100 new ones fit beside the
+    // 10 left, on the two connections there are.
+    drop(watches);
+    assert!(
+        api.wait_for_open_watches("pods", 0, Duration::from_secs(10))
+            .await,
+        "the watches end in the double: {}",
+        api.open_watches("pods")
+    );
+    let again = open(100).await;
+    assert!(
+        api.wait_for_open_watches("pods", 100, Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(
+        upstream_conns().await,
+        before + 1.0,
+        "ended streams left their places taken"
+    );
+    drop(again);
+    hub.stop().await;
+}
+
+/// Over HTTP/2 one connection carries a thousand streams, and the streams
+/// of all pods share the hub's upstream connections: a source address
+/// keeps only its share of requests in flight on the pod-facing listener,
+/// over all its connections. Past it a request is answered 429 with
+/// Retry-After, as the apiserver answers past its in-flight limits; other
+/// pods are served, and an ended watch gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_keeps_only_its_share_of_requests_in_flight() {
+    let (pki, api, _files, hub) = setup(&["--pod-requests-per-address=4"]).await;
+    api.add_token(
+        "watcher-token",
+        User::new(
+            "system:serviceaccount:default:watcher",
+            &["system:serviceaccounts"],
+        ),
+    );
+    let over_h2 = |ip: &'static str| {
+        let pki = pki.clone();
+        let secure = hub.secure;
+        async move {
+            let tls = hub::tls_connect(
+                Some(ip.parse().unwrap()),
+                secure,
+                "kubernetes.default.svc",
+                pki.ca_pem(),
+                None,
+            )
+            .await
+            .expect("a pod connects");
+            let (send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tls),
+            )
+            .await
+            .expect("HTTP/2 (prior knowledge)");
+            tokio::spawn(conn);
+            send
+        }
+    };
+    let ask = |send: &hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+               path: String| {
+        let mut send = send.clone();
+        async move {
+            let req = http::Request::get(format!("https://hub{path}"))
+                .header(http::header::AUTHORIZATION, "Bearer watcher-token")
+                .header(http::header::USER_AGENT, "watcher/1.0")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+                .await
+                .expect("answered")
+                .expect("a response")
+        }
+    };
+    let rv = api.resource_version();
+    let watch = format!("/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}");
+    // The pod's share, over two connections.
+    let (first, second) = (over_h2("127.0.0.2").await, over_h2("127.0.0.2").await);
+    let mut watches = Vec::new();
+    for i in 0..4 {
+        let conn = if i % 2 == 0 { &first } else { &second };
+        let w = ask(conn, watch.clone()).await;
+        assert_eq!(w.status(), StatusCode::OK, "watch {i} within the share");
+        watches.push(w);
+    }
+    let past = ask(&second, format!("/api/v1/nodes/{NODE}")).await;
+    assert_eq!(past.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        past.headers()
+            .get(http::header::RETRY_AFTER)
+            .map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let body = past.into_body().collect().await.unwrap().to_bytes();
+    let status: Value = serde_json::from_slice(&body).expect("a Status");
+    assert_eq!(status["reason"], "TooManyRequests", "{status}");
+    assert_eq!(status["details"]["retryAfterSeconds"], 1, "{status}");
+
+    // Another pod is served meanwhile.
+    let other = ask(&over_h2("127.0.0.3").await, format!("/api/v1/nodes/{NODE}")).await;
+    assert_eq!(other.status(), StatusCode::OK);
+    let m = get(&plain_client(), &format!("{}/metrics", hub.hub_url()), "p")
+        .await
+        .text();
+    let series = "node_yurthub_proxy_refused_requests_total{reason=\"address\"}";
+    assert_eq!(metric_value(&m, series), Some(1.0), "{series} in\n{m}");
+
+    // An ended watch gives its place back.
+    drop(watches.pop());
+    eventually(
+        Duration::from_secs(5),
+        "a freed place is taken again",
+        || {
+            let r = ask(&first, format!("/api/v1/nodes/{NODE}"));
+            async move { r.await.status() == StatusCode::OK }
+        },
+    )
+    .await;
+    drop(watches);
+    hub.stop().await;
+}

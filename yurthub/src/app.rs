@@ -312,11 +312,15 @@ impl App {
             }
             _ => None,
         };
-        let pod_bounds = crate::conns::ConnectionBounds::new(
+        let pod_bounds = crate::conns::Bounds::connections(
             cfg.pod_connections_per_address,
             cfg.max_pod_connections
                 .unwrap_or_else(crate::conns::half_the_open_file_limit),
             metrics.refused_connections.clone(),
+        );
+        let pod_requests = crate::conns::Bounds::requests(
+            cfg.pod_requests_per_address,
+            metrics.refused_requests.clone(),
         );
         let proxy = Proxy::new(ProxyParts {
             mode: cfg.working_mode,
@@ -332,6 +336,7 @@ impl App {
             multiplexer: multiplexer.clone(),
             authn,
             watch_idle_timeout: cfg.watch_idle_timeout,
+            pod_requests: Some(pod_requests),
             pool: pool_router.clone(),
         });
 
@@ -516,7 +521,7 @@ impl App {
             None,
             move |req, via: server::Via| {
                 let p = p.clone();
-                async move { p.handle(req, Listener::Loopback, via.close).await }
+                async move { p.handle(req, Listener::Loopback, via).await }
             },
             shutdown.clone(),
             tracker.clone(),
@@ -544,7 +549,7 @@ impl App {
             Some(pod_bounds),
             move |req, via: server::Via| {
                 let p = p.clone();
-                async move { p.handle(req, Listener::PodFacing, via.close).await }
+                async move { p.handle(req, Listener::PodFacing, via).await }
             },
             shutdown.clone(),
             tracker.clone(),

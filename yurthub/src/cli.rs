@@ -325,6 +325,15 @@ pub struct RunArgs {
     /// cache need.
     #[arg(long, default_value_t = 0)]
     pub max_pod_connections: usize,
+    /// Requests the pod-facing listener keeps in flight for one source
+    /// address (watches included, over all its connections); more are
+    /// answered 429 with Retry-After, as the apiserver answers past its
+    /// in-flight limits, and counted in
+    /// node_yurthub_proxy_refused_requests_total. The streams of all pods
+    /// share the hub's upstream connections, so one pod cannot take the
+    /// streams the others need. hostNetwork pods share one address.
+    #[arg(long, default_value_t = 128)]
+    pub pod_requests_per_address: usize,
 
     // --- process ---
     /// Threads that run the proxy's event loop. One (the default) serves a

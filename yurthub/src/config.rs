@@ -122,6 +122,8 @@ pub struct Config {
     pub pod_connections_per_address: usize,
     /// `--max-pod-connections`; None = half the open-file limit.
     pub max_pod_connections: Option<usize>,
+    /// `--pod-requests-per-address`: see `conns`.
+    pub pod_requests_per_address: usize,
     pub profiling: bool,
     /// `--pool-scope-resources`: served by the multiplexer (empty: off).
     pub pool_scope_resources: Vec<crate::storage::Gvr>,
@@ -427,6 +429,10 @@ impl Config {
                 n => n,
             },
             max_pod_connections: (a.max_pod_connections > 0).then_some(a.max_pod_connections),
+            pod_requests_per_address: match a.pod_requests_per_address {
+                0 => return Err(err("--pod-requests-per-address", "must be at least 1")),
+                n => n,
+            },
             profiling: a.profiling,
             pool_scope_resources: crate::multiplexer::parse_resources(&a.pool_scope_resources)
                 .map_err(|e| err("--pool-scope-resources", e))?,

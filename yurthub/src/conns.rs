@@ -1,12 +1,21 @@
-//! Bounds on the connections of the listeners pods can reach: the
-//! pod-facing one, and the multiplexer's on the node IP (one instance for
-//! both, so its total bounds them together). Every pod reaches them, so
-//! without a bound one pod could open connections until the hub runs out
-//! of file descriptors, and then nothing on the node (kubelet on the
-//! loopback listener, the hub's own upstream connections, its store) could
-//! open another. Connections past a bound are refused right after accept:
-//! closed with a reset (no TLS handshake is spent on them, and no TIME_WAIT
-//! is left on the hub's side), counted, and logged at most every 10 s.
+//! Bounds on what pods hold at once through the listeners they reach: the
+//! pod-facing one, and the multiplexer's on the node IP.
+//!
+//! - **Connections** (one instance for both listeners, so its total bounds
+//!   them together). Without a bound one pod could open connections until
+//!   the hub runs out of file descriptors, and then nothing on the node
+//!   (kubelet on the loopback listener, the hub's own upstream connections,
+//!   its store) could open another. Connections past a bound are refused
+//!   right after accept: closed with a reset (no TLS handshake is spent on
+//!   them, and no TIME_WAIT is left on the hub's side).
+//! - **Requests in flight** per source address on the pod-facing listener:
+//!   HTTP/2 lets each connection carry a thousand streams, and the streams
+//!   of all pods share the hub's upstream connections, so one pod's watches
+//!   must not take the upstream streams every other pod needs. A request
+//!   past the bound is answered 429 with `Retry-After`, as the apiserver
+//!   answers past its in-flight limits.
+//!
+//! Refusals are counted, and logged at most every 10 s.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,13 +49,16 @@ impl Refused {
     }
 }
 
-/// Counts the open connections, in all and per source address.
+/// Counts what is open (connections, or requests in flight), in all and
+/// per source address.
 #[derive(Clone)]
-pub struct ConnectionBounds {
+pub struct Bounds {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    /// What is counted, for the log: "connections" or "requests".
+    counted: &'static str,
     per_address: usize,
     total: usize,
     state: Mutex<State>,
@@ -60,23 +72,39 @@ struct State {
     last_log: Option<Instant>,
 }
 
-/// One admitted connection; dropping it (the connection ended) frees its
+/// One admitted connection or request; dropping it (it ended) frees its
 /// place.
 pub struct Permit {
     inner: Arc<Inner>,
     address: IpAddr,
 }
 
-impl ConnectionBounds {
-    /// `refused` counts refusals by reason
+impl Bounds {
+    /// Bounds on connections; `refused` counts refusals by reason
     /// (`node_yurthub_proxy_refused_connections_total`).
-    pub fn new(
+    pub fn connections(
         per_address: usize,
         total: usize,
         refused: Family<RefusedLabels, Counter>,
-    ) -> ConnectionBounds {
-        ConnectionBounds {
+    ) -> Bounds {
+        Bounds::new("connections", per_address, total, refused)
+    }
+
+    /// Bounds on the requests in flight of each source address
+    /// (`node_yurthub_proxy_refused_requests_total`).
+    pub fn requests(per_address: usize, refused: Family<RefusedLabels, Counter>) -> Bounds {
+        Bounds::new("requests", per_address, usize::MAX, refused)
+    }
+
+    fn new(
+        counted: &'static str,
+        per_address: usize,
+        total: usize,
+        refused: Family<RefusedLabels, Counter>,
+    ) -> Bounds {
+        Bounds {
             inner: Arc::new(Inner {
+                counted,
                 per_address: per_address.max(1),
                 total: total.max(1),
                 state: Mutex::default(),
@@ -85,7 +113,8 @@ impl ConnectionBounds {
         }
     }
 
-    /// A place for a connection from `address`, or why there is none.
+    /// A place for a connection or request from `address`, or why there is
+    /// none.
     pub fn admit(&self, address: IpAddr) -> Result<Permit, Refused> {
         // An IPv4 client of a dual-stack socket is the same client as over
         // IPv4.
@@ -106,9 +135,9 @@ impl ConnectionBounds {
             {
                 s.last_log = Some(now);
                 tracing::warn!(
-                    %address, reason = why.label(), open = s.open, from_address,
-                    per_address = self.inner.per_address, total = self.inner.total,
-                    "refusing connections past their bound on the listeners pods reach (logged every 10s at most)"
+                    %address, counted = self.inner.counted, reason = why.label(), open = s.open,
+                    from_address, per_address = self.inner.per_address, total = self.inner.total,
+                    "refusing past a bound on the listeners pods reach (logged every 10s at most)"
                 );
             }
             drop(s);
@@ -175,7 +204,7 @@ mod tests {
     #[test]
     fn each_bound_refuses_and_a_closed_connection_frees_its_place() {
         let refused = Family::<RefusedLabels, Counter>::default();
-        let b = ConnectionBounds::new(2, 3, refused.clone());
+        let b = Bounds::connections(2, 3, refused.clone());
         let a1 = b.admit(ip("10.0.0.1")).unwrap();
         let _a2 = b.admit(ip("10.0.0.1")).unwrap();
         assert_eq!(b.admit(ip("10.0.0.1")).err(), Some(Refused::Address));

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{EventType, Format, WatchDecoder};
-use crate::remote::transport::{Identity, Transports};
+use crate::remote::transport::Transports;
 use crate::remote::{Backend, LoadBalancer};
 
 /// What to list and watch.
@@ -344,7 +344,9 @@ async fn watch(
         ("timeoutSeconds", &timeout),
     ]);
     let lost = backend.epoch_since(backend.epoch_id());
-    let client = up.transports.client(Identity::Hub, false);
+    // The hub's own watch: on the control connection, outside the proxied
+    // streams' lanes.
+    let client = up.transports.control();
     let resp = tokio::time::timeout(CALL_TIMEOUT, client.request(watch_request(backend, &path)?))
         .await
         .map_err(|_| Error::Call {

@@ -112,6 +112,10 @@ pub struct Metrics {
     pub stalled_clients_cut: Counter,
     /// Pod-facing connections refused past their bounds, by reason.
     pub refused_connections: Family<RefusedLabels, Counter>,
+    /// Requests answered 429: "address" (its source address holds its
+    /// share of requests in flight) or "upstream_streams" (every upstream
+    /// connection holds its most streams).
+    pub refused_requests: Family<RefusedLabels, Counter>,
 }
 
 impl Metrics {
@@ -131,6 +135,7 @@ impl Metrics {
             target_for_multiplexer_requests: Family::default(),
             stalled_clients_cut: Counter::default(),
             refused_connections: Family::default(),
+            refused_requests: Family::default(),
         };
         // A series of its own (upstream has none): a typed counter, exposed
         // with the `_total` suffix.
@@ -143,6 +148,11 @@ impl Metrics {
             "node_yurthub_proxy_refused_connections",
             "connections refused on the listeners pods reach (pod-facing, multiplexer) because their source address or the listeners held their bound",
             m.refused_connections.clone(),
+        );
+        registry.register(
+            "node_yurthub_proxy_refused_requests",
+            "requests answered 429 because their source address held its share of requests in flight on the pod-facing listener, or every upstream connection held its most streams",
+            m.refused_requests.clone(),
         );
         registry.register(
             "node_yurthub_aggregated_in_flight_requests_collector",

@@ -197,6 +197,7 @@ async fn serve_connection(
                 poison,
                 garbage_sent: 0,
             };
+            let max_streams = shared.http2_max_streams;
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 let info = info.clone();
@@ -205,7 +206,7 @@ async fn serve_connection(
                 }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http2().max_concurrent_streams(1000);
+            builder.http2().max_concurrent_streams(max_streams);
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .await

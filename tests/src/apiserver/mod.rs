@@ -223,7 +223,11 @@ pub struct ApiServerBuilder {
     api_audiences: Option<Vec<String>>,
     jwks_uri: Option<String>,
     policy: rbac::Policy,
+    http2_max_streams: u32,
 }
+
+/// kube-apiserver's `--http2-max-streams-per-connection` default.
+const HTTP2_MAX_STREAMS: u32 = 1000;
 
 impl Default for ApiServerBuilder {
     fn default() -> Self {
@@ -244,6 +248,7 @@ impl Default for ApiServerBuilder {
             api_audiences: None,
             jwks_uri: None,
             policy: rbac::Policy::default(),
+            http2_max_streams: HTTP2_MAX_STREAMS,
         }
     }
 }
@@ -255,6 +260,13 @@ impl ApiServerBuilder {
     }
 
     /// Uses this cluster CA (default: a fresh one).
+    /// `--http2-max-streams-per-connection`: the streams one client
+    /// connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub fn http2_max_streams_per_connection(mut self, streams: u32) -> Self {
+        self.http2_max_streams = streams;
+        self
+    }
+
     pub fn pki(mut self, pki: Arc<TestPki>) -> Self {
         self.pki = Some(pki);
         self
@@ -411,6 +423,7 @@ impl ApiServerBuilder {
             port: AtomicU64::new(0),
             csr_auto_approve: self.csr_auto_approve,
             signing: self.signing,
+            http2_max_streams: self.http2_max_streams,
         });
         let running = conn::Running::start(self.listen, tls.clone(), shared.clone()).await?;
         let addr = running.addr;
@@ -447,6 +460,7 @@ pub(crate) struct Shared {
     port: AtomicU64,
     csr_auto_approve: bool,
     signing: controllers::Signing,
+    http2_max_streams: u32,
 }
 
 impl Shared {
@@ -566,6 +580,7 @@ impl ApiServer {
             port: AtomicU64::new(0),
             csr_auto_approve: s.csr_auto_approve,
             signing: s.signing,
+            http2_max_streams: s.http2_max_streams,
         });
         let running = conn::Running::start(listen, self.tls.clone(), shared.clone()).await?;
         let addr = running.addr;

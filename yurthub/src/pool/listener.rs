@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::certificates::{self, Certificates, ServerCertResolver, csr::CertInfo};
-use crate::conns::{self, ConnectionBounds};
+use crate::conns::{self, Bounds};
 use crate::multiplexer::{Caller, LEADER_HEADER, Multiplexer};
 use crate::request::{RequestInfo, status};
 use crate::{Body, full_body};
@@ -157,7 +157,7 @@ impl PoolListener {
         self: Arc<Self>,
         listener: TcpListener,
         certs: Certificates,
-        bounds: ConnectionBounds,
+        bounds: Bounds,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::certificates::Certificates;
-use crate::conns::ConnectionBounds;
+use crate::conns::Bounds;
 use crate::multiplexer::Multiplexer;
 
 pub use router::{PoolMetrics, Router};
@@ -116,7 +116,7 @@ pub struct PoolParts {
     pub certs: Certificates,
     pub listener: Option<TcpListener>,
     /// Pods reach the listener on the node IP too (`conns`).
-    pub bounds: ConnectionBounds,
+    pub bounds: Bounds,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }

@@ -33,18 +33,26 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::BoxError;
 use crate::metrics::UntypedCounter;
+use crate::remote::transport::StreamSlot;
 
 /// Decrements the in-flight gauges when dropped.
 pub struct InFlight {
     per_request: Gauge,
     total: Gauge,
+    /// The upstream stream's place on its connection, given back when the
+    /// response ends or its client goes.
+    _lane: Option<StreamSlot>,
 }
 
 impl InFlight {
-    pub fn new(per_request: Gauge, total: Gauge) -> InFlight {
+    pub fn new(per_request: Gauge, total: Gauge, lane: Option<StreamSlot>) -> InFlight {
         per_request.inc();
         total.inc();
-        InFlight { per_request, total }
+        InFlight {
+            per_request,
+            total,
+            _lane: lane,
+        }
     }
 }
 
@@ -52,6 +60,41 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.per_request.dec();
         self.total.dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body that holds something (a place in a bound) while it lives.
+    pub struct Holding<B, T> {
+        #[pin]
+        inner: B,
+        held: T,
+    }
+}
+
+impl<B, T> Holding<B, T> {
+    pub fn new(inner: B, held: T) -> Self {
+        Holding { inner, held }
+    }
+}
+
+impl<B: HttpBody, T> HttpBody for Holding<B, T> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -3,7 +3,9 @@
 //! 1. **resolve** the [`RequestInfo`] (verb, resource, namespace, name,
 //!    component, list options), refusing what the apiserver refuses before
 //!    routing: malformed paths and escapes (400);
-//! 2. **admit**: bodies over the limit (413); the caller's identity, decided
+//! 2. **admit**: a source address past its share of requests in flight on
+//!    the pod-facing listener (429, `crate::conns`); bodies over the limit
+//!    (413); the caller's identity, decided
 //!    once from the listener and the credentials (`request::Principal`:
 //!    the node's components on loopback without credentials, a bearer
 //!    token's identity, or anonymous — never the User-Agent); the readiness
@@ -53,7 +55,7 @@ use crate::identity::Authenticator;
 use crate::metrics::{DurationLabels, Metrics, RequestLabels};
 use crate::remote::LoadBalancer;
 use crate::remote::health::{HealthChecker, error_chain};
-use crate::remote::transport::{Identity, Transports};
+use crate::remote::transport::{Identity, StreamSlot, Transports};
 pub use crate::request::Listener;
 use crate::request::{Principal, Readiness, RequestInfo, TokenId, Verb, status};
 use crate::{Body, full_body};
@@ -89,6 +91,7 @@ struct Inner {
     shared_grants: Mutex<HashMap<(String, String), Instant>>,
     /// Responses whose clients may stop reading (`stall`).
     stalls: Arc<stall::Stalls>,
+    pod_requests: Option<crate::conns::Bounds>,
 }
 
 pub struct ProxyParts {
@@ -111,12 +114,16 @@ pub struct ProxyParts {
     pub authn: Option<Authenticator>,
     /// `--watch-idle-timeout` (see `body::IdleBounds`).
     pub watch_idle_timeout: std::time::Duration,
+    /// Requests in flight per source address on the pod-facing listener.
+    pub pod_requests: Option<crate::conns::Bounds>,
     /// Follower routing of pool-scoped requests to the pool's leader hubs.
     pub pool: Option<Arc<crate::pool::Router>>,
 }
 
 /// Why the admit phase turned a request away.
 enum Refused {
+    /// The source address holds its share of requests in flight.
+    Busy(std::net::IpAddr),
     /// The body is larger than the limit (bytes).
     TooLarge(u64),
     /// The hub is not ready, and why.
@@ -126,6 +133,9 @@ enum Refused {
 impl Refused {
     fn into_response(self) -> Response<Body> {
         match self {
+            Refused::Busy(address) => status::too_many_requests(format!(
+                "{address} holds as many requests in flight through the hub as it may; retry later"
+            )),
             Refused::TooLarge(limit) => status::too_large(limit),
             Refused::NotReady(reason) => {
                 status::service_unavailable(format!("yurthub is not ready: {reason}"))
@@ -142,6 +152,9 @@ struct Admitted {
     labels: RequestLabels,
     /// Ends the client's connection (HTTP/1.x only; `server`).
     close: Option<server::CloseConnection>,
+    /// The request's place among its source address's (pod-facing
+    /// listener), held until its response ends.
+    place: Option<crate::conns::Permit>,
 }
 
 impl Proxy {
@@ -166,16 +179,17 @@ impl Proxy {
                 shared_grants: Mutex::default(),
                 watch_idle_timeout: p.watch_idle_timeout,
                 stalls,
+                pod_requests: p.pod_requests,
             }),
         }
     }
 
-    /// `close` ends the client's connection (HTTP/1.x; `server::Via`).
+    /// `via` names the client's address and how to end its connection.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         listener: Listener,
-        close: Option<server::CloseConnection>,
+        via: server::Via,
     ) -> Response<Body> {
         let start = Instant::now();
         // Phase 1: resolve.
@@ -184,13 +198,16 @@ impl Proxy {
             Err(e) => return status::bad_request(e.to_string()),
         };
         // Phase 2: admit.
-        let adm = match self.admit(&req, info, listener, close) {
+        let mut adm = match self.admit(&req, info, listener, via) {
             Ok(a) => a,
             Err(refused) => return refused.into_response(),
         };
         let resp = self.route(req, &adm).await;
         self.observe(&adm, &resp, start);
-        resp
+        match adm.place.take() {
+            Some(place) => resp.map(|b| body::Holding::new(b, place).boxed_unsync()),
+            None => resp,
+        }
     }
 
     fn observe(&self, adm: &Admitted, resp: &Response<Body>, start: Instant) {
@@ -228,8 +245,16 @@ impl Proxy {
         req: &Request<Incoming>,
         mut info: RequestInfo,
         listener: Listener,
-        close: Option<server::CloseConnection>,
+        via: server::Via,
     ) -> Result<Admitted, Refused> {
+        let place = match (&self.inner.pod_requests, listener) {
+            (Some(bounds), Listener::PodFacing) => Some(
+                bounds
+                    .admit(via.peer.ip())
+                    .map_err(|_| Refused::Busy(via.peer.ip()))?,
+            ),
+            _ => None,
+        };
         if let Some(len) = content_length(req.headers())
             && len > self.inner.max_body
         {
@@ -256,7 +281,8 @@ impl Proxy {
             info,
             bearer,
             labels,
-            close,
+            close: via.close,
+            place,
         })
     }
 
@@ -413,7 +439,28 @@ impl Proxy {
             .expect("request parts are valid");
         *up.headers_mut() = forwarded_headers(&parts.headers, upgrade);
 
-        let client = self.inner.transports.client(identity, upgrade);
+        // An upgrade has an HTTP/1.1 connection of its own; a stream takes
+        // a place on a connection with room (`transport::Lanes`).
+        let (client, lane) = if upgrade {
+            (self.inner.transports.client(identity, true), None)
+        } else {
+            match self.inner.transports.stream(identity) {
+                Some((client, slot)) => (client, Some(slot)),
+                None => {
+                    tracing::debug!(server = backend.name(), path = %info.path, "every upstream connection holds its most streams");
+                    self.inner
+                        .metrics
+                        .refused_requests
+                        .get_or_create(&crate::metrics::RefusedLabels {
+                            reason: "upstream_streams".into(),
+                        })
+                        .inc();
+                    return status::too_many_requests(
+                        "the hub's upstream connections hold as many streams as they may; retry later",
+                    );
+                }
+            }
+        };
         // Response headers within a bound; a timeout is a 504 (or the cache,
         // for what the cache serves), and a re-probe of the backend.
         let bound = body::header_bound(info);
@@ -487,7 +534,7 @@ impl Proxy {
         if let (Some(plan), Some(local)) = (&plan, &self.inner.local) {
             local.cache().on_status(plan, resp.status());
         }
-        self.respond(adm, resp, plan, backend)
+        self.respond(adm, resp, plan, backend, lane)
     }
 
     /// A transport failure re-probes the backend: a leader hub through the
@@ -547,6 +594,7 @@ impl Proxy {
         resp: Response<Incoming>,
         plan: Option<crate::cache::Plan>,
         backend: Arc<crate::remote::Backend>,
+        lane: Option<StreamSlot>,
     ) -> Response<Body> {
         let info = &adm.info;
         let (mut parts, body) = resp.into_parts();
@@ -555,6 +603,7 @@ impl Proxy {
         let in_flight = body::InFlight::new(
             m.in_flight_requests.get_or_create(&adm.labels).clone(),
             m.in_flight_requests_total.clone(),
+            lane,
         );
         let traffic = m.proxy_traffic.get_or_create(&adm.labels).clone();
         // Taken only if the stream waits (watches, large bodies). A backend

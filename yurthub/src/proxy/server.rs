@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::Body;
 use crate::certificates::{self, ServerCertResolver, Slot};
-use crate::conns::{self, ConnectionBounds};
+use crate::conns::{self, Bounds};
 
 /// Binds a listening socket. `freebind` lets the pod-facing listener bind the
 /// hub address before (or while) rtnetlink (re-)adds it.
@@ -61,7 +61,7 @@ pub fn tls_acceptor(serving: Slot) -> tokio_rustls::TlsAcceptor {
 pub fn serve<F, Fut>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    bounds: Option<ConnectionBounds>,
+    bounds: Option<Bounds>,
     handler: F,
     shutdown: CancellationToken,
     tracker: TaskTracker,

@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,9 +56,25 @@ const H2_STREAM_WINDOW: u32 = 1 << 20;
 /// also what a connection's unread data can cost in memory.
 const H2_CONN_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
 
-/// The upstream clients: {hub identity, none} × {HTTP/2-capable, HTTP/1.1
-/// only for upgrades (exec/attach/port-forward cannot ride HTTP/2)}, and
-/// the hub's own control client ([`Transports::control`]).
+/// The streams the hub opens on one upstream HTTP/2 connection at most:
+/// RFC 9113's floor for what a server should allow
+/// (SETTINGS_MAX_CONCURRENT_STREAMS), so that no compliant server makes a
+/// new stream wait. hyper's client queues a stream past the server's limit,
+/// and every later request of the connection behind it: the watches of one
+/// pod would hold up every other request of the node's pods.
+pub const STREAMS_PER_CONNECTION: usize = 100;
+
+/// HTTP/2 connections per identity and backend at most: 1,600 streams in
+/// all, past which a proxied request is refused (429). Lanes past the first
+/// are dialed only when the ones before them are full, and close after the
+/// pool's idle timeout, so a node that holds fewer than 100 streams keeps
+/// one connection, as before.
+pub const LANES: usize = 16;
+
+/// The upstream clients: {hub identity, none} × {HTTP/2-capable, in lanes
+/// ([`Lanes`]); HTTP/1.1 only for upgrades (exec/attach/port-forward cannot
+/// ride HTTP/2)}, and the hub's own control client
+/// ([`Transports::control`]).
 ///
 /// When the hub's client certificate is replaced (rotation, re-bootstrap,
 /// a re-read kubelet file), the hub-identity clients are rebuilt on the next
@@ -66,18 +83,82 @@ const H2_CONN_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
 /// finish on theirs), so new requests use the new certificate at once.
 #[derive(Clone)]
 pub struct Transports {
-    anonymous: HttpClient,
+    anonymous: Lanes,
     anonymous_upgrade: HttpClient,
     hub: Arc<std::sync::RwLock<HubClients>>,
-    rebuild: Arc<dyn Fn() -> (HttpClient, HttpClient, HttpClient) + Send + Sync>,
+    rebuild: Arc<dyn Fn() -> (Lanes, HttpClient, HttpClient) + Send + Sync>,
     slot: certificates::Slot,
 }
 
 struct HubClients {
     generation: u64,
-    pooled: HttpClient,
+    pooled: Lanes,
     upgrade: HttpClient,
     control: HttpClient,
+}
+
+/// HTTP/2 clients with a pool each, hence connections of their own, and
+/// the streams each has open: a stream goes to the first that has room
+/// ([`STREAMS_PER_CONNECTION`]), so the first connection fills before a
+/// second is dialed.
+#[derive(Clone)]
+pub struct Lanes {
+    lanes: Arc<[Lane]>,
+}
+
+struct Lane {
+    client: HttpClient,
+    open: AtomicUsize,
+}
+
+/// One stream's place in a lane, held while its response lives.
+pub struct StreamSlot {
+    lanes: Arc<[Lane]>,
+    index: usize,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.lanes[self.index].open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Lanes {
+    fn new(make: impl Fn() -> HttpClient) -> Lanes {
+        Lanes {
+            lanes: (0..LANES)
+                .map(|_| Lane {
+                    client: make(),
+                    open: AtomicUsize::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// The client of the first lane with room, and the place taken in it;
+    /// None when every lane is full.
+    pub fn take(&self) -> Option<(HttpClient, StreamSlot)> {
+        for (index, lane) in self.lanes.iter().enumerate() {
+            let taken = lane
+                .open
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < STREAMS_PER_CONNECTION).then_some(n + 1)
+                });
+            if taken.is_ok() {
+                let slot = StreamSlot {
+                    lanes: self.lanes.clone(),
+                    index,
+                };
+                return Some((lane.client.clone(), slot));
+            }
+        }
+        None
+    }
+
+    /// The first lane's client, for calls that are not counted.
+    fn first(&self) -> &HttpClient {
+        &self.lanes[0].client
+    }
 }
 
 impl Transports {
@@ -118,7 +199,7 @@ impl Transports {
             // Each client has its own pool, hence its own connections.
             Arc::new(move || {
                 (
-                    make(Identity::Hub, true),
+                    Lanes::new(|| make(Identity::Hub, true)),
                     make(Identity::Hub, false),
                     make(Identity::Hub, true),
                 )
@@ -126,7 +207,7 @@ impl Transports {
         };
         let hub = HubClients::new(generation, rebuild());
         Transports {
-            anonymous: make(Identity::None, true),
+            anonymous: Lanes::new(|| make(Identity::None, true)),
             anonymous_upgrade: make(Identity::None, false),
             hub: Arc::new(std::sync::RwLock::new(hub)),
             rebuild,
@@ -134,12 +215,24 @@ impl Transports {
         }
     }
 
+    /// A client whose streams are not counted in lanes: upgrades (one
+    /// HTTP/1.1 connection each), and the hub's own few calls, which ride
+    /// the first lane's connection.
     pub fn client(&self, identity: Identity, upgrade: bool) -> HttpClient {
         match (identity, upgrade) {
-            (Identity::None, false) => self.anonymous.clone(),
+            (Identity::None, false) => self.anonymous.first().clone(),
             (Identity::None, true) => self.anonymous_upgrade.clone(),
-            (Identity::Hub, false) => self.hub(|h| &h.pooled),
+            (Identity::Hub, false) => self.hub(|h| h.pooled.first()),
             (Identity::Hub, true) => self.hub(|h| &h.upgrade),
+        }
+    }
+
+    /// The HTTP/2 client of a proxied stream, in the first lane with room,
+    /// and the place it holds there; None when every lane is full.
+    pub fn stream(&self, identity: Identity) -> Option<(HttpClient, StreamSlot)> {
+        match identity {
+            Identity::None => self.anonymous.take(),
+            Identity::Hub => self.hub(|h| &h.pooled).take(),
         }
     }
 
@@ -152,7 +245,7 @@ impl Transports {
     }
 
     /// One of the hub-identity clients for the current client certificate.
-    fn hub(&self, pick: impl Fn(&HubClients) -> &HttpClient) -> HttpClient {
+    fn hub<T: Clone>(&self, pick: impl Fn(&HubClients) -> &T) -> T {
         let current = self.slot.generation();
         {
             let hub = self.hub.read().unwrap_or_else(|p| p.into_inner());
@@ -170,10 +263,7 @@ impl Transports {
 }
 
 impl HubClients {
-    fn new(
-        generation: u64,
-        (pooled, upgrade, control): (HttpClient, HttpClient, HttpClient),
-    ) -> Self {
+    fn new(generation: u64, (pooled, upgrade, control): (Lanes, HttpClient, HttpClient)) -> Self {
         HubClients {
             generation,
             pooled,
@@ -334,5 +424,44 @@ impl AsyncWrite for Conn {
     }
     fn is_write_vectored(&self) -> bool {
         self.tls.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lanes() -> Lanes {
+        let tls = rustls::ClientConfig::builder_with_provider(certificates::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let connector = Connector {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            hook: None,
+            conns: Family::default(),
+        };
+        Lanes::new(|| Client::builder(TokioExecutor::new()).build(connector.clone()))
+    }
+
+    #[test]
+    fn streams_fill_the_first_lane_with_room_and_none_past_the_last() {
+        let lanes = lanes();
+        let mut held = Vec::new();
+        for n in 0..LANES * STREAMS_PER_CONNECTION {
+            let (_, slot) = lanes.take().expect("a lane with room");
+            assert_eq!(slot.index, n / STREAMS_PER_CONNECTION, "stream {n}");
+            held.push(slot);
+        }
+        assert!(lanes.take().is_none(), "every lane is full");
+        // A place given back in the third lane is the next one taken.
+        held.remove(2 * STREAMS_PER_CONNECTION);
+        let (_, slot) = lanes.take().expect("the freed place");
+        assert_eq!(slot.index, 2);
+        held.clear();
+        assert_eq!(lanes.take().expect("room again").1.index, 0);
     }
 }

@@ -63,6 +63,20 @@ pub fn too_large(limit: u64) -> Response<Body> {
     )
 }
 
+/// 429 with `Retry-After`, as the apiserver answers past its in-flight
+/// limits; client-go waits that long and retries.
+pub fn too_many_requests(message: impl Into<String>) -> Response<Body> {
+    let mut resp = status_with_details(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        message,
+        Some(json!({ "retryAfterSeconds": 1 })),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
+}
+
 /// 401, as the apiserver answers a request it cannot authenticate.
 pub fn unauthorized(message: impl Into<String>) -> Response<Body> {
     status(StatusCode::UNAUTHORIZED, "Unauthorized", message)
