@@ -1571,3 +1571,66 @@ async fn a_pod_keeps_only_its_share_of_requests_in_flight() {
     drop(watches);
     hub.stop().await;
 }
+
+/// Each new connection costs a TLS handshake on the event loop kubelet's
+/// requests share, so a source address may open only so many per second
+/// (as many in a burst): past that, connections are reset as they are
+/// accepted, before any TLS work. Time refills the bucket, and other pods
+/// have their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reconnecting_in_a_loop_is_bounded_in_rate() {
+    let (pki, _api, _files, hub) = setup(&["--pod-connections-per-second=5"]).await;
+    let from = |ip: &'static str| {
+        let pki = pki.clone();
+        let secure = hub.secure;
+        async move {
+            hub::tls_connect(
+                Some(ip.parse().unwrap()),
+                secure,
+                "kubernetes.default.svc",
+                pki.ca_pem(),
+                None,
+            )
+            .await
+        }
+    };
+    // Eight at once: admission is at accept, so the handshakes' time does
+    // not refill the bucket meanwhile.
+    let burst = futures_util::future::join_all((0..8).map(|_| from("127.0.0.2"))).await;
+    let admitted = burst.iter().filter(|c| c.is_ok()).count();
+    assert_eq!(admitted, 5, "the burst is the rate");
+    drop(burst);
+    let other = from("127.0.0.3")
+        .await
+        .expect("another pod has its own bucket");
+    let (status, _open) = status_over(other, "/version").await;
+    assert!(
+        !status.is_server_error(),
+        "another pod is answered: {status}"
+    );
+    // kubelet's listener is not bounded.
+    let c = plain_client();
+    let r = get(
+        &c,
+        &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
+        .await
+        .text();
+    let series = "node_yurthub_proxy_refused_connections_total{reason=\"rate\"}";
+    assert_eq!(metric_value(&m, series), Some(3.0), "{series} in\n{m}");
+    // The bucket refills at 5 a second.
+    eventually(
+        Duration::from_secs(5),
+        "the address may connect again",
+        || {
+            let f = from("127.0.0.2");
+            async move { f.await.is_ok() }
+        },
+    )
+    .await;
+    hub.stop().await;
+}

@@ -316,6 +316,7 @@ impl App {
             cfg.pod_connections_per_address,
             cfg.max_pod_connections
                 .unwrap_or_else(crate::conns::half_the_open_file_limit),
+            cfg.pod_connections_per_second,
             metrics.refused_connections.clone(),
         );
         let pod_requests = crate::conns::Bounds::requests(

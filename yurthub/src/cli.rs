@@ -334,6 +334,13 @@ pub struct RunArgs {
     /// streams the others need. hostNetwork pods share one address.
     #[arg(long, default_value_t = 128)]
     pub pod_requests_per_address: usize,
+    /// New connections per second the pod-facing and multiplexer listeners
+    /// take from one source address (as many in a burst); more are reset as
+    /// they are accepted, before any TLS work, and counted as
+    /// reason="rate". Each costs a handshake on the event loop kubelet's
+    /// requests share. 0: no bound.
+    #[arg(long, default_value_t = 50)]
+    pub pod_connections_per_second: u32,
 
     // --- process ---
     /// Threads that run the proxy's event loop. One (the default) serves a

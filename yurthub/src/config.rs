@@ -124,6 +124,8 @@ pub struct Config {
     pub max_pod_connections: Option<usize>,
     /// `--pod-requests-per-address`: see `conns`.
     pub pod_requests_per_address: usize,
+    /// `--pod-connections-per-second`; None = no bound.
+    pub pod_connections_per_second: Option<u32>,
     pub profiling: bool,
     /// `--pool-scope-resources`: served by the multiplexer (empty: off).
     pub pool_scope_resources: Vec<crate::storage::Gvr>,
@@ -429,6 +431,8 @@ impl Config {
                 n => n,
             },
             max_pod_connections: (a.max_pod_connections > 0).then_some(a.max_pod_connections),
+            pod_connections_per_second: (a.pod_connections_per_second > 0)
+                .then_some(a.pod_connections_per_second),
             pod_requests_per_address: match a.pod_requests_per_address {
                 0 => return Err(err("--pod-requests-per-address", "must be at least 1")),
                 n => n,
