@@ -1170,6 +1170,23 @@ async fn silent_list(hub: std::net::SocketAddr) -> tokio::net::TcpStream {
     s
 }
 
+/// A pod's TLS connection to the pod-facing listener from `ip` (a loopback
+/// address), with the name InClusterConfig verifies.
+async fn pod_connect(
+    pki: &TestPki,
+    secure: std::net::SocketAddr,
+    ip: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    hub::tls_connect(
+        Some(ip.parse().unwrap()),
+        secure,
+        "kubernetes.default.svc",
+        pki.ca_pem(),
+        None,
+    )
+    .await
+}
+
 /// A GET over a connection made with [`hub::tls_connect`]: its status, and
 /// the sender that keeps the connection open.
 async fn status_over(
@@ -1205,14 +1222,7 @@ async fn status_over(
 async fn pod_facing_connections_are_bounded_per_address_and_in_all() {
     let (pki, _api, _files, hub) =
         setup(&["--pod-connections-per-address=4", "--max-pod-connections=6"]).await;
-    const NAME: &str = "kubernetes.default.svc";
-    let from = |ip: &'static str| {
-        let pki = pki.clone();
-        let secure = hub.secure;
-        async move {
-            hub::tls_connect(Some(ip.parse().unwrap()), secure, NAME, pki.ca_pem(), None).await
-        }
-    };
+    let from = |ip: &'static str| pod_connect(&pki, hub.secure, ip);
     let mut greedy = Vec::new();
     for i in 0..4 {
         greedy.push(
@@ -1314,15 +1324,7 @@ async fn the_hub_raises_its_open_file_limit_and_keeps_half_of_it_from_the_pods()
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..60 {
-        match hub::tls_connect(
-            Some("127.0.0.2".parse().unwrap()),
-            secure,
-            "kubernetes.default.svc",
-            pki.ca_pem(),
-            None,
-        )
-        .await
-        {
+        match pod_connect(&pki, secure, "127.0.0.2").await {
             Ok(s) => held.push(s),
             Err(_) => refused += 1,
         }
@@ -1490,15 +1492,7 @@ async fn a_pod_keeps_only_its_share_of_requests_in_flight() {
         let pki = pki.clone();
         let secure = hub.secure;
         async move {
-            let tls = hub::tls_connect(
-                Some(ip.parse().unwrap()),
-                secure,
-                "kubernetes.default.svc",
-                pki.ca_pem(),
-                None,
-            )
-            .await
-            .expect("a pod connects");
+            let tls = pod_connect(&pki, secure, ip).await.expect("a pod connects");
             let (send, conn) = hyper::client::conn::http2::handshake(
                 hyper_util::rt::TokioExecutor::new(),
                 hyper_util::rt::TokioIo::new(tls),
@@ -1580,20 +1574,7 @@ async fn a_pod_keeps_only_its_share_of_requests_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_reconnecting_in_a_loop_is_bounded_in_rate() {
     let (pki, _api, _files, hub) = setup(&["--pod-connections-per-second=5"]).await;
-    let from = |ip: &'static str| {
-        let pki = pki.clone();
-        let secure = hub.secure;
-        async move {
-            hub::tls_connect(
-                Some(ip.parse().unwrap()),
-                secure,
-                "kubernetes.default.svc",
-                pki.ca_pem(),
-                None,
-            )
-            .await
-        }
-    };
+    let from = |ip: &'static str| pod_connect(&pki, hub.secure, ip);
     // Eight at once: admission is at accept, so the handshakes' time does
     // not refill the bucket meanwhile.
     let burst = futures_util::future::join_all((0..8).map(|_| from("127.0.0.2"))).await;

@@ -168,38 +168,34 @@ impl Transports {
         hook: Option<SocketHook>,
     ) -> Transports {
         let certs_owned = certs.clone();
-        let make = move |identity: Identity, h2: bool| {
-            let certs = &certs_owned;
-            let tls = tls_config(certs, identity, h2);
-            let connector = Connector {
+        let connector = Arc::new(move |identity: Identity, h2: bool| {
+            let tls = tls_config(&certs_owned, identity, h2);
+            Connector {
                 tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
                 connect_timeout: Duration::from_secs(10),
                 handshake_timeout: Duration::from_secs(10),
                 hook: hook.clone(),
                 conns: conns.clone(),
-            };
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(25)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .http2_keep_alive_timeout(Duration::from_secs(15))
-                // A 1 MB list is 4 DATA frames instead of 55: each frame is
-                // a trip through the body chain and a write to the client.
-                .http2_max_frame_size(H2_MAX_FRAME)
-                .http2_initial_stream_window_size(H2_STREAM_WINDOW)
-                .http2_initial_connection_window_size(H2_CONN_WINDOW)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .build(connector)
+            }
+        });
+        let make = {
+            let connector = connector.clone();
+            move |identity: Identity, h2: bool| pooled(connector(identity, h2))
+        };
+        // The lanes share one connector, hence one TLS configuration.
+        let lanes = move |identity: Identity| {
+            let c = connector(identity, true);
+            Lanes::new(|| pooled(c.clone()))
         };
         let slot = certs.client_slot();
         let generation = slot.generation();
-        let make = Arc::new(make);
         let rebuild = {
             let make = make.clone();
+            let lanes = lanes.clone();
             // Each client has its own pool, hence its own connections.
             Arc::new(move || {
                 (
-                    Lanes::new(|| make(Identity::Hub, true)),
+                    lanes(Identity::Hub),
                     make(Identity::Hub, false),
                     make(Identity::Hub, true),
                 )
@@ -207,7 +203,7 @@ impl Transports {
         };
         let hub = HubClients::new(generation, rebuild());
         Transports {
-            anonymous: Lanes::new(|| make(Identity::None, true)),
+            anonymous: lanes(Identity::None),
             anonymous_upgrade: make(Identity::None, false),
             hub: Arc::new(std::sync::RwLock::new(hub)),
             rebuild,
@@ -271,6 +267,22 @@ impl HubClients {
             control,
         }
     }
+}
+
+/// A client with its own pool over `connector`.
+fn pooled(connector: Connector) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(25)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_timeout(Duration::from_secs(15))
+        // A 1 MB list is 4 DATA frames instead of 55: each frame is a trip
+        // through the body chain and a write to the client.
+        .http2_max_frame_size(H2_MAX_FRAME)
+        .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(H2_CONN_WINDOW)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
 }
 
 fn tls_config(certs: &Certificates, identity: Identity, h2: bool) -> rustls::ClientConfig {
@@ -444,7 +456,7 @@ mod tests {
             hook: None,
             conns: Family::default(),
         };
-        Lanes::new(|| Client::builder(TokioExecutor::new()).build(connector.clone()))
+        Lanes::new(|| pooled(connector.clone()))
     }
 
     #[test]
