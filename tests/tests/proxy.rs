@@ -1566,6 +1566,125 @@ async fn a_pod_keeps_only_its_share_of_requests_in_flight() {
     hub.stop().await;
 }
 
+/// The per-request series take their labels from what clients claim (the
+/// User-Agent's component, the URL path's resource). A pod cycling either
+/// must not grow the hub's memory and every scrape without bound: past the
+/// budget of its class of caller, new label sets read "other", counted,
+/// while the node's components keep their own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_cycling_user_agents_and_paths_cannot_grow_the_metrics() {
+    // The hub's budget of label sets per class of caller (metrics::LABEL_SETS).
+    const BUDGET: usize = 256;
+    const CLAIMS: usize = 300;
+    let (pki, api, _files, hub) = setup(&[]).await;
+    api.add_token(
+        "cycler-token",
+        User::new(
+            "system:serviceaccount:default:cycler",
+            &["system:serviceaccounts"],
+        ),
+    );
+    let c = plain_client();
+    let r = get(
+        &c,
+        &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let tls = pod_connect(&pki, hub.secure, "127.0.0.2")
+        .await
+        .expect("a pod connects");
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 (prior knowledge)");
+    tokio::spawn(conn);
+    // Half the claims new User-Agents, half new resources; 32 at a time,
+    // inside the address's share of requests in flight.
+    let claim = |i: usize| {
+        let mut send = send.clone();
+        async move {
+            let (ua, path) = if i.is_multiple_of(2) {
+                (
+                    format!("cycler-{i}/1.0"),
+                    "/api/v1/namespaces/default/pods".to_owned(),
+                )
+            } else {
+                (
+                    "cycler/1.0".to_owned(),
+                    format!("/api/v1/namespaces/default/things{i}"),
+                )
+            };
+            let req = http::Request::get(format!("https://hub{path}"))
+                .header(http::header::AUTHORIZATION, "Bearer cycler-token")
+                .header(http::header::USER_AGENT, ua)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+                .await
+                .expect("answered")
+                .expect("a response");
+            let status = resp.status();
+            resp.into_body().collect().await.expect("a whole body");
+            status
+        }
+    };
+    let mut answered = 0;
+    for batch in (0..CLAIMS).collect::<Vec<_>>().chunks(32) {
+        for status in futures_util::future::join_all(batch.iter().map(|&i| claim(i))).await {
+            assert_ne!(status, StatusCode::TOO_MANY_REQUESTS);
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, CLAIMS);
+
+    let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
+        .await
+        .text();
+    let series = |family: &str| -> Vec<&str> {
+        m.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .collect()
+    };
+    // One label set per claim was asked for; the pods' class got its
+    // budget and the folded set (by response class: 2xx and 4xx).
+    let claimed = |family: &str| -> Vec<&str> {
+        series(family)
+            .into_iter()
+            .filter(|l| l.contains("client=\"cycler") || l.contains("client=\"other\""))
+            .collect()
+    };
+    let durations = claimed("node_yurthub_proxy_request_duration_seconds_count");
+    assert!(
+        (BUDGET..=BUDGET + 2).contains(&durations.len()),
+        "{} duration series for {CLAIMS} claims:\n{}",
+        durations.len(),
+        durations.join("\n")
+    );
+    assert!(claimed("node_yurthub_proxy_traffic_collector").len() <= BUDGET + 1);
+    let traffic = series("node_yurthub_proxy_traffic_collector");
+    assert!(
+        traffic.iter().any(|l| l.contains("client=\"kubelet\"")),
+        "the node's components keep their labels: {traffic:?}"
+    );
+    assert!(
+        traffic
+            .iter()
+            .any(|l| l.contains("client=\"other\"") && l.contains("resource=\"other\"")),
+        "claims past the budget are counted as other"
+    );
+    assert_eq!(
+        metric_value(&m, "node_yurthub_metric_label_sets_folded_total"),
+        Some((CLAIMS - BUDGET) as f64),
+        "every claim past the budget is counted"
+    );
+    hub.stop().await;
+}
+
 /// Each new connection costs a TLS handshake on the event loop kubelet's
 /// requests share, so a source address may open only so many per second
 /// (as many in a burst): past that, connections are reset as they are

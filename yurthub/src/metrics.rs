@@ -2,8 +2,9 @@
 //! series so existing dashboards and alerts keep working; each module keeps a
 //! handle to the series it updates, and `/metrics` encodes the one registry.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -116,6 +117,66 @@ pub struct Metrics {
     /// share of requests in flight) or "upstream_streams" (every upstream
     /// connection holds its most streams).
     pub refused_requests: Family<RefusedLabels, Counter>,
+    /// What the per-request series may hold (see [`LabelBudget`]).
+    labels: Arc<Budgets>,
+}
+
+/// Label sets of the per-request series that may be created for one class
+/// of caller. Their values come from what clients claim (the User-Agent,
+/// the URL path), so without a bound a pod cycling either would grow the
+/// hub's memory, and every scrape, one histogram at a time. A node's own
+/// components need a few dozen.
+pub const LABEL_SETS: usize = 256;
+
+/// The longest label value taken as sent; longer ones read `other`.
+const LABEL_VALUE_MAX: usize = 63;
+
+/// What a label reads in place of a value past the budget or too odd to keep.
+pub const FOLDED: &str = "other";
+
+struct Budgets {
+    /// The node's own components (loopback, no credentials).
+    node: LabelBudget,
+    /// Everyone else: pods and other tokens.
+    others: LabelBudget,
+    folded: Counter,
+}
+
+/// Admits label sets until [`LABEL_SETS`] are known; a new set past that
+/// keeps its verb (a closed vocabulary) and reads [`FOLDED`] for the rest,
+/// so each class adds at most one series per verb beyond its budget.
+#[derive(Default)]
+struct LabelBudget {
+    seen: Mutex<HashSet<RequestLabels>>,
+}
+
+impl LabelBudget {
+    /// `Err` with the folded set when the budget is spent.
+    fn admit(&self, labels: RequestLabels) -> Result<RequestLabels, RequestLabels> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&labels) {
+            return Ok(labels);
+        }
+        if seen.len() < LABEL_SETS {
+            seen.insert(labels.clone());
+            return Ok(labels);
+        }
+        Err(RequestLabels {
+            verb: labels.verb,
+            resource: FOLDED.to_owned(),
+            subresources: FOLDED.to_owned(),
+            client: FOLDED.to_owned(),
+        })
+    }
+}
+
+/// A value kept as a label as sent: short, printable ASCII.
+fn label_value(v: &str) -> String {
+    if v.len() <= LABEL_VALUE_MAX && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        v.to_owned()
+    } else {
+        FOLDED.to_owned()
+    }
 }
 
 impl Metrics {
@@ -136,7 +197,17 @@ impl Metrics {
             stalled_clients_cut: Counter::default(),
             refused_connections: Family::default(),
             refused_requests: Family::default(),
+            labels: Arc::new(Budgets {
+                node: LabelBudget::default(),
+                others: LabelBudget::default(),
+                folded: Counter::default(),
+            }),
         };
+        registry.register(
+            "node_yurthub_metric_label_sets_folded",
+            "requests counted under client, resource and subresources \"other\" because their class of caller (node components, or everyone else) had created as many label sets of the per-request series as it may",
+            m.labels.folded.clone(),
+        );
         // A series of its own (upstream has none): a typed counter, exposed
         // with the `_total` suffix.
         registry.register(
@@ -223,6 +294,40 @@ impl Metrics {
         );
         m
     }
+
+    /// The labels of a request's per-request series (in flight, traffic,
+    /// duration), within the budget of its class of caller: `node` for the
+    /// node's own components.
+    pub fn request_labels(
+        &self,
+        node: bool,
+        verb: &str,
+        resource: &str,
+        subresource: &str,
+        client: &str,
+    ) -> RequestLabels {
+        let labels = RequestLabels {
+            verb: verb.to_owned(),
+            resource: label_value(resource),
+            subresources: label_value(subresource),
+            client: label_value(client),
+        };
+        let budget = if node {
+            &self.labels.node
+        } else {
+            &self.labels.others
+        };
+        budget.admit(labels).unwrap_or_else(|folded| {
+            if self.labels.folded.inc() == 0 {
+                tracing::warn!(
+                    node_components = node,
+                    budget = LABEL_SETS,
+                    "per-request metric label sets are spent; new ones are counted as \"other\""
+                );
+            }
+            folded
+        })
+    }
 }
 
 /// Encodes the registry in the OpenMetrics text format.
@@ -236,3 +341,47 @@ pub fn encode(registry: &Registry) -> String {
 }
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_sets_past_the_budget_fold_per_class_of_caller() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let pod = |i: usize| m.request_labels(false, "get", "pods", "", &format!("ua-{i}"));
+        let mut distinct = HashSet::new();
+        for i in 0..LABEL_SETS + 50 {
+            distinct.insert(pod(i));
+        }
+        // The budget, plus one folded set for the verb.
+        assert_eq!(distinct.len(), LABEL_SETS + 1);
+        assert_eq!(pod(0).client, "ua-0", "a known set stays as it is");
+        let folded = pod(LABEL_SETS + 7);
+        assert_eq!(
+            (
+                folded.verb.as_str(),
+                folded.resource.as_str(),
+                folded.client.as_str()
+            ),
+            ("get", FOLDED, FOLDED)
+        );
+        // The node's components keep a budget of their own.
+        assert_eq!(
+            m.request_labels(true, "get", "pods", "", "kubelet").client,
+            "kubelet"
+        );
+        // Odd or long values never become labels.
+        let odd = m.request_labels(true, "get", &"x".repeat(64), "", "a\u{7f}b");
+        assert_eq!(
+            (odd.resource.as_str(), odd.client.as_str()),
+            (FOLDED, FOLDED)
+        );
+        let text = encode(&registry);
+        assert!(
+            text.contains("node_yurthub_metric_label_sets_folded_total 51"),
+            "{text}"
+        );
+    }
+}

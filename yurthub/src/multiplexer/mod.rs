@@ -303,12 +303,13 @@ impl Multiplexer {
             Ok(v) => v,
             Err(resp) => return Some(*resp),
         };
-        let labels = RequestLabels {
-            verb: info.verb.to_string(),
-            resource: info.resource.clone(),
-            subresources: info.subresource.clone(),
-            client: info.component.clone(),
-        };
+        let labels = self.inner.metrics.request_labels(
+            info.caller.is_node(),
+            info.verb.as_str(),
+            &info.resource,
+            &info.subresource,
+            &info.component,
+        );
         let in_flight = InFlight::new(&self.inner.metrics, &labels);
         Some(match info.verb.as_str() {
             "watch" => watch(

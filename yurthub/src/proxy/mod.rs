@@ -65,6 +65,30 @@ use crate::{Body, full_body};
 /// watches of it (its token rotates within this for bound tokens).
 const SHARED_GRANT_TTL: Duration = Duration::from_secs(3600);
 
+/// At most this many shared grants are kept. The key holds the
+/// User-Agent's component, which a pod picks freely, so without a bound one
+/// token could grow the map by a list per User-Agent.
+const SHARED_GRANTS: usize = 4096;
+
+/// Records the cloud's 2xx to `key`'s list. When the map is full, expired
+/// grants go first, then the oldest: a grant lost only sends that caller's
+/// lists to the cloud again, never shows it more.
+fn grant(grants: &mut HashMap<(String, String), Instant>, key: (String, String)) {
+    if grants.len() >= SHARED_GRANTS && !grants.contains_key(&key) {
+        grants.retain(|_, t| t.elapsed() < SHARED_GRANT_TTL);
+        if grants.len() >= SHARED_GRANTS {
+            let oldest = grants
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                grants.remove(&k);
+            }
+        }
+    }
+    grants.insert(key, Instant::now());
+}
+
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<Inner>,
@@ -271,12 +295,13 @@ impl Proxy {
         {
             return Err(Refused::NotReady(reason));
         }
-        let labels = RequestLabels {
-            verb: info.verb.to_string(),
-            resource: info.resource.clone(),
-            subresources: info.subresource.clone(),
-            client: info.component.clone(),
-        };
+        let labels = self.inner.metrics.request_labels(
+            info.caller.is_node(),
+            info.verb.as_str(),
+            &info.resource,
+            &info.subresource,
+            &info.component,
+        );
         Ok(Admitted {
             info,
             bearer,
@@ -583,8 +608,10 @@ impl Proxy {
                 .as_ref()
                 .is_some_and(|m| m.handles(info))
         {
-            lock(&self.inner.shared_grants)
-                .insert((info.cache_owner(), shared_resource(info)), Instant::now());
+            grant(
+                &mut lock(&self.inner.shared_grants),
+                (info.cache_owner(), shared_resource(info)),
+            );
         }
     }
 
@@ -982,6 +1009,34 @@ fn forwarded_headers(src: &HeaderMap, upgrade: bool) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_grants_are_bounded_expired_and_oldest_first() {
+        let key = |i: usize| (format!("ua-{i}@sa"), "services".to_owned());
+        let expired = Instant::now() - SHARED_GRANT_TTL - Duration::from_secs(1);
+        let mut grants = HashMap::new();
+        for i in 0..SHARED_GRANTS {
+            grant(&mut grants, key(i));
+        }
+        // Expired grants go first, and all of them.
+        for i in 0..10 {
+            grants.insert(key(i), expired);
+        }
+        grant(&mut grants, key(SHARED_GRANTS));
+        assert_eq!(grants.len(), SHARED_GRANTS - 9);
+        assert!((0..10).all(|i| !grants.contains_key(&key(i))));
+        // Full of live grants: the oldest gives way; a renewal evicts none.
+        for i in 0..9 {
+            grant(&mut grants, key(SHARED_GRANTS + 1 + i));
+        }
+        assert_eq!(grants.len(), SHARED_GRANTS);
+        grant(&mut grants, key(SHARED_GRANTS + 5));
+        assert_eq!(grants.len(), SHARED_GRANTS);
+        grant(&mut grants, key(2 * SHARED_GRANTS));
+        assert_eq!(grants.len(), SHARED_GRANTS);
+        assert!(!grants.contains_key(&key(10)), "the oldest live grant went");
+        assert!(grants.contains_key(&key(2 * SHARED_GRANTS)));
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed_but_upgrades_survive() {
