@@ -129,6 +129,9 @@ struct Inner {
     listing: Mutex<HashMap<ScopeKey, String>>,
 }
 
+/// Failed writes remembered for status output; later ones are only logged.
+const ERROR_KEYS_MAX: usize = 1024;
+
 /// Objects whose last submitted watch event is remembered.
 const SUBMITTED_MAX: usize = 8192;
 
@@ -205,7 +208,11 @@ impl CacheManager {
             }
             Err(e) => {
                 tracing::warn!(%key, error = %e, "cache write failed");
-                keys.insert(key, e);
+                // Keys name scopes, whose components pods pick: on a full
+                // disk, a pod cycling User-Agents must not grow this.
+                if keys.len() < ERROR_KEYS_MAX || keys.contains_key(&key) {
+                    keys.insert(key, e);
+                }
             }
         }
     }
@@ -941,5 +948,25 @@ mod tests {
             "/apis#as=APIGroupDiscoveryList"
         );
         assert_eq!(document_key("/version/", "application/json"), "/version");
+    }
+
+    #[test]
+    fn failed_writes_remembered_are_bounded_and_cleared_by_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::storage::Options::default())
+            .expect("store")
+            .store;
+        let m = CacheManager::new(store, CacheAgents::new("n1"), "n1", None);
+        for i in 0..ERROR_KEYS_MAX + 10 {
+            m.record_write(format!("ua-{i}@sa:pods"), Err("disk full".into()));
+        }
+        assert_eq!(m.error_keys().len(), ERROR_KEYS_MAX);
+        // A key already known is updated; a success clears and makes room.
+        m.record_write("ua-0@sa:pods".into(), Err("still full".into()));
+        assert_eq!(m.error_keys()["ua-0@sa:pods"], "still full");
+        m.record_write("ua-0@sa:pods".into(), Ok(()));
+        m.record_write("late@sa:pods".into(), Err("disk full".into()));
+        assert!(m.error_keys().contains_key("late@sa:pods"));
+        assert_eq!(m.error_keys().len(), ERROR_KEYS_MAX);
     }
 }
