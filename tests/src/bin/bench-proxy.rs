@@ -82,6 +82,9 @@ struct Args {
     /// once the cache lands; "kubelet" measures a cached component).
     #[arg(long, default_value = "bench-proxy/0.1")]
     user_agent: String,
+    /// Connections a second the handshake flood offers from one pod address.
+    #[arg(long, default_value_t = 1000)]
+    flood_rate: u64,
     /// Watchers per path in the watch fan-out.
     #[arg(long, default_value_t = 16)]
     watchers: usize,
@@ -98,10 +101,10 @@ struct Args {
     /// (read them with `perf report -i`).
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
-    /// Measure only these scenarios (get, kubelet, list, single, fanout;
-    /// comma-separated): a quicker run while iterating. Targets whose
+    /// Measure only these scenarios (get, kubelet, list, single, fanout,
+    /// flood; comma-separated): a quicker run while iterating. Targets whose
     /// scenario did not run are reported as not measured, never as met.
-    #[arg(long, value_delimiter = ',', value_parser = ["get", "kubelet", "list", "single", "fanout"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["get", "kubelet", "list", "single", "fanout", "flood"])]
     only: Vec<String>,
     /// Internal: run as the reference relay (LISTEN UPSTREAM) and nothing else.
     #[arg(long, hide = true, num_args = 2, value_names = ["LISTEN", "UPSTREAM"])]
@@ -157,7 +160,7 @@ async fn run(args: Args) -> Result<()> {
     );
     seed(&api, args.list_size)?;
     let files = HubFiles::new(&pki);
-    let hub = HubRun::start(&files, &api.url(), args.hub_binary.clone())?;
+    let hub = HubRun::start(&files, &api.url(), args.hub_binary.clone(), &[])?;
     // The request log of the double would grow by every request measured.
     let log_drain = spawn_log_drain(api.clone());
 
@@ -305,6 +308,44 @@ async fn run(args: Args) -> Result<()> {
     } else {
         Vec::new()
     };
+    let flood = if only("flood") {
+        let kubelet = Load {
+            clients: 2,
+            profile: None,
+            ..kubelet.clone()
+        };
+        let unbounded_files = HubFiles::new(&pki);
+        let unbounded = HubRun::start(
+            &unbounded_files,
+            &api.url(),
+            args.hub_binary.clone(),
+            &["--pod-connections-per-second=0"],
+        )?;
+        let pod = Target::tls(
+            "pod reconnecting",
+            unbounded.secure,
+            "127.0.0.1",
+            pki.ca_pem(),
+            None,
+            Some(BENCH_TOKEN),
+        )?;
+        wait_serving(&Target::Plain(unbounded.proxy), KUBELET_UA).await?;
+        let mut results = Vec::new();
+        for (label, hub) in [
+            ("rate bound on (50/s, default)", &hub),
+            ("rate bound off", &unbounded),
+        ] {
+            let pod = pod.at(hub.secure);
+            results.push(
+                handshake_flood(label, hub, &pod, &kubelet, args.flood_rate, &get_path).await?,
+            );
+        }
+        unbounded.stop();
+        drop(unbounded_files);
+        results
+    } else {
+        Vec::new()
+    };
     let load_rss = peak.stop();
     let after_rss = hub.rss_kib()?;
     let hwm = hub.status_kib("VmHWM")?;
@@ -312,6 +353,7 @@ async fn run(args: Args) -> Result<()> {
 
     print_table(&rows);
     print_fanout(&fanout, args.watchers);
+    print_flood(&flood, args.flood_rate);
     let idle_mib = idle_rss as f64 / 1024.0;
     println!();
     println!(
@@ -718,14 +760,19 @@ struct HubRun {
 }
 
 impl HubRun {
-    fn start(files: &HubFiles, server: &str, binary: Option<PathBuf>) -> Result<HubRun> {
+    fn start(
+        files: &HubFiles,
+        server: &str,
+        binary: Option<PathBuf>,
+        extra: &[&str],
+    ) -> Result<HubRun> {
         let binary = match binary {
             Some(b) => b,
             None => yurthub_e2e::hub::hub_binary(),
         };
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let secure = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut args = files.args(&[server.to_owned()], &[]);
+        let mut args = files.args(&[server.to_owned()], extra);
         // Production heartbeat settings, and fixed ports we can dial.
         args.retain(|a| {
             !a.starts_with("--heartbeat-")
@@ -922,6 +969,26 @@ impl Target {
             config: Arc::new(config),
             token: token.map(str::to_owned),
         })
+    }
+
+    /// The same target at another address.
+    fn at(&self, to: SocketAddr) -> Target {
+        match self {
+            Target::Plain(_) => Target::Plain(to),
+            Target::Tls {
+                label,
+                name,
+                config,
+                token,
+                ..
+            } => Target::Tls {
+                label,
+                addr: to,
+                name: name.clone(),
+                config: config.clone(),
+                token: token.clone(),
+            },
+        }
     }
 
     fn label(&self) -> &'static str {
@@ -1479,4 +1546,156 @@ fn print_fanout(results: &[FanoutResult], watchers: usize) {
     println!(
         "(deliveries/s is paced by the creations, 10 ms apart; proxy µs/event: CPU of the middle process per delivered event)"
     );
+}
+
+// === the handshake flood ===
+
+/// kubelet's GETs on the loopback listener, with and without one pod
+/// reconnecting in a loop to the pod-facing listener, and what the flood
+/// alone costs the hub.
+struct FloodResult {
+    label: &'static str,
+    quiet: Stats,
+    flooded: Stats,
+    /// CPU shares of one core while the flood ran alone: the hub's, and
+    /// this process's (the flooding pod's TLS clients, on the same cores).
+    hub_cpu_alone: f64,
+    pod_cpu_alone: f64,
+    /// Over the flood-alone window: connections that completed a TLS
+    /// handshake, those refused or failed, and those not started because
+    /// 256 were open already.
+    handshakes: u64,
+    refused: u64,
+    skipped: u64,
+}
+
+/// A pod in a reconnect loop: from 127.0.0.2, `rate` new TLS connections a
+/// second to `pod`'s address, each dropped after its handshake, until
+/// `until`. The rate is offered, not closed-loop, so both hubs get the same
+/// load whatever they answer; at most 256 attempts are open at once.
+async fn flood(pod: &Target, rate: u64, until: Instant) -> (u64, u64, u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut skipped = 0;
+    let open = Arc::new(tokio::sync::Semaphore::new(256));
+    let Target::Tls {
+        addr, name, config, ..
+    } = pod
+    else {
+        return (0, 0, 0);
+    };
+    let per_tick = rate.div_ceil(1000).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut tasks = tokio::task::JoinSet::new();
+    while Instant::now() < until {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                skipped += 1;
+                continue;
+            };
+            let (addr, name, config) = (*addr, name.clone(), config.clone());
+            let (done, refused) = (done.clone(), refused.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let attempt = async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(SocketAddr::from(([127, 0, 0, 2], 0)))?;
+                    let tcp = socket.connect(addr).await?;
+                    tokio_rustls::TlsConnector::from(config)
+                        .connect(name, tcp)
+                        .await?;
+                    anyhow::Ok(())
+                };
+                match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                    Ok(Ok(())) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => refused.fetch_add(1, Ordering::Relaxed),
+                };
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    (
+        done.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+        skipped,
+    )
+}
+
+async fn handshake_flood(
+    label: &'static str,
+    hub: &HubRun,
+    pod: &Target,
+    kubelet: &Load,
+    rate: u64,
+    path: &str,
+) -> Result<FloodResult> {
+    let kubelet_path = Target::Plain(hub.proxy);
+    let quiet = kubelet.run(&kubelet_path, path, hub.pid(), None).await?;
+    // The flood alone: what it costs the hub.
+    let window = kubelet.measure;
+    let (hub0, pod0) = (cpu_time(hub.pid())?, cpu_time(std::process::id())?);
+    let (handshakes, refused, skipped) = flood(pod, rate, Instant::now() + window).await;
+    let share = |d: Duration| d.as_secs_f64() / window.as_secs_f64();
+    let hub_cpu_alone = share(cpu_time(hub.pid())?.saturating_sub(hub0));
+    let pod_cpu_alone = share(cpu_time(std::process::id())?.saturating_sub(pod0));
+    // The flood beside kubelet's GETs, over their warm-up and measure.
+    let until = Instant::now() + kubelet.warmup + kubelet.measure;
+    let flooding = {
+        let pod = pod.clone();
+        tokio::spawn(async move { flood(&pod, rate, until).await })
+    };
+    let flooded = kubelet.run(&kubelet_path, path, hub.pid(), None).await;
+    flooding.await?;
+    Ok(FloodResult {
+        label,
+        quiet,
+        flooded: flooded?,
+        hub_cpu_alone,
+        pod_cpu_alone,
+        handshakes,
+        refused,
+        skipped,
+    })
+}
+
+fn print_flood(results: &[FloodResult], rate: u64) {
+    if results.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "handshake flood: one pod address offers {rate} new TLS connections/s to the pod-facing listener; kubelet GETs (2 clients) on the loopback listener:"
+    );
+    println!(
+        "{:<32} {:>13} {:>13} {:>10} {:>13} {:>13} {:>10}",
+        "hub", "p50 quiet ms", "p99 quiet ms", "req/s", "p50 flood ms", "p99 flood ms", "req/s"
+    );
+    for r in results {
+        println!(
+            "{:<32} {:>13.3} {:>13.3} {:>10.0} {:>13.3} {:>13.3} {:>10.0}",
+            r.label,
+            r.quiet.p50_ms(),
+            r.quiet.p99_ms(),
+            r.quiet.rps(),
+            r.flooded.p50_ms(),
+            r.flooded.p99_ms(),
+            r.flooded.rps()
+        );
+    }
+    for r in results {
+        let secs = r.quiet.elapsed.as_secs_f64();
+        println!(
+            "  {}: the flood alone took {:.0} % of a core of the hub ({:.0} % of the flooding pod); per second {:.0} handshakes completed, {:.0} refused, {:.0} not started (256 open); kubelet p99 ×{:.2}, req/s ×{:.2} under the flood",
+            r.label,
+            r.hub_cpu_alone * 100.0,
+            r.pod_cpu_alone * 100.0,
+            r.handshakes as f64 / secs,
+            r.refused as f64 / secs,
+            r.skipped as f64 / secs,
+            r.flooded.p99_ms() / r.quiet.p99_ms(),
+            r.flooded.rps() / r.quiet.rps()
+        );
+    }
 }
