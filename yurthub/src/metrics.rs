@@ -126,13 +126,13 @@ pub struct Metrics {
 /// the URL path), so without a bound a pod cycling either would grow the
 /// hub's memory, and every scrape, one histogram at a time. A node's own
 /// components need a few dozen.
-pub const LABEL_SETS: usize = 256;
+const LABEL_SETS: usize = 256;
 
 /// The longest label value taken as sent; longer ones read `other`.
 const LABEL_VALUE_MAX: usize = 63;
 
 /// What a label reads in place of a value past the budget or too odd to keep.
-pub const FOLDED: &str = "other";
+const FOLDED: &str = "other";
 
 struct Budgets {
     /// The node's own components (loopback, no credentials).
