@@ -50,6 +50,11 @@ const COPY_BUDGET_BYTES: usize = 24 << 20;
 const TRIM_AFTER_BYTES: usize = 1 << 20;
 /// A paginated list whose next page does not come within this is dropped.
 const STAGING_TTL: Duration = Duration::from_secs(300);
+/// Paginated lists being staged at once. A node's reflectors paginate a
+/// few; scopes carry the User-Agent's component, so without a bound a pod
+/// could open one per User-Agent and hold each for [`STAGING_TTL`]. Past it
+/// a new paginated list is not cached.
+const STAGINGS_MAX: usize = 256;
 /// Non-resource paths worth keeping for offline clients (coredns, kubectl).
 pub fn is_cached_document(path: &str) -> bool {
     let p = path.trim_end_matches('/');
@@ -646,18 +651,24 @@ impl CacheManager {
         // Paginated: stage pages; the last page (no continue) commits.
         let (staging, mut guard) = match &continue_token {
             None => {
+                {
+                    let mut st = lock(&self.inner.stagings);
+                    st.retain(|_, (_, s)| {
+                        s.try_lock()
+                            .map_or(true, |s| s.started.elapsed() < STAGING_TTL)
+                    });
+                    if st.len() >= STAGINGS_MAX && !st.contains_key(&scope) {
+                        tracing::debug!(%scope, "too many paginated lists in progress; not cached");
+                        return;
+                    }
+                }
                 let staging = Arc::new(tokio::sync::Mutex::new(Staging {
                     list: Some(self.inner.store.begin_staged(&scope)),
                     list_rv: list_rv.clone(),
                     started: Instant::now(),
                 }));
                 let guard = staging.clone().lock_owned().await;
-                let mut st = lock(&self.inner.stagings);
-                st.retain(|_, (_, s)| {
-                    s.try_lock()
-                        .map_or(true, |s| s.started.elapsed() < STAGING_TTL)
-                });
-                st.insert(scope.clone(), (next.clone(), staging.clone()));
+                lock(&self.inner.stagings).insert(scope.clone(), (next.clone(), staging.clone()));
                 (staging, guard)
             }
             Some(tok) => {
@@ -948,6 +959,38 @@ mod tests {
             "/apis#as=APIGroupDiscoveryList"
         );
         assert_eq!(document_key("/version/", "application/json"), "/version");
+    }
+
+    #[tokio::test]
+    async fn paginated_lists_in_progress_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), crate::storage::Options::default())
+            .expect("store")
+            .store;
+        let m = CacheManager::new(store, CacheAgents::new("n1"), "n1", None);
+        let first_page = |i: usize| {
+            Bytes::from(format!(
+                r#"{{"kind":"PodList","apiVersion":"v1","metadata":{{"resourceVersion":"5","continue":"c{i}"}},"items":[{{"metadata":{{"name":"p{i}","namespace":"a","resourceVersion":"5"}}}}]}}"#
+            ))
+        };
+        for i in 0..STAGINGS_MAX + 5 {
+            let resource = ResourceKey::new(
+                format!("ua-{i}@sa"),
+                storage::Space::Full,
+                storage::Gvr::new("", "v1", "pods"),
+            );
+            m.write_list(
+                resource,
+                Some("a".into()),
+                Selectors::default(),
+                Some(1),
+                None,
+                codec::Format::Json,
+                first_page(i),
+            )
+            .await;
+        }
+        assert_eq!(lock(&m.inner.stagings).len(), STAGINGS_MAX);
     }
 
     #[test]
