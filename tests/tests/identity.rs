@@ -440,6 +440,57 @@ async fn a_403_from_the_cloud_is_remembered_as_a_403() {
     h.stop().await;
 }
 
+/// A scope is keyed by identity and User-Agent component, and a pod picks
+/// its User-Agent: one token cycling User-Agents gets its first 8
+/// components cached, no more, so the store does not write what it reads
+/// once per claim. Offline the first components are answered; the later
+/// ones never were cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_caches_for_a_bounded_number_of_user_agents() {
+    // The hub's bound (cache::policy::COMPONENTS_PER_IDENTITY).
+    const COMPONENTS: usize = 8;
+    let e = env().await;
+    let args = e.files.args(&[e.api.url()], &["--pool-scope-resources="]);
+    let h = Hub::start(&args).await;
+    let cm = "/api/v1/namespaces/app/configmaps/settings";
+    for i in 0..COMPONENTS + 2 {
+        let r = pod_get(
+            &e.pki,
+            h.secure,
+            cm,
+            &format!("app-{i}/1.0"),
+            Some(OTHER_TOKEN),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "online, app-{i}: {}", r.text());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    e.api.shutdown().await;
+    wait_offline(&e.c, &h.hub_url(), &e.api.url()).await;
+    for i in 0..COMPONENTS + 2 {
+        let r = pod_get(
+            &e.pki,
+            h.secure,
+            cm,
+            &format!("app-{i}/1.0"),
+            Some(OTHER_TOKEN),
+        )
+        .await;
+        if i < COMPONENTS {
+            assert_eq!(r.status, StatusCode::OK, "offline, app-{i}: {}", r.text());
+            assert_eq!(r.json()["data"]["k"], "v");
+        } else {
+            assert_ne!(
+                r.status,
+                StatusCode::OK,
+                "offline, app-{i} was never cached"
+            );
+            assert!(!r.text().contains("\"k\""), "{}", r.text());
+        }
+    }
+    h.stop().await;
+}
+
 /// A list as kubectl asks for it (a Table first), on the pod-facing listener.
 async fn kubectl_table(pki: &TestPki, secure: SocketAddr, path: &str, token: &str) -> Reply {
     const TABLE_FIRST: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,\

@@ -27,11 +27,11 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::keys::{self, Selectors};
-use super::policy::{CacheAgents, not_cacheable};
+use super::policy::{CacheAgents, IdentityComponents, not_cacheable};
 use super::tee::{Chunk, CopyBudget, Gather, Gathered, Reservation, Tee};
 use crate::Body;
 use crate::codec::{self, EventType, WatchDecoder};
-use crate::request::{RequestInfo, Verb};
+use crate::request::{Principal, RequestInfo, Verb};
 use crate::storage::{
     self, Gvr, Object, ResourceKey, ScopeKey, Space, StagedList, Store, WatchEvent, Write,
 };
@@ -132,6 +132,8 @@ struct Inner {
     /// Unpaginated lists being written, per scope → resourceVersion, so a
     /// second copy of the same list is not written too.
     listing: Mutex<HashMap<ScopeKey, String>>,
+    /// The components each identity other than the node's caches for.
+    identity_components: IdentityComponents,
 }
 
 /// Failed writes remembered for status output; later ones are only logged.
@@ -154,6 +156,11 @@ const PAGE_WAIT: Duration = Duration::from_secs(10);
 impl CacheManager {
     /// `recovered`: why the store started empty (a corrupt file moved aside).
     pub fn new(store: Store, agents: CacheAgents, node: &str, recovered: Option<String>) -> Self {
+        let owners = store.components().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the cached components failed; counting from none");
+            Vec::new()
+        });
+        let identity_components = IdentityComponents::seeded(owners.iter().map(String::as_str));
         CacheManager {
             inner: Arc::new(Inner {
                 store,
@@ -167,6 +174,7 @@ impl CacheManager {
                 unchanged: std::sync::atomic::AtomicU64::new(0),
                 submitted: Mutex::new(HashMap::new()),
                 listing: Mutex::default(),
+                identity_components,
             }),
         }
     }
@@ -237,6 +245,15 @@ impl CacheManager {
         }
         if !info.caller.is_node() && self.over_identity_budget() {
             tracing::debug!(path = %info.path, "the store is past the share other identities may use; not cached");
+            return None;
+        }
+        if let Principal::Token(id) = &info.caller
+            && !self
+                .inner
+                .identity_components
+                .admit(&id.owner(), &info.component)
+        {
+            tracing::debug!(path = %info.path, component = %info.component, "the identity caches for as many components as it may; not cached");
             return None;
         }
         if info.query.dry_run {

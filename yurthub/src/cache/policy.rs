@@ -2,8 +2,8 @@
 //! for offline use) and the request shapes worth keeping (§5.1–5.2 of the
 //! reference). Pure decisions; durability lives in `storage`.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::request::{Principal, RequestInfo, Verb};
 
@@ -86,6 +86,56 @@ impl CacheAgents {
     }
 }
 
+/// Components one identity other than the node's may keep cache scopes
+/// for. A scope is keyed by identity and the User-Agent's component, which a
+/// pod picks: without a bound, one token cycling User-Agents would have the
+/// store write every list and watch event it reads once per User-Agent. A
+/// pod's own clients use one or two.
+pub const COMPONENTS_PER_IDENTITY: usize = 8;
+
+/// Identities whose components are counted; past it the count starts over
+/// (tokens are bounded by the token book already, so this is a backstop).
+const IDENTITIES_MAX: usize = 20_000;
+
+/// Which components each identity other than the node's caches for: the
+/// first [`COMPONENTS_PER_IDENTITY`] it came with, counting the scopes the
+/// store kept from before a restart.
+#[derive(Debug, Default)]
+pub struct IdentityComponents {
+    by_owner: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl IdentityComponents {
+    /// Counts the store's scope owners (`component@owner`; the node's own
+    /// components have no owner part and are not counted).
+    pub fn seeded<'a>(owners: impl IntoIterator<Item = &'a str>) -> IdentityComponents {
+        let me = IdentityComponents::default();
+        for o in owners {
+            if let Some((component, owner)) = o.rsplit_once('@') {
+                me.admit(owner, component);
+            }
+        }
+        me
+    }
+
+    /// Whether `owner` may cache for `component`.
+    pub fn admit(&self, owner: &str, component: &str) -> bool {
+        let mut by_owner = self.by_owner.lock().unwrap_or_else(|p| p.into_inner());
+        if by_owner.len() >= IDENTITIES_MAX && !by_owner.contains_key(owner) {
+            by_owner.clear();
+        }
+        let components = by_owner.entry(owner.to_owned()).or_default();
+        if components.iter().any(|c| c == component) {
+            return true;
+        }
+        if components.len() >= COMPONENTS_PER_IDENTITY {
+            return false;
+        }
+        components.push(component.to_owned());
+        true
+    }
+}
+
 /// Why a request's response is not cached (None = cacheable).
 pub fn not_cacheable(agents: &CacheAgents, info: &RequestInfo) -> Option<String> {
     if !info.is_resource {
@@ -134,6 +184,25 @@ mod tests {
         let mut i = RequestInfo::resolve(&method, &path.parse().unwrap(), &h).unwrap();
         i.caller = Principal::Node;
         i
+    }
+
+    #[test]
+    fn an_identity_caches_for_a_bounded_number_of_components() {
+        let seen = IdentityComponents::seeded(["kubelet", "app-0@sub:a", "app-1@sub:a"]);
+        for i in 0..COMPONENTS_PER_IDENTITY {
+            assert!(seen.admit("sub:a", &format!("app-{i}")), "component {i}");
+        }
+        assert!(
+            !seen.admit("sub:a", "app-8"),
+            "eight are counted, the store's two among them: the 9th is refused"
+        );
+        assert!(seen.admit("sub:a", "app-0"), "a known component stays");
+        assert!(
+            seen.admit("sub:b", "app-8"),
+            "another identity counts apart"
+        );
+        // The node's own components carry no owner and are never counted.
+        assert!(!seen.by_owner.lock().unwrap().contains_key("kubelet"));
     }
 
     #[test]
