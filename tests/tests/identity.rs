@@ -453,29 +453,19 @@ async fn one_identity_caches_for_a_bounded_number_of_user_agents() {
     let args = e.files.args(&[e.api.url()], &["--pool-scope-resources="]);
     let h = Hub::start(&args).await;
     let cm = "/api/v1/namespaces/app/configmaps/settings";
+    let read = |i: usize| {
+        let (pki, secure, ua) = (e.pki.clone(), h.secure, format!("app-{i}/1.0"));
+        async move { pod_get(&pki, secure, cm, &ua, Some(OTHER_TOKEN)).await }
+    };
     for i in 0..COMPONENTS + 2 {
-        let r = pod_get(
-            &e.pki,
-            h.secure,
-            cm,
-            &format!("app-{i}/1.0"),
-            Some(OTHER_TOKEN),
-        )
-        .await;
+        let r = read(i).await;
         assert_eq!(r.status, StatusCode::OK, "online, app-{i}: {}", r.text());
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     e.api.shutdown().await;
     wait_offline(&e.c, &h.hub_url(), &e.api.url()).await;
     for i in 0..COMPONENTS + 2 {
-        let r = pod_get(
-            &e.pki,
-            h.secure,
-            cm,
-            &format!("app-{i}/1.0"),
-            Some(OTHER_TOKEN),
-        )
-        .await;
+        let r = read(i).await;
         if i < COMPONENTS {
             assert_eq!(r.status, StatusCode::OK, "offline, app-{i}: {}", r.text());
             assert_eq!(r.json()["data"]["k"], "v");

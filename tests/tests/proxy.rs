@@ -155,13 +155,7 @@ async fn loopback_requests_use_the_hub_identity_and_come_back_byte_identical() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_tokens_are_forwarded_without_a_client_certificate() {
     let (_pki, api, _files, hub) = setup(&[]).await;
-    api.add_token(
-        "sa-token",
-        User::new(
-            "system:serviceaccount:default:app",
-            &["system:serviceaccounts"],
-        ),
-    );
+    api.add_token("sa-token", service_account("app"));
     let c = plain_client();
     let r = send(
         &c,
@@ -192,13 +186,7 @@ async fn bearer_tokens_are_forwarded_without_a_client_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pod_facing_listener_never_lends_the_node_identity() {
     let (pki, api, _files, hub) = setup(&[]).await;
-    api.add_token(
-        "pod-token",
-        User::new(
-            "system:serviceaccount:default:app",
-            &["system:serviceaccounts"],
-        ),
-    );
+    api.add_token("pod-token", service_account("app"));
     let url = format!(
         "https://kubernetes.default.svc:{}/api/v1/namespaces/default/pods",
         hub.secure.port()
@@ -1187,6 +1175,31 @@ async fn pod_connect(
     .await
 }
 
+/// A pod's HTTP/2 connection (prior knowledge) over [`pod_connect`].
+async fn pod_over_h2(
+    pki: &TestPki,
+    secure: std::net::SocketAddr,
+    ip: &str,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let tls = pod_connect(pki, secure, ip).await.expect("a pod connects");
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 (prior knowledge)");
+    tokio::spawn(conn);
+    send
+}
+
+/// A service account of the default namespace, as the double knows it.
+fn service_account(name: &str) -> User {
+    User::new(
+        &format!("system:serviceaccount:default:{name}"),
+        &["system:serviceaccounts"],
+    )
+}
+
 /// A GET over a connection made with [`hub::tls_connect`]: its status, and
 /// the sender that keeps the connection open.
 async fn status_over(
@@ -1358,14 +1371,8 @@ async fn a_full_upstream_connection_sends_new_streams_over_another() {
         .expect("double starts");
     api.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}))
         .expect("node");
-    let sa = |name: &str| {
-        User::new(
-            &format!("system:serviceaccount:default:{name}"),
-            &["system:serviceaccounts"],
-        )
-    };
-    api.add_token("watcher-token", sa("watcher"));
-    api.add_token("other-token", sa("other"));
+    api.add_token("watcher-token", service_account("watcher"));
+    api.add_token("other-token", service_account("other"));
     let files = HubFiles::new(&pki);
     let hub = Hub::start(&files.args(&[api.url()], &[])).await;
     let c = plain_client();
@@ -1481,28 +1488,8 @@ async fn a_full_upstream_connection_sends_new_streams_over_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_keeps_only_its_share_of_requests_in_flight() {
     let (pki, api, _files, hub) = setup(&["--pod-requests-per-address=4"]).await;
-    api.add_token(
-        "watcher-token",
-        User::new(
-            "system:serviceaccount:default:watcher",
-            &["system:serviceaccounts"],
-        ),
-    );
-    let over_h2 = |ip: &'static str| {
-        let pki = pki.clone();
-        let secure = hub.secure;
-        async move {
-            let tls = pod_connect(&pki, secure, ip).await.expect("a pod connects");
-            let (send, conn) = hyper::client::conn::http2::handshake(
-                hyper_util::rt::TokioExecutor::new(),
-                hyper_util::rt::TokioIo::new(tls),
-            )
-            .await
-            .expect("HTTP/2 (prior knowledge)");
-            tokio::spawn(conn);
-            send
-        }
-    };
+    api.add_token("watcher-token", service_account("watcher"));
+    let over_h2 = |ip: &'static str| pod_over_h2(&pki, hub.secure, ip);
     let ask = |send: &hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
                path: String| {
         let mut send = send.clone();
@@ -1577,13 +1564,7 @@ async fn a_pod_cycling_user_agents_and_paths_cannot_grow_the_metrics() {
     const BUDGET: usize = 256;
     const CLAIMS: usize = 300;
     let (pki, api, _files, hub) = setup(&[]).await;
-    api.add_token(
-        "cycler-token",
-        User::new(
-            "system:serviceaccount:default:cycler",
-            &["system:serviceaccounts"],
-        ),
-    );
+    api.add_token("cycler-token", service_account("cycler"));
     let c = plain_client();
     let r = get(
         &c,
@@ -1593,16 +1574,7 @@ async fn a_pod_cycling_user_agents_and_paths_cannot_grow_the_metrics() {
     .await;
     assert_eq!(r.status, StatusCode::OK);
 
-    let tls = pod_connect(&pki, hub.secure, "127.0.0.2")
-        .await
-        .expect("a pod connects");
-    let (send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .expect("HTTP/2 (prior knowledge)");
-    tokio::spawn(conn);
+    let send = pod_over_h2(&pki, hub.secure, "127.0.0.2").await;
     // Half the claims new User-Agents, half new resources; 32 at a time,
     // inside the address's share of requests in flight.
     let claim = |i: usize| {

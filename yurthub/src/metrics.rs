@@ -14,6 +14,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use crate::request::RequestInfo;
+
 /// Labels of the per-request series (upstream: verb, resource, subresources, client).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -296,21 +298,14 @@ impl Metrics {
     }
 
     /// The labels of a request's per-request series (in flight, traffic,
-    /// duration), within the budget of its class of caller: `node` for the
-    /// node's own components.
-    pub fn request_labels(
-        &self,
-        node: bool,
-        verb: &str,
-        resource: &str,
-        subresource: &str,
-        client: &str,
-    ) -> RequestLabels {
+    /// duration), within the budget of its class of caller.
+    pub fn request_labels(&self, info: &RequestInfo) -> RequestLabels {
+        let node = info.caller.is_node();
         let labels = RequestLabels {
-            verb: verb.to_owned(),
-            resource: label_value(resource),
-            subresources: label_value(subresource),
-            client: label_value(client),
+            verb: info.verb.as_str().to_owned(),
+            resource: label_value(&info.resource),
+            subresources: label_value(&info.subresource),
+            client: label_value(&info.component),
         };
         let budget = if node {
             &self.labels.node
@@ -345,12 +340,25 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::Principal;
 
     #[test]
     fn label_sets_past_the_budget_fold_per_class_of_caller() {
         let mut registry = Registry::default();
         let m = Metrics::register(&mut registry);
-        let pod = |i: usize| m.request_labels(false, "get", "pods", "", &format!("ua-{i}"));
+        let request = |caller: Principal, resource: &str, ua: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::USER_AGENT, ua.parse().unwrap());
+            let uri = format!("/api/v1/namespaces/a/{resource}/x")
+                .parse()
+                .unwrap();
+            let mut info = RequestInfo::resolve(&http::Method::GET, &uri, &h).unwrap();
+            info.caller = caller;
+            info
+        };
+        let pod = |i: usize| {
+            m.request_labels(&request(Principal::Anonymous, "pods", &format!("ua-{i}/1")))
+        };
         let mut distinct = HashSet::new();
         for i in 0..LABEL_SETS + 50 {
             distinct.insert(pod(i));
@@ -368,12 +376,10 @@ mod tests {
             ("get", FOLDED, FOLDED)
         );
         // The node's components keep a budget of their own.
-        assert_eq!(
-            m.request_labels(true, "get", "pods", "", "kubelet").client,
-            "kubelet"
-        );
+        let kubelet = request(Principal::Node, "pods", "kubelet/v1.34");
+        assert_eq!(m.request_labels(&kubelet).client, "kubelet");
         // Odd or long values never become labels.
-        let odd = m.request_labels(true, "get", &"x".repeat(64), "", "a\u{7f}b");
+        let odd = m.request_labels(&request(Principal::Node, &"x".repeat(64), "a\tb/1"));
         assert_eq!(
             (odd.resource.as_str(), odd.client.as_str()),
             (FOLDED, FOLDED)

@@ -303,13 +303,7 @@ impl Multiplexer {
             Ok(v) => v,
             Err(resp) => return Some(*resp),
         };
-        let labels = self.inner.metrics.request_labels(
-            info.caller.is_node(),
-            info.verb.as_str(),
-            &info.resource,
-            &info.subresource,
-            &info.component,
-        );
+        let labels = self.inner.metrics.request_labels(info);
         let in_flight = InFlight::new(&self.inner.metrics, &labels);
         Some(match info.verb.as_str() {
             "watch" => watch(

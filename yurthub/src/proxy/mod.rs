@@ -293,13 +293,7 @@ impl Proxy {
         {
             return Err(Refused::NotReady(reason));
         }
-        let labels = self.inner.metrics.request_labels(
-            info.caller.is_node(),
-            info.verb.as_str(),
-            &info.resource,
-            &info.subresource,
-            &info.component,
-        );
+        let labels = self.inner.metrics.request_labels(&info);
         Ok(Admitted {
             info,
             bearer,
