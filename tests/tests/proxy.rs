@@ -1192,6 +1192,17 @@ async fn pod_over_h2(
     send
 }
 
+/// kubelet's GET of its node on the loopback listener is answered.
+async fn kubelet_reads_its_node(c: &hub::PlainClient, hub: &Hub) {
+    let r = get(
+        c,
+        &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
+        KUBELET,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
 /// A service account of the default namespace, as the double knows it.
 fn service_account(name: &str) -> User {
     User::new(
@@ -1267,13 +1278,7 @@ async fn pod_facing_connections_are_bounded_per_address_and_in_all() {
 
     // kubelet's listener is not counted.
     let c = plain_client();
-    let r = get(
-        &c,
-        &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
-        KUBELET,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
+    kubelet_reads_its_node(&c, &hub).await;
     let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
         .await
         .text();
@@ -1566,13 +1571,7 @@ async fn a_pod_cycling_user_agents_and_paths_cannot_grow_the_metrics() {
     let (pki, api, _files, hub) = setup(&[]).await;
     api.add_token("cycler-token", service_account("cycler"));
     let c = plain_client();
-    let r = get(
-        &c,
-        &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
-        KUBELET,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
+    kubelet_reads_its_node(&c, &hub).await;
 
     let send = pod_over_h2(&pki, hub.secure, "127.0.0.2").await;
     // Half the claims new User-Agents, half new resources; 32 at a time,
@@ -1682,13 +1681,7 @@ async fn a_pod_reconnecting_in_a_loop_is_bounded_in_rate() {
     );
     // kubelet's listener is not bounded.
     let c = plain_client();
-    let r = get(
-        &c,
-        &format!("{}/api/v1/nodes/{NODE}", hub.proxy_url()),
-        KUBELET,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
+    kubelet_reads_its_node(&c, &hub).await;
     let m = get(&c, &format!("{}/metrics", hub.hub_url()), "p")
         .await
         .text();
