@@ -1573,7 +1573,7 @@ struct FloodResult {
 /// second to `pod`'s address, each dropped after its handshake, until
 /// `until`. The rate is offered, not closed-loop, so both hubs get the same
 /// load whatever they answer; at most 256 attempts are open at once.
-async fn flood(pod: &Target, rate: u64, until: Instant) -> (u64, u64, u64) {
+async fn flood(pod: &Target, rate: u64, until: Instant) -> Result<(u64, u64, u64)> {
     let done = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let mut skipped = 0;
@@ -1582,7 +1582,7 @@ async fn flood(pod: &Target, rate: u64, until: Instant) -> (u64, u64, u64) {
         addr, name, config, ..
     } = pod
     else {
-        return (0, 0, 0);
+        bail!("the flood needs the pod-facing (TLS) listener");
     };
     let per_tick = rate.div_ceil(1000).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -1616,11 +1616,11 @@ async fn flood(pod: &Target, rate: u64, until: Instant) -> (u64, u64, u64) {
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    (
+    Ok((
         done.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
         skipped,
-    )
+    ))
 }
 
 async fn handshake_flood(
@@ -1636,7 +1636,7 @@ async fn handshake_flood(
     // The flood alone: what it costs the hub.
     let window = kubelet.measure;
     let (hub0, pod0) = (cpu_time(hub.pid())?, cpu_time(std::process::id())?);
-    let (handshakes, refused, skipped) = flood(pod, rate, Instant::now() + window).await;
+    let (handshakes, refused, skipped) = flood(pod, rate, Instant::now() + window).await?;
     let share = |d: Duration| d.as_secs_f64() / window.as_secs_f64();
     let hub_cpu_alone = share(cpu_time(hub.pid())?.saturating_sub(hub0));
     let pod_cpu_alone = share(cpu_time(std::process::id())?.saturating_sub(pod0));
@@ -1647,7 +1647,7 @@ async fn handshake_flood(
         tokio::spawn(async move { flood(&pod, rate, until).await })
     };
     let flooded = kubelet.run(&kubelet_path, path, hub.pid(), None).await;
-    flooding.await?;
+    flooding.await??;
     Ok(FloodResult {
         label,
         quiet,

@@ -121,17 +121,22 @@ impl IdentityComponents {
     /// Whether `owner` may cache for `component`.
     pub fn admit(&self, owner: &str, component: &str) -> bool {
         let mut by_owner = self.by_owner.lock().unwrap_or_else(|p| p.into_inner());
-        if by_owner.len() >= IDENTITIES_MAX && !by_owner.contains_key(owner) {
-            by_owner.clear();
-        }
-        let components = by_owner.entry(owner.to_owned()).or_default();
-        if components.iter().any(|c| c == component) {
+        // Every cacheable request of a token asks: a known identity and
+        // component cost a lookup, no allocation.
+        if let Some(components) = by_owner.get_mut(owner) {
+            if components.iter().any(|c| c == component) {
+                return true;
+            }
+            if components.len() >= COMPONENTS_PER_IDENTITY {
+                return false;
+            }
+            components.push(component.to_owned());
             return true;
         }
-        if components.len() >= COMPONENTS_PER_IDENTITY {
-            return false;
+        if by_owner.len() >= IDENTITIES_MAX {
+            by_owner.clear();
         }
-        components.push(component.to_owned());
+        by_owner.insert(owner.to_owned(), vec![component.to_owned()]);
         true
     }
 }
