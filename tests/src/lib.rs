@@ -7,3 +7,4 @@ pub mod hub;
 pub mod pki;
 pub mod pool;
 pub mod sandbox;
+pub mod stack_floor;

@@ -97,7 +97,8 @@ struct Args {
     hub_binary: Option<PathBuf>,
     /// Record the hub with `perf record` (linux-perf) during its first
     /// measured window of the plain GET, the kubelet GET and the LIST, on
-    /// each of its listeners, into DIR/{get-plain,get-kubelet,list}-{http,tls}.perf.data
+    /// each of its listeners (and the stack floor), into
+    /// DIR/{get-plain,get-kubelet,list}-{http,tls,stack-h2,stack-h1}.perf.data
     /// (read them with `perf report -i`).
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
@@ -126,6 +127,8 @@ const HUB_HTTP: usize = 1;
 const HUB_TLS: usize = 2;
 const NGINX: usize = 3;
 const RELAY: usize = 4;
+const STACK: usize = 5;
+const STACK_H1: usize = 6;
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -194,6 +197,27 @@ async fn run(args: Args) -> Result<()> {
         Some((&cert, &key)),
         None,
     )?;
+    // The hub's own crates and settings with none of its work: what is
+    // left of the hub's cost above this row is the hub's.
+    // Twice: with HTTP/2 upstream as the hub, with HTTP/1.1 as nginx.
+    let stack = StackRun::start(api.addr(), &files, "h2")?;
+    let via_stack = Target::tls(
+        "stack floor (h2 upstream)",
+        stack.addr,
+        "127.0.0.1",
+        pki.ca_pem(),
+        None,
+        Some(BENCH_TOKEN),
+    )?;
+    let stack_h1 = StackRun::start(api.addr(), &files, "h1")?;
+    let via_stack_h1 = Target::tls(
+        "stack floor (h1 upstream)",
+        stack_h1.addr,
+        "127.0.0.1",
+        pki.ca_pem(),
+        None,
+        Some(BENCH_TOKEN),
+    )?;
     // The peer: nginx terminating TLS, client-certificate TLS upstream.
     let nginx = NginxRun::start(&args.nginx, api.addr(), &files, &cert, &key)?;
     let via_nginx = Target::tls(
@@ -208,6 +232,8 @@ async fn run(args: Args) -> Result<()> {
     wait_serving(&via_plain, &args.user_agent).await?;
     wait_serving(&via_tls, &args.user_agent).await?;
     wait_serving(&via_nginx, &args.user_agent).await?;
+    wait_serving(&via_stack, &args.user_agent).await?;
+    wait_serving(&via_stack_h1, &args.user_agent).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = hub.rss_kib()?;
 
@@ -221,12 +247,14 @@ async fn run(args: Args) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "hub process: pid {} ({}); nginx: pid {} ({}, one worker, master_process off); relay: pid {}",
+        "hub process: pid {} ({}); nginx: pid {} ({}, one worker, master_process off); relay: pid {}; stack floors: pids {} (h2), {} (h1)",
         hub.pid(),
         hub.binary.display(),
         nginx.pid(),
         nginx.version,
-        relay.pid()
+        relay.pid(),
+        stack.pid(),
+        stack_h1.pid()
     );
 
     let get_path = format!("/api/v1/namespaces/{LIST_NS}/pods/pod-0");
@@ -251,13 +279,15 @@ async fn run(args: Args) -> Result<()> {
     let mut rows = Vec::new();
     let peak = RssSampler::start(hub.pid());
     let (hub_pid, relay_pid, nginx_pid) = (hub.pid(), relay.pid(), nginx.pid());
-    // Order: DIRECT, HUB_HTTP, HUB_TLS, NGINX, RELAY.
+    // Order: DIRECT, HUB_HTTP, HUB_TLS, NGINX, RELAY, STACK, STACK_H1.
     let paths = [
         (&direct, hub_pid),
         (&via_plain, hub_pid),
         (&via_tls, hub_pid),
         (&via_nginx, nginx_pid),
         (&via_relay, relay_pid),
+        (&via_stack, stack.pid()),
+        (&via_stack_h1, stack_h1.pid()),
     ];
     let only = |scenario: &str| args.only.is_empty() || args.only.iter().any(|o| o == scenario);
     if only("get") {
@@ -373,6 +403,7 @@ async fn run(args: Args) -> Result<()> {
     hub.stop();
     drop(nginx);
     drop(relay);
+    drop((stack, stack_h1));
     api.shutdown().await;
     drop(files);
     Ok(())
@@ -468,16 +499,29 @@ fn print_targets(rows: &[(&str, Vec<Stats>)], fanout: &[FanoutResult], idle_mib:
             n.pct_ms(0.99)
         );
     }
-    println!("the floor (a bare TCP relay on the same cores), for comparison:");
+    println!(
+        "the floors, for comparison: a bare TCP relay, and the hub's crates (hyper, rustls) with none of its work, HTTP/2 upstream as the hub and HTTP/1.1 as nginx:"
+    );
     for (what, runs) in rows.iter().filter(|(what, ..)| *what != "GET 1 cl") {
         let (d, h, r) = (&runs[DIRECT], &runs[HUB_TLS], &runs[RELAY]);
+        let (f2, f1, n) = (&runs[STACK], &runs[STACK_H1], &runs[NGINX]);
         println!(
-            "  {what}: relay p50 x{:.2}, req/s x{:.2} of direct; CPU µs/req: hub {:.1}, nginx {:.1}, relay {:.1}",
+            "  {what}: relay p50 x{:.2}, req/s x{:.2} of direct; CPU µs/req: hub {:.1}, nginx {:.1}, relay {:.1}, stack floor {:.1} (h2) and {:.1} (h1)",
             r.p50_ms() / d.p50_ms(),
             r.rps() / d.rps(),
             cpu_us(h),
-            cpu_us(&runs[NGINX]),
+            cpu_us(n),
             cpu_us(r),
+            cpu_us(f2),
+            cpu_us(f1),
+        );
+        println!(
+            "    CPU: hub / stack floor (h2) {:.2}; stack floor / nginx {:.2} (h2) and {:.2} (h1); req/s: stack floor / nginx {:.2} (h2) and {:.2} (h1)",
+            cpu_us(h) / cpu_us(f2),
+            cpu_us(f2) / cpu_us(n),
+            cpu_us(f1) / cpu_us(n),
+            f2.rps() / n.rps(),
+            f1.rps() / n.rps(),
         );
     }
     missed
@@ -554,9 +598,10 @@ fn spawn_log_drain(api: Arc<ApiServer>) -> tokio::task::JoinHandle<()> {
 // === the reference relay ===
 
 /// Relays TCP connections to `upstream` with `copy_bidirectional`, on a
-/// runtime shaped like the hub's (one worker per core).
+/// runtime shaped like the hub's (one worker, its default).
 fn relay_main(listen: SocketAddr, upstream: SocketAddr) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("tokio runtime")?;
@@ -619,6 +664,49 @@ impl RelayRun {
 }
 
 impl Drop for RelayRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `yurthub-under-test` in its stack-floor mode (built with the hub's
+/// profile, whichever `--hub-binary` names), with the hub's serving and
+/// client certificates; killed on drop.
+struct StackRun {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl StackRun {
+    /// `protocol`: "h2" or "h1", to the upstream.
+    fn start(upstream: SocketAddr, files: &HubFiles, protocol: &str) -> Result<StackRun> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = dies_with_parent(
+            Command::new(yurthub_e2e::hub::hub_binary())
+                .arg(yurthub_e2e::stack_floor::FLAG)
+                .arg(protocol)
+                .arg(addr.to_string())
+                .arg(upstream.to_string())
+                .args([
+                    &files.serving_cert,
+                    &files.serving_key,
+                    &files.ca,
+                    &files.client_pem,
+                ])
+                .stdin(Stdio::null()),
+        )
+        .spawn()
+        .context("starting the stack floor")?;
+        Ok(StackRun { child, addr })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for StackRun {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -1154,6 +1242,8 @@ impl Load {
                 let listener = match i {
                     HUB_HTTP => Some("http"),
                     HUB_TLS => Some("tls"),
+                    STACK => Some("stack-h2"),
+                    STACK_H1 => Some("stack-h1"),
                     _ => None,
                 };
                 let profile = match (&self.profile, listener) {
