@@ -2,7 +2,6 @@
 //! series so existing dashboards and alerts keep working; each module keeps a
 //! handle to the series it updates, and `/metrics` encodes the one registry.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,22 +15,27 @@ use prometheus_client::registry::Registry;
 
 use crate::request::RequestInfo;
 
+/// A label value of the per-request series: shared, so that the labels
+/// of a request are copied by reference count, not by allocation (they are
+/// taken on every request; see [`Metrics::request_labels`]).
+pub type LabelValue = Arc<str>;
+
 /// Labels of the per-request series (upstream: verb, resource, subresources, client).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub verb: String,
-    pub resource: String,
-    pub subresources: String,
-    pub client: String,
+    pub verb: &'static str,
+    pub resource: LabelValue,
+    pub subresources: LabelValue,
+    pub client: LabelValue,
 }
 
 /// Labels of requests the multiplexer sends to a server.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
-    pub verb: String,
-    pub resource: String,
-    pub subresources: String,
-    pub client: String,
+    pub verb: &'static str,
+    pub resource: LabelValue,
+    pub subresources: LabelValue,
+    pub client: LabelValue,
     pub server: String,
 }
 
@@ -42,11 +46,11 @@ pub struct ServerLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
-    pub verb: String,
-    pub resource: String,
-    pub client: String,
+    pub verb: &'static str,
+    pub resource: LabelValue,
+    pub client: LabelValue,
     /// "2xx", "4xx", "5xx", or "error" when no response was produced.
-    pub code: String,
+    pub code: &'static str,
 }
 
 /// Why the pod-facing listener refused a connection: "address" (its
@@ -147,37 +151,95 @@ struct Budgets {
 /// Admits label sets until [`LABEL_SETS`] are known; a new set past that
 /// keeps its verb (a closed vocabulary) and reads [`FOLDED`] for the rest,
 /// so each class adds at most one series per verb beyond its budget.
-#[derive(Default)]
+///
+/// The admitted sets are kept, and a request whose set is known gets a
+/// copy of the kept one, found by its borrowed values: no allocation.
 struct LabelBudget {
-    seen: Mutex<HashSet<RequestLabels>>,
+    seen: Mutex<hashbrown::HashSet<RequestLabels>>,
+    folded: LabelValue,
+}
+
+impl Default for LabelBudget {
+    fn default() -> Self {
+        LabelBudget {
+            seen: Mutex::default(),
+            folded: FOLDED.into(),
+        }
+    }
+}
+
+/// A label set by its borrowed values. Its derived `Hash` feeds the same
+/// values in the same order as [`RequestLabels`]'s, so it finds the kept set.
+#[derive(Hash)]
+struct LabelsRef<'a> {
+    verb: &'a str,
+    resource: &'a str,
+    subresources: &'a str,
+    client: &'a str,
+}
+
+impl hashbrown::Equivalent<RequestLabels> for LabelsRef<'_> {
+    fn equivalent(&self, key: &RequestLabels) -> bool {
+        self.verb == key.verb
+            && self.resource == &*key.resource
+            && self.subresources == &*key.subresources
+            && self.client == &*key.client
+    }
 }
 
 impl LabelBudget {
-    /// `Err` with the folded set when the budget is spent.
-    fn admit(&self, labels: RequestLabels) -> Result<RequestLabels, RequestLabels> {
+    /// `Err` with the folded set when the budget is spent. `resource`,
+    /// `subresources` and `client` are label values already
+    /// ([`label_value`]).
+    fn admit(
+        &self,
+        verb: &'static str,
+        resource: &str,
+        subresources: &str,
+        client: &str,
+    ) -> Result<RequestLabels, RequestLabels> {
+        let key = LabelsRef {
+            verb,
+            resource,
+            subresources,
+            client,
+        };
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(&labels) {
-            return Ok(labels);
+        if let Some(kept) = seen.get(&key) {
+            return Ok(kept.clone());
         }
+        let value = |v: &str| -> LabelValue {
+            if v == FOLDED {
+                self.folded.clone()
+            } else {
+                v.into()
+            }
+        };
         if seen.len() < LABEL_SETS {
+            let labels = RequestLabels {
+                verb,
+                resource: value(resource),
+                subresources: value(subresources),
+                client: value(client),
+            };
             seen.insert(labels.clone());
             return Ok(labels);
         }
         Err(RequestLabels {
-            verb: labels.verb,
-            resource: FOLDED.to_owned(),
-            subresources: FOLDED.to_owned(),
-            client: FOLDED.to_owned(),
+            verb,
+            resource: self.folded.clone(),
+            subresources: self.folded.clone(),
+            client: self.folded.clone(),
         })
     }
 }
 
 /// A value kept as a label as sent: short, printable ASCII.
-fn label_value(v: &str) -> String {
+fn label_value(v: &str) -> &str {
     if v.len() <= LABEL_VALUE_MAX && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-        v.to_owned()
+        v
     } else {
-        FOLDED.to_owned()
+        FOLDED
     }
 }
 
@@ -301,18 +363,18 @@ impl Metrics {
     /// duration), within the budget of its class of caller.
     pub fn request_labels(&self, info: &RequestInfo) -> RequestLabels {
         let node = info.caller.is_node();
-        let labels = RequestLabels {
-            verb: info.verb.as_str().to_owned(),
-            resource: label_value(&info.resource),
-            subresources: label_value(&info.subresource),
-            client: label_value(&info.component),
-        };
         let budget = if node {
             &self.labels.node
         } else {
             &self.labels.others
         };
-        budget.admit(labels).unwrap_or_else(|folded| {
+        let admitted = budget.admit(
+            info.verb.as_str(),
+            label_value(&info.resource),
+            label_value(&info.subresource),
+            label_value(&info.component),
+        );
+        admitted.unwrap_or_else(|folded| {
             if self.labels.folded.inc() == 0 {
                 tracing::warn!(
                     node_components = node,
@@ -359,31 +421,27 @@ mod tests {
         let pod = |i: usize| {
             m.request_labels(&request(Principal::Anonymous, "pods", &format!("ua-{i}/1")))
         };
-        let mut distinct = HashSet::new();
+        let mut distinct = std::collections::HashSet::new();
         for i in 0..LABEL_SETS + 50 {
             distinct.insert(pod(i));
         }
         // The budget, plus one folded set for the verb.
         assert_eq!(distinct.len(), LABEL_SETS + 1);
-        assert_eq!(pod(0).client, "ua-0", "a known set stays as it is");
+        assert_eq!(&*pod(0).client, "ua-0", "a known set stays as it is");
         let folded = pod(LABEL_SETS + 7);
         assert_eq!(
-            (
-                folded.verb.as_str(),
-                folded.resource.as_str(),
-                folded.client.as_str()
-            ),
+            (folded.verb, &*folded.resource, &*folded.client),
             ("get", FOLDED, FOLDED)
         );
         // The node's components keep a budget of their own.
         let kubelet = request(Principal::Node, "pods", "kubelet/v1.34");
-        assert_eq!(m.request_labels(&kubelet).client, "kubelet");
+        assert_eq!(&*m.request_labels(&kubelet).client, "kubelet");
+        // A known set is the kept one, shared, not a new copy.
+        let (a, b) = (m.request_labels(&kubelet), m.request_labels(&kubelet));
+        assert!(Arc::ptr_eq(&a.client, &b.client) && Arc::ptr_eq(&a.resource, &b.resource));
         // Odd or long values never become labels.
         let odd = m.request_labels(&request(Principal::Node, &"x".repeat(64), "a\tb/1"));
-        assert_eq!(
-            (odd.resource.as_str(), odd.client.as_str()),
-            (FOLDED, FOLDED)
-        );
+        assert_eq!((&*odd.resource, &*odd.client), (FOLDED, FOLDED));
         let text = encode(&registry);
         assert!(
             text.contains("node_yurthub_metric_label_sets_folded_total 51"),

@@ -239,14 +239,13 @@ impl Proxy {
             3 => "3xx",
             4 => "4xx",
             _ => "5xx",
-        }
-        .to_owned();
+        };
         let labels = &adm.labels;
         self.inner
             .metrics
             .request_duration
             .get_or_create(&DurationLabels {
-                verb: labels.verb.clone(),
+                verb: labels.verb,
                 resource: labels.resource.clone(),
                 client: labels.client.clone(),
                 code: class,
@@ -425,7 +424,7 @@ impl Proxy {
                 .metrics
                 .target_for_multiplexer_requests
                 .get_or_create(&crate::metrics::TargetLabels {
-                    verb: labels.verb.clone(),
+                    verb: labels.verb,
                     resource: labels.resource.clone(),
                     subresources: labels.subresources.clone(),
                     client: labels.client.clone(),
