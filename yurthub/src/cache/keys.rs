@@ -20,7 +20,11 @@ use crate::storage::{self, Gvr, ObjectMeta, ResourceKey, ScopeKey, Space};
 pub const KEPT_FIELDS: [&str; 3] = ["metadata.name", "metadata.namespace", "spec.nodeName"];
 
 pub fn gvr(info: &RequestInfo) -> Gvr {
-    Gvr::new(&info.group, &info.version, &info.resource)
+    Gvr::new(
+        info.group.as_str(),
+        info.version.as_str(),
+        info.resource.as_str(),
+    )
 }
 
 pub fn resource_key(info: &RequestInfo, space: Space) -> ResourceKey {

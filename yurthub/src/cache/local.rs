@@ -161,8 +161,8 @@ impl Local {
     /// A cached object for `get`, or None when it is not cached (the
     /// autonomy path for kubelet's node then goes to the cloud).
     pub fn cached_get(&self, info: &RequestInfo, headers: &HeaderMap) -> Option<Response<Body>> {
-        let key =
-            keys::resource_key(info, Space::Full).object(keys::object_namespace(info), &info.name);
+        let key = keys::resource_key(info, Space::Full)
+            .object(keys::object_namespace(info), info.name.as_str());
         let stored = self.cache.store().get(&key).ok()??;
         Some(answer_object(headers, &stored, StatusCode::OK))
     }
@@ -212,7 +212,7 @@ impl Local {
             &[Space::Full]
         };
         for space in spaces {
-            let key = keys::resource_key(info, *space).object(ns, &info.name);
+            let key = keys::resource_key(info, *space).object(ns, info.name.as_str());
             match self.cache.store().get(&key) {
                 Ok(Some(stored)) => {
                     let mut items = vec![stored];
@@ -523,7 +523,7 @@ impl Local {
     async fn update(&self, req: &LocalRequest<'_>) -> Response<Body> {
         let info = req.info;
         let resource = keys::resource_key(info, Space::Full);
-        let key: ObjectKey = resource.object(keys::object_namespace(info), &info.name);
+        let key: ObjectKey = resource.object(keys::object_namespace(info), info.name.as_str());
         let stored = match self.cache.store().get(&key) {
             Ok(Some(s)) => s,
             Ok(None) => return not_found(info),
@@ -613,9 +613,9 @@ fn describe(info: &RequestInfo) -> String {
         "{} {} by {:?}",
         info.verb,
         if info.resource.is_empty() {
-            &info.path
+            info.path.as_str()
         } else {
-            &info.resource
+            info.resource.as_str()
         },
         info.component
     )
@@ -862,7 +862,7 @@ fn typed(code: StatusCode, content_type: &str, bytes: impl Into<Bytes>) -> Respo
 
 fn not_found(info: &RequestInfo) -> Response<Body> {
     let what = if info.group.is_empty() {
-        info.resource.clone()
+        info.resource.to_string()
     } else {
         format!("{}.{}", info.resource, info.group)
     };

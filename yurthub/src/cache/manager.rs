@@ -276,7 +276,7 @@ impl CacheManager {
                         return None;
                     }
                 };
-                let namespace = (!info.namespace.is_empty()).then(|| info.namespace.clone());
+                let namespace = (!info.namespace.is_empty()).then(|| info.namespace.to_string());
                 if info.verb == Verb::Watch {
                     Some(Plan::Watch {
                         resource,

@@ -423,7 +423,7 @@ impl View {
             ))
         })?;
         Ok(View {
-            namespace: info.namespace.clone(),
+            namespace: info.namespace.to_string(),
             labels,
             fields,
             chain: mux
@@ -515,7 +515,7 @@ impl View {
 /// One object from the state, as the client's filters and format see it.
 fn get_one(cacher: &Cacher, view: &View, info: &RequestInfo) -> Response<Body> {
     let state = cacher.read();
-    let key = (info.namespace.clone(), info.name.clone());
+    let key = (info.namespace.to_string(), info.name.to_string());
     let found = state.objects.get(&key).and_then(|o| view.filtered(o));
     let kind = (state.api_version.clone(), state.kind.clone());
     drop(state);

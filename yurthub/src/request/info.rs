@@ -86,21 +86,25 @@ impl PartialEq<&str> for Verb {
     }
 }
 
+/// A path segment or a component name: held inline up to 24 bytes, which
+/// nearly all are, so resolving a request allocates for its path alone.
+pub type Segment = compact_str::CompactString;
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestInfo {
     /// False for non-resource paths such as /version, /api, /healthz.
     pub is_resource: bool,
     pub verb: Verb,
-    pub api_prefix: String,
-    pub group: String,
-    pub version: String,
-    pub resource: String,
-    pub subresource: String,
-    pub namespace: String,
-    pub name: String,
+    pub api_prefix: Segment,
+    pub group: Segment,
+    pub version: Segment,
+    pub resource: Segment,
+    pub subresource: Segment,
+    pub namespace: Segment,
+    pub name: Segment,
     /// Lower-cased User-Agent text before the first '/' ("kubelet", "kube-proxy").
     /// A claim the client makes: it scopes caches, it never grants anything.
-    pub component: String,
+    pub component: Segment,
     /// The request path (for non-resource requests and logs).
     pub path: String,
     /// The list options, parsed once.
@@ -136,27 +140,37 @@ impl RequestInfo {
             verb: Verb::non_resource(method),
             ..RequestInfo::default()
         };
-        let parts: Vec<&str> = path
-            .trim_matches('/')
+        // The first segments are all that decides: at most 9 are read (the
+        // deepest shape is apis/GROUP/VERSION/watch/namespaces/NS/RESOURCE/
+        // NAME/SUBRESOURCE), and a longer path's extra segments only make
+        // `len()` larger, which no test below tells from 10.
+        let mut segments = [""; 10];
+        let mut n = 0;
+        for p in path
             .split('/')
             .filter(|p| !p.is_empty())
-            .collect();
+            .take(segments.len())
+        {
+            segments[n] = p;
+            n += 1;
+        }
+        let parts = &segments[..n];
         if parts.len() < 3 || !(parts[0] == "api" || parts[0] == "apis") {
             info.query = query;
             return Ok(info);
         }
-        info.api_prefix = parts[0].to_string();
+        info.api_prefix = Segment::from(parts[0]);
         let mut cur = &parts[1..];
         if parts[0] == "apis" {
             if cur.len() < 3 {
                 info.query = query;
                 return Ok(info);
             }
-            info.group = cur[0].to_string();
+            info.group = Segment::from(cur[0]);
             cur = &cur[1..];
         }
         info.is_resource = true;
-        info.version = cur[0].to_string();
+        info.version = Segment::from(cur[0]);
         cur = &cur[1..];
 
         if SPECIAL_VERBS.contains(&cur[0]) {
@@ -184,19 +198,19 @@ impl RequestInfo {
         }
 
         if cur[0] == "namespaces" && cur.len() > 1 {
-            info.namespace = cur[1].to_string();
+            info.namespace = Segment::from(cur[1]);
             if cur.len() > 2 && !NAMESPACE_SUBRESOURCES.contains(&cur[2]) {
                 cur = &cur[2..];
             }
         }
 
         if cur.len() >= 3 && info.verb != Verb::Proxy {
-            info.subresource = cur[2].to_string();
+            info.subresource = Segment::from(cur[2]);
         }
         if cur.len() >= 2 {
-            info.name = cur[1].to_string();
+            info.name = Segment::from(cur[1]);
         }
-        info.resource = cur[0].to_string();
+        info.resource = Segment::from(cur[0]);
 
         if cur.len() == 1 && info.verb == Verb::Get {
             info.verb = if query.watch { Verb::Watch } else { Verb::List };
@@ -208,7 +222,7 @@ impl RequestInfo {
             && info.name.is_empty()
             && let Some(name) = query.field_selector.as_deref().and_then(exact_name_match)
         {
-            info.name = name;
+            info.name = name.into();
         }
         info.query = query;
         Ok(info)
@@ -337,7 +351,7 @@ fn exact_name_match(selector: &str) -> Option<String> {
 
 /// The component a request comes from: the lower-cased User-Agent up to the
 /// first '/', e.g. "kubelet/v1.34.0 (linux/amd64)" → "kubelet".
-pub fn component_from_headers(headers: &HeaderMap) -> String {
+pub fn component_from_headers(headers: &HeaderMap) -> Segment {
     headers
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -345,12 +359,10 @@ pub fn component_from_headers(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-pub fn component_from_user_agent(ua: &str) -> String {
-    ua.split('/')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+pub fn component_from_user_agent(ua: &str) -> Segment {
+    let mut component = Segment::from(ua.split('/').next().unwrap_or("").trim());
+    component.make_ascii_lowercase();
+    component
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ pub fn unauthorized(message: impl Into<String>) -> Response<Body> {
 /// 403 for an offline request the cloud never authorized for this identity.
 pub fn forbidden_offline(info: &super::RequestInfo) -> Response<Body> {
     let resource = if info.group.is_empty() {
-        info.resource.clone()
+        info.resource.to_string()
     } else {
         format!("{}.{}", info.resource, info.group)
     };
