@@ -68,7 +68,7 @@ impl CacheAgents {
             return false;
         }
         if DEFAULT_AGENTS.contains(&component)
-            || component == format!("multiplexer-proxy-{}", self.node)
+            || component.strip_prefix("multiplexer-proxy-") == Some(self.node.as_str())
         {
             return true;
         }
@@ -141,33 +141,60 @@ impl IdentityComponents {
     }
 }
 
+/// Why a request's response is not cached: what [`not_cacheable`] found,
+/// borrowed from the request (it is asked on every request; only a caller
+/// that reports it formats it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotCached<'a> {
+    NotAResource { path: &'a str },
+    Anonymous,
+    NotAnAgent { component: &'a str },
+    Verb(Verb),
+    Subresource(&'a str),
+    Resource(&'a str),
+}
+
+impl std::fmt::Display for NotCached<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotCached::NotAResource { path } => write!(f, "{path} is not a resource request"),
+            NotCached::Anonymous => f.write_str("anonymous requests are never cached"),
+            NotCached::NotAnAgent { component } => {
+                write!(f, "component {component:?} is not a cache agent")
+            }
+            NotCached::Verb(v) => write!(f, "verb {v} is never cached"),
+            NotCached::Subresource(s) => write!(f, "subresource {s} is never cached"),
+            NotCached::Resource(r) => write!(f, "{r} are never cached"),
+        }
+    }
+}
+
 /// Why a request's response is not cached (None = cacheable).
-pub fn not_cacheable(agents: &CacheAgents, info: &RequestInfo) -> Option<String> {
+pub fn not_cacheable<'a>(agents: &CacheAgents, info: &'a RequestInfo) -> Option<NotCached<'a>> {
     if !info.is_resource {
-        return Some(format!("{} is not a resource request", info.path));
+        return Some(NotCached::NotAResource { path: &info.path });
     }
     if matches!(info.caller, Principal::Anonymous) {
-        return Some("anonymous requests are never cached".to_owned());
+        return Some(NotCached::Anonymous);
     }
     // The node's components are cached when they are cache agents; any
     // other identity's reads are kept in scopes of its own (see README).
     if info.caller.is_node() && !agents.is_agent(&info.component) {
-        return Some(format!(
-            "component {:?} is not a cache agent",
-            info.component
-        ));
+        return Some(NotCached::NotAnAgent {
+            component: &info.component,
+        });
     }
     if matches!(
         info.verb,
         Verb::Delete | Verb::DeleteCollection | Verb::Proxy
     ) {
-        return Some(format!("verb {} is never cached", info.verb));
+        return Some(NotCached::Verb(info.verb));
     }
     if !(info.subresource.is_empty() || info.subresource == "status") {
-        return Some(format!("subresource {} is never cached", info.subresource));
+        return Some(NotCached::Subresource(&info.subresource));
     }
     if NEVER_CACHED.contains(&info.resource.as_str()) {
-        return Some(format!("{} are never cached", info.resource));
+        return Some(NotCached::Resource(&info.resource));
     }
     None
 }

@@ -109,7 +109,7 @@ pin_project_lite::pin_project! {
         stops: Vec<Pin<Box<WaitForCancellationFutureOwned>>>,
         traffic: UntypedCounter,
         _in_flight: InFlight,
-        idle: Option<Box<Idle>>,
+        idle: Option<Idle>,
     }
 }
 
@@ -311,13 +311,11 @@ impl<B, S> Proxied<B, S> {
         bounds: Option<IdleBounds>,
         on_stall: impl FnOnce() + Send + 'static,
     ) -> Self {
-        self.idle = bounds.map(|bounds| {
-            Box::new(Idle {
-                bounds,
-                last: Instant::now(),
-                timer: None,
-                on_stall: Some(Box::new(on_stall)),
-            })
+        self.idle = bounds.map(|bounds| Idle {
+            bounds,
+            last: Instant::now(),
+            timer: None,
+            on_stall: Some(Box::new(on_stall)),
         });
         self
     }
@@ -435,7 +433,7 @@ where
 
 /// How a stopped stream ends: cleanly between frames, with an error inside
 /// one (a body without frame bounds counts as between frames).
-fn stop(idle: &Option<Box<Idle>>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+fn stop(idle: &Option<Idle>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     if idle.as_ref().is_some_and(|i| i.bounds.framing.mid()) {
         tracing::warn!("proxied stream stopped in the middle of a frame; ending it with an error");
         Poll::Ready(Some(Err(

@@ -27,9 +27,21 @@ impl TokenId {
     /// names one (so a rotated token of the same service account keeps what
     /// the account was authorized for), else the token itself.
     pub fn owner(&self) -> String {
+        let mut owner = String::new();
+        self.push_owner(&mut owner);
+        owner
+    }
+
+    fn push_owner(&self, out: &mut String) {
         match &self.subject {
-            Some(s) => format!("sub:{s}"),
-            None => format!("token:{}", &self.hash[..self.hash.len().min(32)]),
+            Some(s) => {
+                out.push_str("sub:");
+                out.push_str(s);
+            }
+            None => {
+                out.push_str("token:");
+                out.push_str(&self.hash[..self.hash.len().min(32)]);
+            }
         }
     }
 }
@@ -57,7 +69,14 @@ impl Principal {
     pub fn cache_owner(&self, component: &str) -> String {
         match self {
             Principal::Node => component.to_owned(),
-            Principal::Token(t) => format!("{component}@{}", t.owner()),
+            // One allocation: this runs on every cached request.
+            Principal::Token(t) => {
+                let mut owner = String::with_capacity(component.len() + 80);
+                owner.push_str(component);
+                owner.push('@');
+                t.push_owner(&mut owner);
+                owner
+            }
             Principal::Anonymous => format!("{component}@anonymous"),
         }
     }
