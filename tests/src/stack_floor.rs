@@ -5,9 +5,8 @@
 //! routing, no cache, no metrics. What it costs per request is what the
 //! stack costs; what the hub costs above it is the hub's own work.
 //!
-//! It runs as a mode of `yurthub-under-test` ([`FLAG`]), so it is built
-//! with the same profile as the hub it is compared with (`dist` in
-//! `cargo xtask bench`).
+//! It is the `stack-floor` binary, which `cargo xtask bench proxy` builds
+//! with the hub's profile (`dist`) and the bench finds next to the hub.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,14 +23,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 type Body = UnsyncBoxBody<bytes::Bytes, hyper::Error>;
 
-/// `yurthub-under-test --stack-floor h2|h1 LISTEN UPSTREAM SERVING_CERT
-/// SERVING_KEY CA CLIENT_PEM` runs the floor instead of the hub.
-pub const FLAG: &str = "--stack-floor";
-
-/// The floor from the arguments after [`FLAG`].
+/// The floor from its arguments: `h2|h1 LISTEN UPSTREAM SERVING_CERT
+/// SERVING_KEY CA CLIENT_PEM`.
 pub fn main_with(args: &[String]) -> Result<()> {
     let [protocol, listen, upstream, cert, key, ca, client_pem] = args else {
-        anyhow::bail!("usage: {FLAG} h2|h1 LISTEN UPSTREAM SERVING_CERT SERVING_KEY CA CLIENT_PEM");
+        anyhow::bail!(
+            "usage: stack-floor h2|h1 LISTEN UPSTREAM SERVING_CERT SERVING_KEY CA CLIENT_PEM"
+        );
     };
     StackFloor {
         upstream_h2: match protocol.as_str() {

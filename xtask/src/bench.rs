@@ -63,7 +63,7 @@ pub fn run(args: &Args) -> Result<()> {
     for which in &selected {
         eprintln!("=== bench {which:?} ===");
         let result = match which {
-            Which::Proxy => build_and_run("bench-proxy", HUB, &args.bench_args),
+            Which::Proxy => build_and_run("bench-proxy", HUB_AND_FLOOR, &args.bench_args),
             Which::Redirect => redirect(&args.bench_args),
             Which::Cache => cache(&args.bench_args),
             Which::Fanout => build_and_run("bench-fanout", NO_HUB, &args.bench_args),
@@ -111,28 +111,31 @@ fn cache(bench_args: &[String]) -> Result<()> {
     build_and_run("bench-cache", HUB, bench_args)
 }
 
-/// Whether a benchmark runs hub processes.
-const HUB: bool = true;
-const NO_HUB: bool = false;
+/// What a benchmark runs besides itself, built with the `dist` profile:
+/// the hub, and for the proxy bench the stack floor (a proxy of the hub's
+/// crates doing nothing else, compared with the hub at the same profile).
+const HUB: &[&str] = &["yurthub-under-test"];
+const HUB_AND_FLOOR: &[&str] = &["yurthub-under-test", "stack-floor"];
+const NO_HUB: &[&str] = &[];
 
 /// `cargo build --release` of `bin`, then runs it from the release
-/// directory. With `hub`, the hub binary it runs is built with the `dist`
-/// profile (what the Containerfile ships) and named to it by
-/// `YURTHUB_UNDER_TEST`: idle RSS and CPU are the shipped binary's.
-fn build_and_run(bin: &str, hub: bool, bench_args: &[String]) -> Result<()> {
+/// directory. The binaries in `dist` (the hub, the stack floor) are built
+/// with the `dist` profile (what the Containerfile ships), and the hub is
+/// named to the bench by `YURTHUB_UNDER_TEST`: idle RSS and CPU are the
+/// shipped binary's. The floor is found next to it.
+fn build_and_run(bin: &str, dist: &[&str], bench_args: &[String]) -> Result<()> {
     cmd::run(cmd::cargo().args(["build", "--release", "-p", PACKAGE, "--bin", bin]))?;
     let mut run = std::process::Command::new(built_binary("release", bin)?);
-    if hub {
-        let under_test = "yurthub-under-test";
-        cmd::run(cmd::cargo().args([
-            "build",
-            "--profile",
-            "dist",
-            "-p",
-            PACKAGE,
-            "--bin",
-            under_test,
-        ]))?;
+    if let Some(under_test) = dist.first() {
+        let mut build = cmd::cargo();
+        build.args(["build", "--profile", "dist", "-p", PACKAGE]);
+        for b in dist {
+            build.args(["--bin", b]);
+        }
+        cmd::run(&mut build)?;
+        for b in &dist[1..] {
+            built_binary("dist", b)?;
+        }
         let path = built_binary("dist", under_test)?;
         eprintln!("hub binary: {} (profile dist)", path.display());
         run.env("YURTHUB_UNDER_TEST", path);

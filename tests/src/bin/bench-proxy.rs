@@ -670,9 +670,9 @@ impl Drop for RelayRun {
     }
 }
 
-/// `yurthub-under-test` in its stack-floor mode (built with the hub's
-/// profile, whichever `--hub-binary` names), with the hub's serving and
-/// client certificates; killed on drop.
+/// The `stack-floor` binary next to `yurthub-under-test` (so built with
+/// the hub's profile, whichever `--hub-binary` names), with the hub's
+/// serving and client certificates; killed on drop.
 struct StackRun {
     child: Child,
     addr: SocketAddr,
@@ -682,9 +682,14 @@ impl StackRun {
     /// `protocol`: "h2" or "h1", to the upstream.
     fn start(upstream: SocketAddr, files: &HubFiles, protocol: &str) -> Result<StackRun> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let binary = yurthub_e2e::hub::hub_binary().with_file_name("stack-floor");
+        ensure!(
+            binary.exists(),
+            "{} is missing: cargo xtask bench proxy builds it next to the hub",
+            binary.display()
+        );
         let child = dies_with_parent(
-            Command::new(yurthub_e2e::hub::hub_binary())
-                .arg(yurthub_e2e::stack_floor::FLAG)
+            Command::new(binary)
                 .arg(protocol)
                 .arg(addr.to_string())
                 .arg(upstream.to_string())
