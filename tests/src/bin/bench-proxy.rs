@@ -466,6 +466,14 @@ fn print_targets(rows: &[(&str, Vec<Stats>)], fanout: &[FanoutResult], idle_mib:
             ),
             cpu_us(c) / cpu_us(p) <= TARGET_CACHING_CPU,
         );
+        // The two scenarios run minutes apart; nginx, which caches
+        // nothing, does the same work in both, so its change is the
+        // machine's. Context for reading the verdict, not a second one.
+        let drift = cpu_us(&cached[NGINX]) / cpu_us(&get[NGINX]);
+        println!(
+            "         (nginx's CPU for the same GET moved ×{drift:.2} between the two scenarios; the ratio over that drift is {:.2})",
+            cpu_us(c) / cpu_us(p) / drift
+        );
     }
     let list = row(rows, "LIST 500");
     if list.is_empty() {
