@@ -188,7 +188,7 @@ async fn run(args: Args) -> Result<()> {
     // The floor for any proxy: the same TLS clients through a bare TCP relay
     // process (no TLS termination, no HTTP), i.e. only the cost of one more
     // user-space hop on these cores.
-    let relay = RelayRun::start(api.addr())?;
+    let relay = Peer::relay(api.addr())?;
     let via_relay = Target::tls(
         "relay (TCP only, floor)",
         relay.addr,
@@ -200,7 +200,7 @@ async fn run(args: Args) -> Result<()> {
     // The hub's own crates and settings with none of its work: what is
     // left of the hub's cost above this row is the hub's.
     // Twice: with HTTP/2 upstream as the hub, with HTTP/1.1 as nginx.
-    let stack = StackRun::start(api.addr(), &files, "h2")?;
+    let stack = Peer::stack_floor(api.addr(), &files, "h2")?;
     let via_stack = Target::tls(
         "stack floor (h2 upstream)",
         stack.addr,
@@ -209,7 +209,7 @@ async fn run(args: Args) -> Result<()> {
         None,
         Some(BENCH_TOKEN),
     )?;
-    let stack_h1 = StackRun::start(api.addr(), &files, "h1")?;
+    let stack_h1 = Peer::stack_floor(api.addr(), &files, "h1")?;
     let via_stack_h1 = Target::tls(
         "stack floor (h1 upstream)",
         stack_h1.addr,
@@ -644,74 +644,67 @@ fn dies_with_parent(cmd: &mut Command) -> &mut Command {
     }
 }
 
-/// This binary in `--relay` mode; killed on drop.
-struct RelayRun {
+/// A peer process of the bench listening on `addr` (the relay, a stack
+/// floor); killed on drop.
+struct Peer {
     child: Child,
     addr: SocketAddr,
 }
 
-impl RelayRun {
-    fn start(upstream: SocketAddr) -> Result<RelayRun> {
+impl Peer {
+    /// `program ARGS LISTEN UPSTREAM MORE...`, listening on a free port.
+    fn start(
+        what: &str,
+        program: &std::path::Path,
+        args: &[&std::ffi::OsStr],
+        upstream: SocketAddr,
+        more: &[&std::ffi::OsStr],
+    ) -> Result<Peer> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let exe = std::env::current_exe().context("current exe")?;
         let child = dies_with_parent(
-            Command::new(exe)
-                .arg("--relay")
+            Command::new(program)
+                .args(args)
                 .arg(addr.to_string())
                 .arg(upstream.to_string())
+                .args(more)
                 .stdin(Stdio::null()),
         )
         .spawn()
-        .context("starting the relay")?;
-        Ok(RelayRun { child, addr })
+        .with_context(|| format!("starting {what}"))?;
+        Ok(Peer { child, addr })
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
+    /// This binary in `--relay` mode.
+    fn relay(upstream: SocketAddr) -> Result<Peer> {
+        let exe = std::env::current_exe().context("current exe")?;
+        Peer::start("the relay", &exe, &["--relay".as_ref()], upstream, &[])
     }
-}
 
-impl Drop for RelayRun {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `stack-floor` binary next to `yurthub-under-test` (so built with
-/// the hub's profile, whichever `--hub-binary` names), with the hub's
-/// serving and client certificates; killed on drop.
-struct StackRun {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl StackRun {
-    /// `protocol`: "h2" or "h1", to the upstream.
-    fn start(upstream: SocketAddr, files: &HubFiles, protocol: &str) -> Result<StackRun> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    /// The `stack-floor` binary next to `yurthub-under-test` (so built with
+    /// the hub's profile, whichever `--hub-binary` names), with the hub's
+    /// serving and client certificates; `protocol`: "h2" or "h1", to the
+    /// upstream.
+    fn stack_floor(upstream: SocketAddr, files: &HubFiles, protocol: &str) -> Result<Peer> {
         let binary = yurthub_e2e::hub::hub_binary().with_file_name("stack-floor");
         ensure!(
             binary.exists(),
             "{} is missing: cargo xtask bench proxy builds it next to the hub",
             binary.display()
         );
-        let child = dies_with_parent(
-            Command::new(binary)
-                .arg(protocol)
-                .arg(addr.to_string())
-                .arg(upstream.to_string())
-                .args([
-                    &files.serving_cert,
-                    &files.serving_key,
-                    &files.ca,
-                    &files.client_pem,
-                ])
-                .stdin(Stdio::null()),
+        let certs = [
+            &files.serving_cert,
+            &files.serving_key,
+            &files.ca,
+            &files.client_pem,
+        ]
+        .map(|p| p.as_os_str());
+        Peer::start(
+            "the stack floor",
+            &binary,
+            &[protocol.as_ref()],
+            upstream,
+            &certs,
         )
-        .spawn()
-        .context("starting the stack floor")?;
-        Ok(StackRun { child, addr })
     }
 
     fn pid(&self) -> u32 {
@@ -719,7 +712,7 @@ impl StackRun {
     }
 }
 
-impl Drop for StackRun {
+impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
