@@ -177,14 +177,18 @@ async fn run(args: Args) -> Result<()> {
         None,
     )?;
     let via_plain = Target::Plain(hub.proxy);
-    let via_tls = Target::tls(
-        "hub https (pod path, token)",
-        hub.secure,
-        "127.0.0.1",
-        pki.ca_pem(),
-        None,
-        Some(BENCH_TOKEN),
-    )?;
+    // What a pod is: TLS to the address it was given, its bearer token.
+    let pod_target = |label, addr| {
+        Target::tls(
+            label,
+            addr,
+            "127.0.0.1",
+            pki.ca_pem(),
+            None,
+            Some(BENCH_TOKEN),
+        )
+    };
+    let via_tls = pod_target("hub https (pod path, token)", hub.secure)?;
     // The floor for any proxy: the same TLS clients through a bare TCP relay
     // process (no TLS termination, no HTTP), i.e. only the cost of one more
     // user-space hop on these cores.
@@ -201,33 +205,12 @@ async fn run(args: Args) -> Result<()> {
     // left of the hub's cost above this row is the hub's.
     // Twice: with HTTP/2 upstream as the hub, with HTTP/1.1 as nginx.
     let stack = Peer::stack_floor(api.addr(), &files, "h2")?;
-    let via_stack = Target::tls(
-        "stack floor (h2 upstream)",
-        stack.addr,
-        "127.0.0.1",
-        pki.ca_pem(),
-        None,
-        Some(BENCH_TOKEN),
-    )?;
+    let via_stack = pod_target("stack floor (h2 upstream)", stack.addr)?;
     let stack_h1 = Peer::stack_floor(api.addr(), &files, "h1")?;
-    let via_stack_h1 = Target::tls(
-        "stack floor (h1 upstream)",
-        stack_h1.addr,
-        "127.0.0.1",
-        pki.ca_pem(),
-        None,
-        Some(BENCH_TOKEN),
-    )?;
+    let via_stack_h1 = pod_target("stack floor (h1 upstream)", stack_h1.addr)?;
     // The peer: nginx terminating TLS, client-certificate TLS upstream.
     let nginx = NginxRun::start(&args.nginx, api.addr(), &files, &cert, &key)?;
-    let via_nginx = Target::tls(
-        "nginx https (peer, token)",
-        nginx.addr,
-        "127.0.0.1",
-        pki.ca_pem(),
-        None,
-        Some(BENCH_TOKEN),
-    )?;
+    let via_nginx = pod_target("nginx https (peer, token)", nginx.addr)?;
     wait_serving(&via_relay, &args.user_agent).await?;
     wait_serving(&via_plain, &args.user_agent).await?;
     wait_serving(&via_tls, &args.user_agent).await?;
@@ -351,14 +334,7 @@ async fn run(args: Args) -> Result<()> {
             args.hub_binary.clone(),
             &["--pod-connections-per-second=0"],
         )?;
-        let pod = Target::tls(
-            "pod reconnecting",
-            unbounded.secure,
-            "127.0.0.1",
-            pki.ca_pem(),
-            None,
-            Some(BENCH_TOKEN),
-        )?;
+        let pod = pod_target("pod reconnecting", unbounded.secure)?;
         wait_serving(&Target::Plain(unbounded.proxy), KUBELET_UA).await?;
         let mut results = Vec::new();
         for (label, hub) in [

@@ -247,6 +247,11 @@ impl CacheManager {
             tracing::debug!(path = %info.path, "the store is past the share other identities may use; not cached");
             return None;
         }
+        if info.query.dry_run {
+            return None; // a dry run changes nothing upstream
+        }
+        // Last of the cheap checks: a request that is not cached anyway
+        // takes no place among the identity's components.
         if let Principal::Token(id) = &info.caller
             && !self
                 .inner
@@ -255,9 +260,6 @@ impl CacheManager {
         {
             tracing::debug!(path = %info.path, component = %info.component, "the identity caches for as many components as it may; not cached");
             return None;
-        }
-        if info.query.dry_run {
-            return None; // a dry run changes nothing upstream
         }
         let q = &info.query;
         // The space is fixed from the response's Content-Type in `tee`.

@@ -143,7 +143,7 @@ impl RequestInfo {
         // The first segments are all that decides: at most 9 are read (the
         // deepest shape is apis/GROUP/VERSION/watch/namespaces/NS/RESOURCE/
         // NAME/SUBRESOURCE), and a longer path's extra segments only make
-        // `len()` larger, which no test below tells from 10.
+        // `len()` larger, which no condition below tells apart from 10.
         let mut segments = [""; 10];
         let mut n = 0;
         for p in path
